@@ -1,0 +1,203 @@
+"""Per-module LoRA weight objects ("deltas") for every supported LoRA type.
+
+Every delta answers three questions about one layer of the host network:
+
+* ``output_delta(x, layer)``: how much ``layer(x)`` changes because of this LoRA at strength 1.
+  The branch runner adds ``strength * output_delta`` to the layer's output inside a forward hook,
+  so the model's own weights are never touched.
+* ``weight_delta(layer)``: the same change as a dense weight (for merging, tests, benchmarks).
+* ``to(device, dtype)``: a copy on another device/dtype that callers can cache.
+
+Layers are told apart by the rank of their weight (2 = linear, 4 = conv2d), not by their class,
+so WebUI/Forge replacement ops with an ``nn.Linear``/``nn.Conv2d``-shaped ``.weight`` work too.
+Conv attributes are read with ``getattr`` defaults for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ModuleDelta",
+    "LowRank",
+    "LoHa",
+    "LoKr",
+    "FullDiff",
+    "DoRA",
+    "apply_weight",
+    "same_weight_shape",
+]
+
+
+def _pair(v: object) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))  # type: ignore[call-overload]
+
+
+def _conv(x: Tensor, weight: Tensor, layer: nn.Module, spatial: bool = True) -> Tensor:
+    """conv2d of ``x`` with ``weight`` using ``layer``'s geometry.
+
+    ``spatial=False`` is for 1x1 factors applied after (or before) the spatial factor: they must
+    not stride or pad again.
+    """
+    if not spatial:
+        return F.conv2d(x, weight)
+    stride = _pair(getattr(layer, "stride", 1))
+    dilation = _pair(getattr(layer, "dilation", 1))
+    padding = getattr(layer, "padding", 0)
+    mode = getattr(layer, "padding_mode", "zeros")
+    if mode != "zeros" and not isinstance(padding, str):
+        # Non-zero padding modes pad explicitly, as nn.Conv2d does internally.
+        ph, pw = _pair(padding)
+        x = F.pad(x, (pw, pw, ph, ph), mode=mode)
+        padding = 0
+    elif not isinstance(padding, str):
+        padding = _pair(padding)
+    return F.conv2d(x, weight, None, stride, padding, dilation, 1)
+
+
+def apply_weight(x: Tensor, weight: Tensor, layer: nn.Module, bias: Optional[Tensor] = None) -> Tensor:
+    """``layer``'s operation with ``weight`` (and ``bias``) in place of its own parameters."""
+    lw = layer.weight
+    if lw.ndim == 4:
+        groups = int(getattr(layer, "groups", 1))
+        if groups == 1:
+            out = _conv(x, weight.reshape(lw.shape), layer)
+        else:
+            stride = _pair(getattr(layer, "stride", 1))
+            dilation = _pair(getattr(layer, "dilation", 1))
+            padding = getattr(layer, "padding", 0)
+            padding = padding if isinstance(padding, str) else _pair(padding)
+            out = F.conv2d(x, weight.reshape(lw.shape), None, stride, padding, dilation, groups)
+        if bias is not None:
+            out = out + bias.reshape(1, -1, 1, 1)
+        return out
+    return F.linear(x, weight.reshape(lw.shape), bias)
+
+
+def same_weight_shape(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
+    """True when a delta of ``delta_shape`` fits a weight of ``weight_shape``.
+
+    A 1x1 conv and a linear layer are interchangeable: SD1.5 uses 1x1 convs for ``proj_in`` /
+    ``proj_out`` where SDXL (and some trainers) use linear layers.
+    """
+    def norm(s: tuple[int, ...]) -> tuple[int, ...]:
+        s = tuple(int(d) for d in s)
+        return s[:2] if len(s) == 4 and s[2:] == (1, 1) else s
+
+    return norm(delta_shape) == norm(weight_shape)
+
+
+class ModuleDelta:
+    """The change one LoRA makes to one layer (strength 1, alpha/rank scale included)."""
+
+    #: Dense weight shape the delta was made for, known without building the dense delta.
+    shape: tuple[int, ...]
+    #: Additive bias change, or None.
+    bias: Optional[Tensor]
+
+    def __init__(self, shape: tuple[int, ...], bias: Optional[Tensor] = None) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.bias = bias
+
+    # -- interface -------------------------------------------------------------------------
+    def to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "ModuleDelta":
+        """A copy with every tensor on ``device``/``dtype`` (self when nothing changes)."""
+        tensors = self._tensors()
+        if all(t.device == torch.device(device or t.device) and t.dtype == (dtype or t.dtype)
+               for t in tensors.values() if t is not None):
+            return self
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        for name, t in tensors.items():
+            setattr(clone, name, None if t is None else t.to(device=device, dtype=dtype))
+        clone._reset_cache()
+        return clone
+
+    def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
+        """Change of ``layer(x)`` caused by this delta, for ``x`` = the layer's input."""
+        return apply_weight(x, self.weight_delta(layer), layer, self._bias_for(layer))
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        """Dense weight change with ``layer.weight``'s shape."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def _tensors(self) -> dict[str, Optional[Tensor]]:
+        """Attribute name -> tensor for everything ``to`` must move (caches excluded)."""
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, Tensor) and not k.startswith("_")}
+
+    def _reset_cache(self) -> None:
+        self._dense: Optional[Tensor] = None
+
+    def _bias_for(self, layer: nn.Module) -> Optional[Tensor]:
+        if self.bias is None:
+            return None
+        return self.bias.to(layer.weight.dtype) if self.bias.dtype != layer.weight.dtype else self.bias
+
+    def _cached_dense(self, layer: nn.Module) -> Tensor:
+        """Build the dense delta once per object (``to`` copies start with an empty cache)."""
+        dense = getattr(self, "_dense", None)
+        if dense is None:
+            dense = self._build_dense()
+            self._dense = dense
+        return dense.reshape(layer.weight.shape)
+
+    def _build_dense(self) -> Tensor:
+        raise NotImplementedError
+
+
+class LowRank(ModuleDelta):
+    """LoRA / LoCon: ``scale * up @ (mid) @ down``, applied factor by factor.
+
+    Linear: ``down`` [r, in], ``up`` [out, r].  Conv (LoCon): ``down`` [r, in, kh, kw] carries the
+    kernel, ``up`` is [out, r, 1, 1].  Tucker (``lora_mid``): ``down`` [r, in, 1, 1],
+    ``mid`` [r, r, kh, kw] carries the kernel, ``up`` [out, r, 1, 1].
+    """
+
+    def __init__(self, down: Tensor, up: Tensor, scale: float, mid: Optional[Tensor] = None,
+                 bias: Optional[Tensor] = None) -> None:
+        if mid is not None:
+            shape = (up.shape[0], down.shape[1], *mid.shape[2:])
+        else:
+            shape = (up.shape[0], *down.shape[1:])
+        super().__init__(shape, bias)
+        self.down, self.up, self.mid, self.scale = down, up, mid, float(scale)
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
+        if layer.weight.ndim == 4 and int(getattr(layer, "groups", 1)) != 1:
+            # A rank factorisation does not respect conv groups; fall back to the dense delta.
+            return super().output_delta(x, layer)
+        bias = self._bias_for(layer)
+        if layer.weight.ndim == 4:
+            up = self.up.reshape(self.up.shape[0], self.up.shape[1], 1, 1)
+            if self.mid is None:
+                down = self.down if self.down.ndim == 4 else self.down[:, :, None, None]
+                h = _conv(x, down, layer)
+            else:
+                h = _conv(_conv(x, self.down, layer, spatial=False), self.mid, layer)
+            out = _conv(h, up * self.scale, layer, spatial=False)
+            return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+        h = F.linear(x, self.down.reshape(self.down.shape[0], -1))
+        if self.mid is not None:
+            h = F.linear(h, self.mid.reshape(self.mid.shape[0], -1))
+        return F.linear(h, self.up.reshape(self.up.shape[0], -1) * self.scale, bias)
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        up = self.up.reshape(self.up.shape[0], -1)
+        if self.mid is None:
+            w = up @ self.down.reshape(self.down.shape[0], -1)
+        else:
+            mid = torch.einsum("ab...,bi->ai...", self.mid, self.down.reshape(self.down.shape[0], -1))
+            w = torch.einsum("oa,ai...->oi...", up, mid)
+        return (w * self.scale).reshape(layer.weight.shape)

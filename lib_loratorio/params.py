@@ -1,0 +1,188 @@
+"""LoRAtorio's settings: one dataclass from which the UI, the API arguments and the infotext derive.
+
+Each field carries its label, hint, infotext key and allowed values in ``metadata``, so adding a
+setting here adds it everywhere (UI control, API name, PNG info, validation message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional
+
+from .errors import InvalidParameterError
+
+MODES: tuple[str, ...] = ("LoRAtorio", "Composite", "Switch")
+SELECTIONS: tuple[str, ...] = ("patch", "global")
+TEXT_ENCODER_MODES: tuple[str, ...] = ("per branch", "UNet only")
+OUTSIDE_STEPS: tuple[str, ...] = ("merge", "off")
+INFOTEXT_PREFIX = "LoRAtorio"
+
+
+def _setting(default: Any, label: str, hint: str, *, choices: Optional[tuple] = None,
+             minimum: Optional[float] = None, maximum: Optional[float] = None) -> Any:
+    meta = {"label": label, "hint": hint, "choices": choices, "min": minimum, "max": maximum}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class LoratorioParams:
+    enabled: bool = _setting(False, "Enable", "Compose the <loratorio:...> LoRAs at sampling time.")
+    mode: str = _setting(
+        "LoRAtorio", "Mode",
+        "LoRAtorio: patch-wise SoftMin routing. Composite: plain average of LoRA branches. "
+        "Switch: one LoRA at a time, rotating.", choices=MODES)
+    patch_size: int = _setting(
+        8, "Patch size", "Side of a comparison patch in latent pixels (8 latent px = 64 image px).",
+        minimum=1, maximum=64)
+    temperature: float = _setting(
+        0.05, "Temperature", "SoftMin temperature: small = one LoRA per patch, large = uniform average.",
+        minimum=1e-4, maximum=100.0)
+    recenter: float = _setting(
+        0.5, "Re-centring", "Weight of the base model's unconditional prediction in CFG "
+        "(1 = base only, fastest: N+2 evaluations per step).", minimum=0.0, maximum=1.0)
+    top_k: int = _setting(
+        0, "Auto-select top-k", "Keep only the k most divergent LoRAs (0 = use all).", minimum=0, maximum=64)
+    selection: str = _setting(
+        "patch", "Selection", "Rank LoRAs per patch or by their mean over the whole image.", choices=SELECTIONS)
+    switch_every: int = _setting(5, "Switch every", "Switch mode: steps before the next LoRA.", minimum=1,
+                                 maximum=1000)
+    max_batch: int = _setting(
+        0, "Max batch", "Rows per model call (0 = all at once, halved automatically on out-of-memory).",
+        minimum=0, maximum=4096)
+    default_strength: float = _setting(
+        1.0, "Default strength", "Strength of a <loratorio:NAME> tag that gives none.", minimum=-10.0,
+        maximum=10.0)
+    pool: list = _setting(
+        [], "Pool", "LoRA names or a folder: every step the top-k most relevant are picked from these.")
+    text_encoder: str = _setting(
+        "per branch", "Text encoder", "per branch: each LoRA's text-encoder part conditions its own branch. "
+        "UNet only: cheaper, text-encoder parts are ignored.", choices=TEXT_ENCODER_MODES)
+    step_start: float = _setting(
+        0.0, "Start at", "Fraction of the steps after which composition starts.", minimum=0.0, maximum=1.0)
+    step_end: float = _setting(
+        1.0, "End at", "Fraction of the steps after which composition stops.", minimum=0.0, maximum=1.0)
+    outside_steps: str = _setting(
+        "merge", "Outside the range", "merge: the LoRAs act merged as a plain <lora:> would. off: base model only.",
+        choices=OUTSIDE_STEPS)
+    show_weight_maps: bool = _setting(False, "Show weight maps", "Add one heatmap per LoRA to the results.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # --- validation -----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Coerce simple types and raise InvalidParameterError naming the first bad value."""
+        for f in dataclasses.fields(self):
+            value = _coerce(f, getattr(self, f.name))
+            meta = f.metadata
+            if meta["choices"] and value not in meta["choices"]:
+                raise InvalidParameterError(
+                    f"LoRAtorio {f.name}={value!r} is invalid: allowed values are {', '.join(meta['choices'])}.")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lo, hi = meta["min"], meta["max"]
+                if math.isnan(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+                    raise InvalidParameterError(
+                        f"LoRAtorio {f.name}={value!r} is invalid: it must be between {lo} and {hi}.")
+            object.__setattr__(self, f.name, value)
+        if self.step_start >= self.step_end:
+            raise InvalidParameterError(
+                f"LoRAtorio step range {self.step_start}..{self.step_end} is empty: 'Start at' must be "
+                "smaller than 'End at'.")
+
+    # --- dict / API ----------------------------------------------------------------------
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "LoratorioParams":
+        """Build from named values (the API's dict form). Unknown names are an error, not ignored."""
+        unknown = sorted(set(values) - set(cls.names()))
+        if unknown:
+            raise InvalidParameterError(
+                f"Unknown LoRAtorio setting(s): {', '.join(unknown)}. Known settings: {', '.join(cls.names())}.")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_args(cls, args: Iterable[Any]) -> "LoratorioParams":
+        """Build from positional values in field order (the WebUI's script args list)."""
+        args = list(args)
+        names = cls.names()
+        if len(args) > len(names):
+            raise InvalidParameterError(
+                f"LoRAtorio takes at most {len(names)} positional args ({', '.join(names)}), got {len(args)}.")
+        return cls(**dict(zip(names, args)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # --- infotext ------------------------------------------------------------------------
+    @classmethod
+    def infotext_key(cls, name: str) -> str:
+        return f"{INFOTEXT_PREFIX} {dataclasses.fields(cls)[cls.names().index(name)].metadata['label'].lower()}"
+
+    def to_infotext(self) -> dict[str, str]:
+        """PNG-info fields, only for enabled runs; values are plain strings (the host quotes them)."""
+        if not self.enabled:
+            return {}
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "enabled":
+                continue
+            if f.name == "pool":
+                if not value:
+                    continue
+                value = ";".join(value)
+            out[self.infotext_key(f.name)] = str(value)
+        out[INFOTEXT_PREFIX] = "True"
+        return out
+
+    @classmethod
+    def from_infotext(cls, fields: Mapping[str, str]) -> Optional["LoratorioParams"]:
+        """Inverse of to_infotext; None when the infotext has no LoRAtorio run."""
+        if str(fields.get(INFOTEXT_PREFIX, "")).strip() != "True":
+            return None
+        values: dict[str, Any] = {"enabled": True}
+        for name in cls.names():
+            key = cls.infotext_key(name)
+            if name != "enabled" and key in fields:
+                raw = str(fields[key])
+                values[name] = [p for p in raw.split(";") if p] if name == "pool" else raw
+        return cls(**values)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Accept strings (infotext, API) and numbers of the neighbouring type; reject the rest clearly."""
+    kind = type(f.default) if f.default is not dataclasses.MISSING else list
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return low in ("true", "1")
+            if isinstance(value, (bool, int)) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if kind is int:
+            number = float(value)
+            if number != int(number) or isinstance(value, bool):
+                raise ValueError
+            return int(number)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is list:
+            if isinstance(value, str):
+                return [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
+            return [str(v) for v in value]
+        return str(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"LoRAtorio {f.name}={value!r} is invalid: expected {kind.__name__}.") from None

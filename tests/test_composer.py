@@ -1,0 +1,213 @@
+"""The branch composer against a fake model whose branches are known functions of (row, branch)."""
+
+import pytest
+import torch
+
+from lib_loratorio.composer import BranchComposer
+from lib_loratorio.composition import compose, switch_branch
+from lib_loratorio.errors import LoratorioError, NonFiniteError
+from lib_loratorio.params import LoratorioParams
+
+N, C, H, W = 3, 4, 16, 16
+
+
+class FakeModel:
+    """Branch b of host row r predicts base(r) + bump_b, bump_b localised in a quadrant per LoRA."""
+
+    def __init__(self, x, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = x
+        self.row_term = torch.randn(x.shape[0], C, H, W, generator=g)
+        self.bumps = torch.zeros(N + 1, C, H, W)
+        for i in range(1, N + 1):
+            self.bumps[i] = 0.05 * torch.randn(C, H, W, generator=g)
+            q = i - 1
+            self.bumps[i, :, (q // 2) * 8:(q // 2) * 8 + 8, (q % 2) * 8:(q % 2) * 8 + 8] *= 40
+        self.calls = []
+
+    def predict(self, row, branch):
+        return 0.5 * self.x[row] + self.row_term[row] + self.bumps[branch]
+
+    def __call__(self, rows, branches):
+        self.calls.append((rows.tolist(), branches.tolist()))
+        return torch.stack([self.predict(int(r), int(b)) for r, b in zip(rows, branches)])
+
+
+def params(**kw):
+    return LoratorioParams(enabled=True, patch_size=4, temperature=0.05, **kw)
+
+
+def expected(model, cond_row, uncond_row, p, cond_rows_of_image=None):
+    """compose() on eps-like predictions of one image (the fake model is an eps host)."""
+    base_c = model.predict(cond_row, 0)[None]
+    lora_c = torch.stack([model.predict(cond_row, b)[None] for b in range(1, N + 1)])
+    base_u = model.predict(uncond_row, 0)[None]
+    lora_u = torch.stack([model.predict(uncond_row, b)[None] for b in range(1, N + 1)])
+    return compose(base_c, base_u, lora_c, lora_u, patch_size=p.patch_size, temperature=p.temperature,
+                   recenter=p.recenter)
+
+
+def test_batch_of_images_cond_and_uncond_in_one_call():
+    # A1111 layout: cond rows of all images first, then uncond rows.
+    x = torch.randn(4, C, H, W)
+    model = FakeModel(x)
+    p = params()
+    comp = BranchComposer(p, N, model, prediction="eps")
+    out = comp(x, [False, False, True, True], [0, 1, 0, 1], step=0)
+    for image, (c, u) in enumerate([(0, 2), (1, 3)]):
+        ref = expected(model, c, u, p)
+        assert torch.allclose(out[c], ref.cond[0], atol=1e-6)
+        assert torch.allclose(out[u], ref.uncond[0], atol=1e-6)
+    assert len(model.calls) == 1 and len(model.calls[0][0]) == 4 * (N + 1)
+    # rows are grouped by branch, so each LoRA owns one contiguous slice of the batch
+    assert model.calls[0][1] == sorted(model.calls[0][1])
+
+
+def test_the_routing_follows_the_divergent_lora():
+    x = torch.randn(2, C, H, W)
+    comp = BranchComposer(params(), N, FakeModel(x), prediction="eps", keep_weight_maps=True)
+    comp(x, [False, True], [0, 0], step=0)
+    w = comp.last_weight_maps[0]
+    assert w.shape == (N, H, W)
+    assert w[0, :8, :8].mean() > 0.9 and w[1, :8, 8:].mean() > 0.9 and w[2, 8:, :8].mean() > 0.9
+
+
+def test_several_cond_rows_per_image_and_uncond_weights_are_their_mean():
+    x = torch.randn(3, C, H, W)
+    model = FakeModel(x)
+    p = params()
+    comp = BranchComposer(p, N, model, prediction="eps")
+    out = comp(x, [False, False, True], [0, 0, 0], step=3)   # prompt "a AND b": two cond rows
+    w0 = expected(model, 0, 2, p).weights
+    w1 = expected(model, 1, 2, p).weights
+    mean_w = (w0 + w1) / 2
+    lora_u = torch.stack([model.predict(2, b) for b in range(1, N + 1)])
+    ref_u = 0.5 * model.predict(2, 0) + 0.5 * (mean_w[:, 0, None] * lora_u).sum(0)
+    assert torch.allclose(out[2], ref_u, atol=1e-6)
+    assert torch.allclose(out[0], expected(model, 0, 2, p).cond[0], atol=1e-6)
+
+
+def test_cond_and_uncond_in_separate_calls_reuse_the_step_weights():
+    x = torch.randn(2, C, H, W)
+    model = FakeModel(x)
+    p = params()
+    together = BranchComposer(p, N, model, prediction="eps")(x, [False, True], [0, 0], step=5)
+    split = BranchComposer(p, N, model, prediction="eps")
+    cond = split(x[:1], [False], [0], step=5)
+    # the host's second call sees only the uncond row; rebuild the model's view of that row
+    model_u = FakeModel(x)
+    split.evaluate = lambda rows, branches: model_u(rows + 1, branches)
+    uncond = split(x[1:], [True], [0], step=5)
+    assert torch.allclose(cond[0], together[0], atol=1e-6)
+    assert torch.allclose(uncond[0], together[1], atol=1e-6)
+    assert split.uncond_fallbacks == 0
+
+
+def test_weights_from_an_earlier_step_are_not_reused():
+    x = torch.randn(2, C, H, W)
+    comp = BranchComposer(params(), N, FakeModel(x), prediction="eps")
+    comp(x[:1], [False], [0], step=0)
+    comp.evaluate = lambda rows, branches: FakeModel(x)(rows + 1, branches)
+    comp(x[1:], [True], [0], step=1)
+    assert comp.uncond_fallbacks == 1
+
+
+def test_skipped_uncond_and_distilled_hosts_send_only_cond_rows():
+    x = torch.randn(2, C, H, W)
+    model = FakeModel(x)
+    out = BranchComposer(params(), N, model, prediction="eps")(x, [False, False], [0, 1], step=0)
+    assert torch.allclose(out[1], expected(model, 1, 1, params()).cond[0], atol=1e-6)
+
+
+def test_x0_host_equals_eps_host():
+    x = torch.randn(2, C, H, W) * 4
+    sigma = 3.0
+    eps_model = FakeModel(x)
+    x0_model = lambda rows, branches: x[rows] - sigma * eps_model(rows, branches)  # noqa: E731
+    eps = BranchComposer(params(), N, eps_model, prediction="eps")(x, [False, True], [0, 0], step=0)
+    x0 = BranchComposer(params(), N, x0_model, prediction="x0")(x, [False, True], [0, 0], step=0)
+    assert torch.allclose(x0, x - sigma * eps, atol=1e-5)
+
+
+def test_recenter_one_skips_the_lora_uncond_evaluations():
+    x = torch.randn(2, C, H, W)
+    model = FakeModel(x)
+    out = BranchComposer(params(recenter=1.0), N, model, prediction="eps")(x, [False, True], [0, 0], step=0)
+    rows, branches = model.calls[0]
+    assert len(rows) == N + 2 and branches.count(0) == 2
+    assert torch.equal(out[1], model.predict(1, 0))
+
+
+def test_chunks_give_the_same_result():
+    x = torch.randn(4, C, H, W)
+    full = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, [False, False, True, True], [0, 1, 0, 1], step=0)
+    model = FakeModel(x)
+    chunked = BranchComposer(params(max_batch=3), N, model, prediction="eps")(
+        x, [False, False, True, True], [0, 1, 0, 1], step=0)
+    assert torch.allclose(full, chunked)
+    assert [len(r) for r, _ in model.calls] == [3, 3, 3, 3, 3, 1]
+
+
+def test_out_of_memory_halves_the_chunk_and_remembers_it():
+    x = torch.randn(2, C, H, W)
+    model = FakeModel(x)
+
+    def tight(rows, branches):
+        if len(rows) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+        return model(rows, branches)
+
+    comp = BranchComposer(params(), N, tight, prediction="eps")
+    out = comp(x, [False, True], [0, 0], step=0)
+    ref = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, [False, True], [0, 0], step=0)
+    assert torch.allclose(out, ref) and comp.batch_limit == 2
+
+    def hopeless(rows, branches):
+        raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+
+    with pytest.raises(LoratorioError, match="Out of memory even when evaluating one branch row"):
+        BranchComposer(params(), N, hopeless, prediction="eps")(x, [False, True], [0, 0], step=0)
+
+
+def test_switch_mode_runs_one_branch_per_row():
+    x = torch.randn(2, C, H, W)
+    for step in (0, 5, 10, 15):
+        model = FakeModel(x)
+        out = BranchComposer(params(mode="Switch"), N, model, prediction="eps")(x, [False, True], [0, 0], step=step)
+        b = switch_branch(step, N, 5) + 1
+        assert model.calls[0][1] == [b, b]
+        assert torch.equal(out[0], model.predict(0, b)) and torch.equal(out[1], model.predict(1, b))
+
+
+def test_composite_mode_averages_the_loras_without_the_base():
+    x = torch.randn(2, C, H, W)
+    model = FakeModel(x)
+    out = BranchComposer(params(mode="Composite"), N, model, prediction="eps")(x, [False, True], [0, 0], step=0)
+    assert 0 not in model.calls[0][1]
+    assert torch.allclose(out[1], torch.stack([model.predict(1, b) for b in range(1, N + 1)]).mean(0), atol=1e-6)
+
+
+def test_nan_in_a_branch_is_named():
+    x = torch.randn(2, C, H, W)
+    model = FakeModel(x)
+    model.bumps[2, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="LoRA branch 2"):
+        BranchComposer(params(), N, model, prediction="eps")(x, [False, True], [0, 0], step=0)
+
+
+def test_mean_weight_maps_over_steps():
+    x = torch.randn(4, C, H, W)
+    comp = BranchComposer(params(), N, FakeModel(x), prediction="eps", keep_weight_maps=True)
+    for step in range(3):
+        comp(x, [False, False, True, True], [0, 1, 0, 1], step=step)
+    maps = comp.mean_weight_maps()
+    assert sorted(maps) == [0, 1] and comp.weight_map_counts == {0: 3, 1: 3}
+    assert torch.allclose(maps[0].sum(0), torch.ones(H, W), atol=1e-6)
+
+
+def test_layout_mismatch_and_no_lora_are_errors():
+    x = torch.randn(2, C, H, W)
+    with pytest.raises(LoratorioError, match="Row layout"):
+        BranchComposer(params(), N, FakeModel(x))(x, [False], [0], step=0)
+    with pytest.raises(LoratorioError, match="at least one LoRA"):
+        BranchComposer(params(), 0, FakeModel(x))
