@@ -1,0 +1,245 @@
+"""Speed of one LoRAtorio sampling step against the alternatives, measured in the same run.
+
+    python -m lib_loratorio.bench [--loras 1 2 4 8] [--width 64] [--latent 32] [--device cpu] [--json]
+
+A UNet of SD1.5's architecture (diffusers ``UNet2DConditionModel``: same blocks, module names and
+768-wide cross-attention, channels scaled down by ``--width``) gets random weights, and random
+rank-16 LoRA files in kohya format (attention, feed-forward, projections and LoCon resnet convs,
+as trainers write them) are written to a temporary folder and read back with the runtime's own
+loader. Every number is a ratio to one plain step (cond + uncond rows, one forward) measured in the
+same run, so a busy machine does not skew them. Needs ``diffusers`` (a benchmark-only dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+
+from .branch_runner import BranchRunner
+from .composer import BranchComposer
+from .composition import compose
+from .lora_files import read_lora_file
+from .network_names import bind_lora
+from .params import LoratorioParams
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                "conv1", "conv2")
+
+
+def build_unet(width: int, device: str):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(width, 2 * width, 4 * width, 4 * width), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=min(32, width // 2), sample_size=64,
+    )
+    return unet.to(device).eval()
+
+
+def write_random_lora(unet, path: Path, rank: int, seed: int) -> None:
+    """A kohya-format LoRA file (SD1.5 kohya names are the diffusers module paths with '_')."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(LORA_TARGETS) or not hasattr(module, "weight"):
+            continue
+        w = module.weight
+        key = "lora_unet_" + name.replace(".", "_")
+        if w.ndim == 4:
+            down = torch.randn(rank, w.shape[1], *w.shape[2:], generator=g) / (w.shape[1] * w.shape[2] * w.shape[3]) ** 0.5
+            up = torch.randn(w.shape[0], rank, 1, 1, generator=g) * 0.02
+        else:
+            down = torch.randn(rank, w.shape[1], generator=g) / w.shape[1] ** 0.5
+            up = torch.randn(w.shape[0], rank, generator=g) * 0.02
+        tensors[f"{key}.lora_down.weight"] = down.contiguous()
+        tensors[f"{key}.lora_up.weight"] = up.contiguous()
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or the process's peak RSS on Linux CPUs."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+    def peak_mib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def timed(fn: Callable[[], object], repeats: int, device: str) -> float:
+    """Median wall time of fn over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict:
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(2, 4, latent, latent, generator=g).to(device)
+    ctx = torch.randn(2, 77, 768, generator=g).to(device)
+    t = torch.full((2,), 500.0, device=device)
+    bound = loras[:n]
+    strengths = [0.8] * n
+    memory = PeakMemory(device)
+    row_kinds, images = [False, True], [0, 0]
+
+    def plain():
+        return unet(x, t, ctx).sample
+
+    with BranchRunner(bound, strengths) as runner:
+        def evaluate(rows, branches):
+            rows = rows.to(device)
+            with runner.rows(branches):
+                return unet(x[rows], t[rows], ctx[rows]).sample
+
+        def loratorio(recenter):
+            composer = BranchComposer(LoratorioParams(enabled=True, recenter=recenter), n, evaluate, prediction="eps")
+            return lambda: composer(x, row_kinds, images, step=0)
+
+        def loop():
+            preds = []
+            for b in range(n + 1):
+                with runner.rows(torch.full((2,), b)):
+                    preds.append(unet(x, t, ctx).sample)
+            return compose(preds[0][:1], preds[0][1:], torch.stack([p[:1] for p in preds[1:]]),
+                           torch.stack([p[1:] for p in preds[1:]]), patch_size=8, temperature=0.05)
+
+        results = {}
+        for label, fn in (("plain", plain), ("loratorio", loratorio(0.5)), ("loratorio_fast", loratorio(1.0)),
+                          ("loop", loop)):
+            memory.reset()
+            results[label] = timed(fn, repeats, device)
+            results[f"{label}_peak_mib"] = memory.peak_mib()
+        batched, looped = loratorio(0.5)(), loop()
+        results["batched_vs_loop_max_diff"] = float((batched[0] - looped.cond[0]).abs().max())
+
+    targets = [(module, [(lora, delta) for lora in bound for _, m, delta in lora.targets if m is module])
+               for module in {m for lora in bound for _, m, _ in lora.targets}]
+    originals = {module: module.weight.detach().clone() for module, _ in targets}
+
+    def merge_loop():
+        # The naive alternative: merge LoRA b, forward, restore, for every branch of every step.
+        preds = [unet(x, t, ctx).sample]
+        for b in range(n):
+            for module, deltas in targets:
+                for lora, delta in deltas:
+                    if lora is bound[b]:
+                        module.weight.data += strengths[b] * delta.weight_delta(module).to(module.weight)
+            preds.append(unet(x, t, ctx).sample)
+            for module, _ in targets:
+                module.weight.data.copy_(originals[module])
+        return preds
+
+    def merge_all():
+        for module, deltas in targets:
+            for lora, delta in deltas:
+                module.weight.data += strengths[bound.index(lora)] * delta.weight_delta(module).to(module.weight)
+
+    results["merge_per_branch"] = timed(merge_loop, repeats, device)
+    start = time.perf_counter()
+    merge_all()
+    results["merge_once"] = time.perf_counter() - start
+    results["merged_step"] = timed(plain, repeats, device)
+    for module, _ in targets:
+        module.weight.data.copy_(originals[module])
+    return results
+
+
+def compose_fraction(unet, repeats: int, device: str) -> float:
+    """compose() for N=4 on a 4x128x128 latent (SD1.5 at 1024 px / SDXL) over one UNet forward there."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 4, 128, 128, generator=g).to(device)
+    loras = base + 0.1 * torch.randn(4, 2, 4, 128, 128, generator=g).to(device)
+    t_compose = timed(lambda: compose(base[:1], base[1:], loras[:, :1], loras[:, 1:], patch_size=8,
+                                      temperature=0.05), repeats, device)
+    ctx = torch.randn(2, 77, 768, generator=g).to(device)
+    t_unet = timed(lambda: unet(base, torch.full((2,), 500.0, device=device), ctx).sample, max(1, repeats // 2), device)
+    return t_compose / t_unet
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--loras", type=int, nargs="+", default=[1, 2, 4, 8], help="numbers of LoRAs N")
+    ap.add_argument("--width", type=int, default=64, help="first block's channels (SD1.5: 320)")
+    ap.add_argument("--latent", type=int, default=32, help="latent side (SD1.5 at 512 px: 64)")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--json", action="store_true", help="print machine-readable results")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    unet = build_unet(args.width, args.device)
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        loras = []
+        for i in range(max(args.loras)):
+            path = Path(tmp) / f"random_{i}.safetensors"
+            write_random_lora(unet, path, args.rank, seed=100 + i)
+            loras.append(bind_lora(read_lora_file(path), {"unet": unet}))
+        rows = [{"n": n, **bench_n(unet, loras, n, args.latent, args.repeats, args.device)} for n in args.loras]
+        fraction = compose_fraction(unet, args.repeats, args.device)
+
+    report = {"device": args.device, "threads": torch.get_num_threads(), "width": args.width,
+              "latent": args.latent, "rank": args.rank, "rows": rows, "compose_n4_128_over_unet_forward": fraction}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_table(report))
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"device {report['device']} ({report['threads']} threads), UNet width {report['width']}, "
+             f"latent {report['latent']}x{report['latent']}, LoRA rank {report['rank']}",
+             "times are ratios to one plain step (cond+uncond, one forward) of the same run",
+             "| N | floor N+1 | LoRAtorio | fast (recenter=1) | loop of forwards | merge/unmerge per branch "
+             "| merged step | merge once | peak MiB plain / LoRAtorio / loop |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        p = r["plain"]
+        lines.append(
+            f"| {r['n']} | {r['n'] + 1} | {r['loratorio'] / p:.2f} | {r['loratorio_fast'] / p:.2f} | "
+            f"{r['loop'] / p:.2f} | {r['merge_per_branch'] / p:.2f} | {r['merged_step'] / p:.2f} | "
+            f"{r['merge_once'] / p:.2f} | {r['plain_peak_mib']:.0f} / {r['loratorio_peak_mib']:.0f} / "
+            f"{r['loop_peak_mib']:.0f} |")
+    lines.append(f"compose() for N=4 on 4x128x128 = {report['compose_n4_128_over_unet_forward']:.3f} of one "
+                 "UNet forward (batch 2) on the same latent")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
