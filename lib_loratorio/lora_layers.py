@@ -99,7 +99,7 @@ class ModuleDelta:
 
     #: Dense weight shape the delta was made for, known without building the dense delta.
     shape: tuple[int, ...]
-    #: Additive bias change, or None.
+    #: Additive bias change (already scaled), or None.
     bias: Optional[Tensor]
 
     def __init__(self, shape: tuple[int, ...], bias: Optional[Tensor] = None) -> None:
@@ -121,8 +121,12 @@ class ModuleDelta:
         return clone
 
     def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
-        """Change of ``layer(x)`` caused by this delta, for ``x`` = the layer's input."""
-        return apply_weight(x, self.weight_delta(layer), layer, self._bias_for(layer))
+        """Change of ``layer(x)`` caused by this delta, for ``x`` = the layer's input.
+
+        ``x`` and the delta must share device and dtype: call ``to(x.device, x.dtype)`` once and
+        keep the copy.
+        """
+        return apply_weight(x, self.weight_delta(layer), layer, self.bias)
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
         """Dense weight change with ``layer.weight``'s shape."""
@@ -136,10 +140,9 @@ class ModuleDelta:
     def _reset_cache(self) -> None:
         self._dense: Optional[Tensor] = None
 
-    def _bias_for(self, layer: nn.Module) -> Optional[Tensor]:
-        if self.bias is None:
-            return None
-        return self.bias.to(layer.weight.dtype) if self.bias.dtype != layer.weight.dtype else self.bias
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        """Whether this delta can be applied to a weight of ``weight_shape``."""
+        return same_weight_shape(self.shape, tuple(weight_shape))
 
     def _cached_dense(self, layer: nn.Module) -> Tensor:
         """Build the dense delta once per object (``to`` copies start with an empty cache)."""
@@ -178,7 +181,7 @@ class LowRank(ModuleDelta):
         if layer.weight.ndim == 4 and int(getattr(layer, "groups", 1)) != 1:
             # A rank factorisation does not respect conv groups; fall back to the dense delta.
             return super().output_delta(x, layer)
-        bias = self._bias_for(layer)
+        bias = self.bias
         if layer.weight.ndim == 4:
             up = self.up.reshape(self.up.shape[0], self.up.shape[1], 1, 1)
             if self.mid is None:
@@ -201,3 +204,154 @@ class LowRank(ModuleDelta):
             mid = torch.einsum("ab...,bi->ai...", self.mid, self.down.reshape(self.down.shape[0], -1))
             w = torch.einsum("oa,ai...->oi...", up, mid)
         return (w * self.scale).reshape(layer.weight.shape)
+
+
+def _flat_fits(shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
+    """LyCORIS stores conv factors flattened to [out, in*kh*kw]; accept those as well."""
+    if same_weight_shape(shape, weight_shape):
+        return True
+    return len(shape) == 2 and shape[0] == weight_shape[0] and shape[1] == math.prod(weight_shape[1:])
+
+
+def _tucker(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
+    """LyCORIS Tucker rebuild: ``W[p, r, ...] = sum_ij t[i, j, ...] * wb[j, r] * wa[i, p]``.
+
+    Here ``wa`` is [rank, out] and ``wb`` is [rank, in] (both rank-first, unlike the plain case).
+    """
+    return torch.einsum("ij...,jr,ip->pr...", t, wb, wa)
+
+
+class LoHa(ModuleDelta):
+    """LyCORIS LoHa: ``scale * (w1a @ w1b) * (w2a @ w2b)`` (Hadamard product), optional Tucker."""
+
+    def __init__(self, w1a: Tensor, w1b: Tensor, w2a: Tensor, w2b: Tensor, scale: float,
+                 t1: Optional[Tensor] = None, t2: Optional[Tensor] = None,
+                 bias: Optional[Tensor] = None) -> None:
+        if t1 is not None:
+            shape = (w1a.shape[1], w1b.shape[1], *t1.shape[2:])
+        else:
+            shape = (w1a.shape[0], *w1b.shape[1:])
+        super().__init__(shape, bias)
+        self.w1a, self.w1b, self.w2a, self.w2b, self.t1, self.t2 = w1a, w1b, w2a, w2b, t1, t2
+        self.scale = float(scale)
+
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        return _flat_fits(self.shape, tuple(weight_shape))
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        return self._cached_dense(layer)
+
+    def _build_dense(self) -> Tensor:
+        def half(wa: Tensor, wb: Tensor, t: Optional[Tensor]) -> Tensor:
+            if t is not None:
+                return _tucker(t, wa, wb)
+            return wa.reshape(wa.shape[0], -1) @ wb.reshape(wb.shape[0], -1)
+
+        w1 = half(self.w1a, self.w1b, self.t1)
+        w2 = half(self.w2a, self.w2b, self.t2)
+        return (w1.reshape(w2.shape) * w2) * self.scale
+
+
+class LoKr(ModuleDelta):
+    """LyCORIS LoKr: ``scale * kron(w1, w2)``; each side full or factored (``w2`` also Tucker)."""
+
+    def __init__(self, w1: Optional[Tensor], w1a: Optional[Tensor], w1b: Optional[Tensor],
+                 w2: Optional[Tensor], w2a: Optional[Tensor], w2b: Optional[Tensor],
+                 scale: float, t2: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> None:
+        s1 = tuple(w1.shape) if w1 is not None else (w1a.shape[0], w1b.shape[1])
+        if w2 is not None:
+            s2 = tuple(w2.shape)
+        elif t2 is not None:
+            s2 = (w2a.shape[1], w2b.shape[1], *t2.shape[2:])
+        else:
+            s2 = (w2a.shape[0], *w2b.shape[1:])
+        shape = (s1[0] * s2[0], s1[1] * s2[1], *s2[2:])
+        super().__init__(shape, bias)
+        self.w1, self.w1a, self.w1b, self.w2, self.w2a, self.w2b, self.t2 = w1, w1a, w1b, w2, w2a, w2b, t2
+        self.scale = float(scale)
+
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        return _flat_fits(self.shape, tuple(weight_shape))
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        return self._cached_dense(layer)
+
+    def _build_dense(self) -> Tensor:
+        w1 = self.w1 if self.w1 is not None else self.w1a @ self.w1b
+        if self.w2 is not None:
+            w2 = self.w2
+        elif self.t2 is not None:
+            w2 = _tucker(self.t2, self.w2a, self.w2b)
+        else:
+            w2 = self.w2a @ self.w2b.reshape(self.w2b.shape[0], -1)
+        if w2.ndim == 4:
+            w1 = w1[:, :, None, None]
+        # kron of [a, b] and [c, d*kh*kw] is the conv kron flattened, so the 2D case needs no care.
+        return torch.kron(w1.contiguous(), w2.contiguous()) * self.scale
+
+
+class FullDiff(ModuleDelta):
+    """LyCORIS "full" / "diff": the weight difference itself, and ``diff_b`` for the bias."""
+
+    def __init__(self, diff: Tensor, bias: Optional[Tensor] = None) -> None:
+        super().__init__(tuple(diff.shape), bias)
+        self.diff = diff
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        return self.diff.reshape(layer.weight.shape)
+
+
+class DoRA(ModuleDelta):
+    """Weight-decomposed LoRA: ``W' = m * (W + dW) / ||W + dW||``; the delta is ``W' - W``.
+
+    Norm axis. LyCORIS and A1111 (and so kohya-trained LyCORIS files) take the norm over every
+    axis except the *input* axis (dim 1) and store ``dora_scale`` as [1, in(, 1, 1)]; LyCORIS with
+    ``wd_on_out`` takes it per *output* row as in the DoRA paper and stores [out, 1(, 1, 1)].
+    For ``dora_scale`` the stored shape tells which (``per_output=None``). PEFT's
+    ``lora_magnitude_vector`` is always per output row, though conv layers store it as
+    [1, out, 1, 1], so its reader passes ``per_output=True``.
+
+    The result depends on the layer's current weight, so it is built per layer state and cached.
+    """
+
+    def __init__(self, inner: ModuleDelta, magnitude: Tensor, per_output: Optional[bool] = None) -> None:
+        super().__init__(inner.shape, inner.bias)
+        self.inner, self.magnitude = inner, magnitude
+        if per_output is None:
+            out = inner.shape[0]
+            per_output = magnitude.ndim == 1 or (magnitude.shape[0] == out and magnitude.numel() == out)
+        self.per_output = per_output
+        self._key: Optional[tuple] = None
+
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        return self.inner.fits(weight_shape)
+
+    def to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "DoRA":
+        inner = self.inner.to(device, dtype)
+        mag = self.magnitude.to(device=device, dtype=dtype)
+        if inner is self.inner and mag is self.magnitude:
+            return self
+        return DoRA(inner, mag, self.per_output)
+
+    def _reset_cache(self) -> None:
+        self._dense = None
+        self._key = None
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        w = layer.weight
+        dtype = self.magnitude.dtype
+        # In-place edits of the weight bump its version, so a merged host LoRA invalidates this.
+        key = (w.data_ptr(), w._version, tuple(w.shape), w.device, dtype)
+        if self._key != key:
+            base = w.detach().to(device=self.magnitude.device, dtype=torch.float32)
+            merged = base + self.inner.weight_delta(layer).to(torch.float32).reshape(base.shape)
+            if self.per_output:
+                norm = merged.reshape(merged.shape[0], -1).norm(dim=1)
+                norm = norm.reshape(-1, *[1] * (merged.ndim - 1))
+            else:
+                norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
+                norm = norm.reshape(1, -1, *[1] * (merged.ndim - 2))
+            mag = self.magnitude.to(torch.float32).reshape(norm.shape)
+            self._dense = (merged * (mag / norm) - base).to(dtype)
+            self._key = key
+        return self._dense
