@@ -1,0 +1,138 @@
+"""ModuleDelta maths: every format on linear, conv (3x3 padded, strided, 1x1) and Forge-like layers."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib_loratorio.lora_files import read_lora_file
+from lib_loratorio.lora_layers import DoRA, LowRank, ModuleDelta
+from tests.lora_writers import FORMATS, write_kohya
+
+
+class ForgeLikeConv(nn.Module):
+    """Not an nn.Conv2d subclass, but with a conv weight and conv attributes (as Forge's ops)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.1)
+        self.bias = nn.Parameter(torch.randn(cout) * 0.1)
+        self.stride, self.padding = (2, 2), (1, 1)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+def _layers() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Module()
+    net.linear = nn.Linear(16, 24)
+    net.conv3 = nn.Conv2d(16, 24, 3, padding=1)
+    net.down = nn.Conv2d(16, 16, 3, stride=2, padding=1)  # SD's Downsample "op"
+    net.conv1 = nn.Conv2d(16, 24, 1)
+    net.reflect = nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect")
+    net.forge = ForgeLikeConv(16, 24)
+    return net
+
+
+LAYERS = ["linear", "conv3", "down", "conv1", "reflect", "forge"]
+
+
+@pytest.fixture(scope="module")
+def net():
+    return _layers()
+
+
+@pytest.fixture(scope="module", params=sorted(FORMATS))
+def written(request, net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("layers") / f"{request.param}.safetensors"
+    expected = write_kohya(path, net, LAYERS, request.param, rank=4, alpha=2.0)
+    return request.param, read_lora_file(path), expected
+
+
+def _input(layer: nn.Module) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    if layer.weight.ndim == 2:
+        return torch.randn(3, 5, layer.weight.shape[1], generator=g)
+    return torch.randn(2, layer.weight.shape[1], 9, 9, generator=g)  # odd size: stride edge
+
+
+def _reference_apply(x, layer, w, b):
+    """The layer's own operation with (w, b), written out per layer type."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, w, b)
+    if getattr(layer, "padding_mode", "zeros") != "zeros":
+        p = layer.padding[0]
+        x = F.pad(x, (p, p, p, p), mode=layer.padding_mode)
+        return F.conv2d(x, w, b, layer.stride)
+    return F.conv2d(x, w, b, layer.stride, layer.padding)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_delta_matches_dense_and_merge(written, net, name):
+    fmt, lora, expected = written
+    layer = getattr(net, name)
+    delta = lora.modules[f"unet:{name}"]
+    dw, db = expected[name]
+    torch.testing.assert_close(delta.weight_delta(layer), dw.reshape(layer.weight.shape), atol=1e-6, rtol=1e-5)
+    if db is not None:
+        torch.testing.assert_close(delta.bias, db)
+
+    x = _input(layer)
+    out = delta.output_delta(x, layer)
+    torch.testing.assert_close(out, _reference_apply(x, layer, delta.weight_delta(layer), delta.bias),
+                               atol=1e-5, rtol=1e-4)
+
+    strength = 0.7
+    merged = copy.deepcopy(layer)
+    with torch.no_grad():
+        merged.weight += strength * dw.reshape(layer.weight.shape)
+        if db is not None:
+            merged.bias += strength * db
+        torch.testing.assert_close(merged(x), layer(x) + strength * out, atol=1e-5, rtol=1e-4)
+
+
+def test_low_rank_never_builds_dense(net, tmp_path, monkeypatch):
+    path = tmp_path / "l.safetensors"
+    write_kohya(path, net, ["linear", "conv3", "down"], "locon_tucker")
+    lora = read_lora_file(path)
+    monkeypatch.setattr(LowRank, "weight_delta", lambda *a: pytest.fail("dense delta built"))
+    for name in ("linear", "conv3", "down"):
+        layer = getattr(net, name)
+        assert isinstance(lora.modules[f"unet:{name}"], LowRank)
+        lora.modules[f"unet:{name}"].output_delta(_input(layer), layer)
+
+
+def test_to_copies_and_keeps_values(written, net):
+    _, lora, _ = written
+    delta: ModuleDelta = lora.modules["unet:conv3"]
+    assert delta.to("cpu", torch.float32) is delta
+    d64 = delta.to("cpu", torch.float64)
+    assert d64 is not delta and type(d64) is type(delta)
+    layer64 = copy.deepcopy(net.conv3).double()
+    x = _input(net.conv3)
+    torch.testing.assert_close(d64.output_delta(x.double(), layer64).float(),
+                               delta.output_delta(x, net.conv3), atol=1e-5, rtol=1e-4)
+
+
+def test_dora_follows_the_layers_current_weight(net, tmp_path):
+    path = tmp_path / "d.safetensors"
+    write_kohya(path, net, ["linear"], "dora")
+    delta = read_lora_file(path).modules["unet:linear"]
+    assert isinstance(delta, DoRA) and not delta.per_output
+    layer = copy.deepcopy(net.linear)
+    first = delta.weight_delta(layer).clone()
+    with torch.no_grad():
+        layer.weight.mul_(1.5)  # e.g. the host merged another LoRA in place
+    assert not torch.allclose(delta.weight_delta(layer), first)
+
+
+def test_grouped_conv_falls_back_to_dense():
+    torch.manual_seed(0)
+    layer = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+    delta = LowRank(torch.randn(2, 4, 3, 3), torch.randn(8, 2, 1, 1), scale=0.5)
+    x = torch.randn(1, 8, 6, 6)
+    ref = F.conv2d(x, delta.weight_delta(layer), None, 1, 1, 1, 2)
+    torch.testing.assert_close(delta.output_delta(x, layer), ref)
