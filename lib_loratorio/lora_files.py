@@ -87,8 +87,9 @@ def split_key(key: str) -> Optional[tuple[str, str, str]]:
             return comp, module[len(prefix):].replace(".", "_"), param
     if suffix in _KOHYA_SUFFIXES:
         return None  # a kohya/LyCORIS key without a known prefix (e.g. "bundle_emb...")
-    # Bare PEFT names: a text encoder's modules live under "text_model.".
-    comp = "te1" if module.startswith("text_model.") else "unet"
+    # Bare PEFT names: a text encoder's modules live under "text_model." (or, with
+    # transformers 5, directly under "encoder.layers.").
+    comp = "te1" if module.startswith(("text_model.", "encoder.layers.")) else "unet"
     return comp, module.replace(".", "_"), param
 
 

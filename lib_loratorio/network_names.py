@@ -8,8 +8,9 @@ convention, derived by walking the network's blocks (layers per level, whether a
 attention, where the down/up samplers sit). The same file then binds to a diffusers UNet and to
 the A1111 UNet, and tiny test networks and SDXL need no special cases.
 
-Text encoders are indexed by their HF CLIP names (``text_model.encoder.layers.N...``), also when
-nested in a wrapper, and open_clip's (A1111 SDXL ``te2``) layers under the HF names LoRAs use.
+Text encoders are indexed by their HF CLIP names (``text_model.encoder.layers.N...``, with or
+without ``text_model.``), also when nested in a wrapper, and open_clip's (A1111 SDXL ``te2``)
+layers under the HF names LoRAs use.
 """
 
 from __future__ import annotations
@@ -192,11 +193,16 @@ def unet_name_aliases(unet: nn.Module) -> dict[str, str]:
 
 
 def _text_encoder_aliases(name: str) -> list[str]:
-    """HF CLIP names for a text-encoder module, also when nested in a wrapper or open_clip."""
+    """HF CLIP names for a text-encoder module: with and without the ``text_model.`` level
+    (transformers 5 dropped it from CLIPTextModel), nested in a wrapper, or from open_clip."""
     out = []
     i = name.find("text_model.")
-    if i > 0:
-        out.append(name[i:])
+    if i >= 0:
+        out += [name[i:], name[i + len("text_model."):]]
+    else:
+        j = name.find("encoder.layers.")
+        if j == 0 or (j > 0 and name[j - 1] == "."):
+            out += ["text_model." + name[j:], name[j:]]
     m = _OPEN_CLIP_BLOCK.search(name)
     if m:
         layer, rest = m.groups()
