@@ -134,13 +134,15 @@ def ldm_view(unet: nn.Module) -> LdmUNetView:
 
 
 def tiny_clip_text(hidden: int = 32, layers: int = 2, seed: int = 0):
-    """transformers CLIPTextModel (HF names: text_model.encoder.layers.N.self_attn.q_proj ...)."""
+    """transformers CLIPTextModel: ``text_model.encoder.layers.N.self_attn.q_proj`` with
+    transformers 4 (A1111), ``encoder.layers.N...`` with transformers 5."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     cfg = CLIPTextConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4,
-                         max_position_embeddings=77, projection_dim=hidden)
+                         max_position_embeddings=77, projection_dim=hidden,
+                         bos_token_id=0, eos_token_id=2, pad_token_id=1)
     return CLIPTextModel(cfg).eval()
 
 
