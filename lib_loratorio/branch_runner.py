@@ -51,7 +51,7 @@ class BranchRunner:
                 self._by_module.setdefault(module, []).append((i, delta))
         self._handles: list = []
         self._device_copies: dict[tuple[int, torch.device, torch.dtype], ModuleDelta] = {}
-        self._n_rows = 0
+        self._n_rows: Optional[int] = 0
         self._selectors: list[Optional[RowSelector]] = []
 
     # --- lifetime -----------------------------------------------------------------------------
@@ -97,6 +97,20 @@ class BranchRunner:
         finally:
             self._selectors = []
 
+    @contextmanager
+    def whole_batch(self, branch: int) -> Iterator[None]:
+        """Within the block, every row of every hooked call belongs to ``branch``.
+
+        For passes whose batch the caller does not lay out itself, such as a host's text encoder
+        encoding a LoRA branch's prompts.
+        """
+        self._n_rows = None
+        self._selectors = [slice(None) if i == branch - 1 else None for i in range(self.n_loras)]
+        try:
+            yield
+        finally:
+            self._selectors = []
+
     # --- the hook ------------------------------------------------------------------------------
     def _delta_on(self, delta: ModuleDelta, device: torch.device, dtype: torch.dtype) -> ModuleDelta:
         key = (id(delta), device, dtype)
@@ -110,7 +124,7 @@ class BranchRunner:
             return None
         x = args[0] if args else next(iter(kwargs.values()))
         out = output[0] if isinstance(output, tuple) else output
-        if x.shape[0] != self._n_rows:
+        if self._n_rows is not None and x.shape[0] != self._n_rows:
             raise LoratorioError(
                 f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {x.shape[0]}: "
                 "the host changed the batch inside the network. Please report this with your settings.")
@@ -121,7 +135,7 @@ class BranchRunner:
             d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module)
             d = d.to(out.dtype) * self.strengths[i]
             if torch.is_grad_enabled() and out.requires_grad:
-                out = out.index_add(0, _as_index(sel, out.device), d)
+                out = out.index_add(0, _as_index(sel, out.shape[0], out.device), d)
             elif isinstance(sel, slice):
                 out[sel] += d
             else:
@@ -131,7 +145,7 @@ class BranchRunner:
         return out
 
 
-def _as_index(sel: RowSelector, device: torch.device) -> torch.Tensor:
+def _as_index(sel: RowSelector, n_rows: int, device: torch.device) -> torch.Tensor:
     if isinstance(sel, slice):
-        return torch.arange(sel.start, sel.stop, device=device)
+        return torch.arange(n_rows, device=device)[sel]
     return sel.to(device)

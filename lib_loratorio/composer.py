@@ -73,12 +73,17 @@ class BranchComposer:
         return list(range(n + 1))
 
     def _run(self, plan: list[tuple[int, int]]) -> torch.Tensor:
-        """Evaluate (row, branch) pairs grouped by branch, halving the chunk on out-of-memory."""
+        """Evaluate (row, branch) pairs grouped by branch, halving the chunk on out-of-memory.
+
+        Chunks never cross a branch boundary in "per branch" evaluation.
+        """
         rows = torch.tensor([r for r, _ in plan], dtype=torch.long)
         branches = torch.tensor([b for _, b in plan], dtype=torch.long)
         outputs, start = [], 0
         while start < len(plan):
             size = self.batch_limit or len(plan)
+            if self.params.evaluation == "per branch":
+                size = min(size, int((branches[start:] == branches[start]).sum()))
             try:
                 outputs.append(self.evaluate(rows[start:start + size], branches[start:start + size]))
             except _OOM_ERRORS as err:

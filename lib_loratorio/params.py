@@ -17,6 +17,7 @@ MODES: tuple[str, ...] = ("LoRAtorio", "Composite", "Switch")
 SELECTIONS: tuple[str, ...] = ("patch", "global")
 TEXT_ENCODER_MODES: tuple[str, ...] = ("per branch", "UNet only")
 OUTSIDE_STEPS: tuple[str, ...] = ("merge", "off")
+EVALUATIONS: tuple[str, ...] = ("batched", "per branch")
 INFOTEXT_PREFIX = "LoRAtorio"
 
 
@@ -50,12 +51,17 @@ class LoratorioParams:
         "patch", "Selection", "Rank LoRAs per patch or by their mean over the whole image.", choices=SELECTIONS)
     switch_every: int = _setting(5, "Switch every", "Switch mode: steps before the next LoRA.", minimum=1,
                                  maximum=1000)
+    evaluation: str = _setting(
+        "batched", "Evaluation", "batched: all branches in one model call (fastest). per branch: one call per "
+        "branch (least memory).", choices=EVALUATIONS)
     max_batch: int = _setting(
         0, "Max batch", "Rows per model call (0 = all at once, halved automatically on out-of-memory).",
         minimum=0, maximum=4096)
     default_strength: float = _setting(
         1.0, "Default strength", "Strength of a <loratorio:NAME> tag that gives none.", minimum=-10.0,
         maximum=10.0)
+    use_lora_tags: bool = _setting(
+        False, "Use <lora> tags", "Treat the prompt's <lora:NAME:STRENGTH> tags as LoRAtorio branches too.")
     pool: list = _setting(
         [], "Pool", "LoRA names or a folder: every step the top-k most relevant are picked from these.")
     text_encoder: str = _setting(

@@ -148,6 +148,16 @@ def test_chunks_give_the_same_result():
     assert [len(r) for r, _ in model.calls] == [3, 3, 3, 3, 3, 1]
 
 
+def test_per_branch_evaluation_makes_one_call_per_branch():
+    x = torch.randn(4, C, H, W)
+    model = FakeModel(x)
+    layout = ([False, False, True, True], [0, 1, 0, 1])
+    out = BranchComposer(params(evaluation="per branch"), N, model, prediction="eps")(x, *layout, step=0)
+    ref = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, *layout, step=0)
+    assert torch.allclose(out, ref)
+    assert [sorted(set(b)) for _, b in model.calls] == [[0], [1], [2], [3]]
+
+
 def test_out_of_memory_halves_the_chunk_and_remembers_it():
     x = torch.randn(2, C, H, W)
     model = FakeModel(x)

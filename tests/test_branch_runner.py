@@ -1,0 +1,156 @@
+"""Batched branches through forward hooks: equal to merging, base rows untouched, nothing left behind."""
+
+import copy
+
+import pytest
+import torch
+
+from lib_loratorio.branch_runner import BranchRunner
+from lib_loratorio.errors import LoratorioError
+from lib_loratorio.lora_files import read_lora_file
+from lib_loratorio.network_names import bind_lora
+from tests.lora_writers import write_kohya
+from tests.tiny_models import ldm_view, tiny_clip_text, tiny_sd15_unet
+
+TARGETS = [
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "down_blocks.0.attentions.0.proj_in",
+    "down_blocks.1.resnets.0.conv1",
+    "down_blocks.0.downsamplers.0.conv",
+    "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+    "up_blocks.1.resnets.0.conv2",
+    "up_blocks.0.upsamplers.0.conv",
+]
+STRENGTHS = [0.8, -0.5]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loras")
+    unet = tiny_sd15_unet()
+    files = []
+    for i, fmt in enumerate(["lora", "locon_tucker"]):
+        path = tmp / f"lora{i}.safetensors"
+        write_kohya(path, unet, TARGETS, fmt=fmt, seed=i, alpha=4.0)
+        files.append(read_lora_file(path))
+    return unet, files
+
+
+def inputs(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 16, 16, generator=g).expand(batch, -1, -1, -1).contiguous()
+    ctx = torch.randn(1, 7, 32, generator=g).expand(batch, -1, -1).contiguous()
+    return x, torch.full((batch,), 400.0), ctx
+
+
+def merged_copy(unet, bound, strength):
+    merged = copy.deepcopy(unet)
+    modules = dict(merged.named_modules())
+    names = {m: n for n, m in unet.named_modules()}
+    with torch.no_grad():
+        for _, module, delta in bound.targets:
+            modules[names[module]].weight += strength * delta.weight_delta(module)
+    return merged
+
+
+def snapshot(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def assert_untouched(net, before):
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+
+
+def test_each_branch_equals_the_merged_model_and_base_rows_are_exact(setup):
+    unet, files = setup
+    bound = [bind_lora(f, {"unet": unet}) for f in files]
+    x, t, ctx = inputs(3)
+    with torch.no_grad():
+        plain = unet(x, t, ctx).sample
+        with BranchRunner(bound, STRENGTHS) as runner, runner.rows(torch.tensor([0, 1, 2])):
+            out = unet(x, t, ctx).sample
+        for i, (b, s) in enumerate(zip(bound, STRENGTHS), start=1):
+            ref = merged_copy(unet, b, s)(x[:1], t[:1], ctx[:1]).sample
+            assert torch.allclose(out[i:i + 1], ref, atol=1e-5), i
+    assert torch.equal(out[0], plain[0])
+    assert not torch.allclose(out[1], out[0], atol=1e-3) and not torch.allclose(out[2], out[0], atol=1e-3)
+
+
+def test_ldm_named_network_gives_the_same_branches(setup):
+    unet, files = setup
+    view = ldm_view(unet)
+    x, t, ctx = inputs(4)
+    branches = torch.tensor([2, 0, 1, 2])          # interleaved rows: index path, not slices
+    with torch.no_grad():
+        with BranchRunner([bind_lora(f, {"unet": unet}) for f in files], STRENGTHS) as r, r.rows(branches):
+            diffusers_out = unet(x, t, ctx).sample
+        with BranchRunner([bind_lora(f, {"unet": view}) for f in files], STRENGTHS) as r, r.rows(branches):
+            ldm_out = view(x, t, ctx)
+    assert torch.allclose(diffusers_out, ldm_out, atol=1e-6)
+    assert torch.allclose(ldm_out[0], ldm_out[3], atol=1e-6)
+
+
+def test_outside_rows_block_the_hooks_do_nothing(setup):
+    unet, files = setup
+    x, t, ctx = inputs(2)
+    with torch.no_grad():
+        plain = unet(x, t, ctx).sample
+        with BranchRunner([bind_lora(f, {"unet": unet}) for f in files], STRENGTHS) as runner:
+            assert runner.installed
+            assert torch.equal(unet(x, t, ctx).sample, plain)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_hooks_removed_and_weights_identical_after_failure(setup, failure):
+    unet, files = setup
+    before = snapshot(unet)
+    x, t, ctx = inputs(3)
+
+    def explode(*_):
+        raise failure
+
+    handle = unet.mid_block.register_forward_hook(explode)
+    try:
+        with pytest.raises(type(failure)):
+            with torch.no_grad(), BranchRunner([bind_lora(f, {"unet": unet}) for f in files], STRENGTHS) as r:
+                with r.rows(torch.tensor([0, 1, 2])):
+                    unet(x, t, ctx)
+    finally:
+        handle.remove()
+    assert_untouched(unet, before)
+
+
+def test_runs_leave_weights_bit_identical(setup):
+    unet, files = setup
+    before = snapshot(unet)
+    x, t, ctx = inputs(3)
+    with torch.no_grad(), BranchRunner([bind_lora(f, {"unet": unet}) for f in files], STRENGTHS) as r:
+        for _ in range(2):
+            with r.rows(torch.tensor([0, 1, 2])):
+                unet(x, t, ctx)
+    assert_untouched(unet, before)
+
+
+def test_a_batch_of_the_wrong_size_is_refused(setup):
+    unet, files = setup
+    x, t, ctx = inputs(2)
+    with torch.no_grad(), BranchRunner([bind_lora(files[0], {"unet": unet})], [1.0]) as r:
+        with r.rows(torch.tensor([0, 1, 1])), pytest.raises(LoratorioError, match="expected 3 rows"):
+            unet(x, t, ctx)
+
+
+def test_whole_batch_and_grad_mode_match_merging(tmp_path):
+    clip = tiny_clip_text()
+    targets = ["encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc1"]
+    path = tmp_path / "te.safetensors"
+    write_kohya(path, clip, targets, component="te1", seed=3, prefix="lora_te_text_model_")  # as files name them
+    bound = bind_lora(read_lora_file(path), {"te1": clip})
+    ids = torch.randint(0, 100, (2, 7))
+    ref = merged_copy(clip, bound, 0.7)(ids).last_hidden_state
+    with BranchRunner([bound], [0.7]) as runner, runner.whole_batch(1):
+        out = clip(ids).last_hidden_state        # grad enabled: the out-of-place path
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert not any(m._forward_hooks for m in clip.modules())
