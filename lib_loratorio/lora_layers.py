@@ -40,7 +40,7 @@ def _pair(v: object) -> tuple[int, int]:
     return (int(v), int(v))  # type: ignore[call-overload]
 
 
-def _conv(x: Tensor, weight: Tensor, layer: nn.Module, spatial: bool = True) -> Tensor:
+def _conv(x: Tensor, weight: Tensor, layer: nn.Module, spatial: bool = True, groups: int = 1) -> Tensor:
     """conv2d of ``x`` with ``weight`` using ``layer``'s geometry.
 
     ``spatial=False`` is for 1x1 factors applied after (or before) the spatial factor: they must
@@ -59,25 +59,15 @@ def _conv(x: Tensor, weight: Tensor, layer: nn.Module, spatial: bool = True) -> 
         padding = 0
     elif not isinstance(padding, str):
         padding = _pair(padding)
-    return F.conv2d(x, weight, None, stride, padding, dilation, 1)
+    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
 def apply_weight(x: Tensor, weight: Tensor, layer: nn.Module, bias: Optional[Tensor] = None) -> Tensor:
     """``layer``'s operation with ``weight`` (and ``bias``) in place of its own parameters."""
     lw = layer.weight
     if lw.ndim == 4:
-        groups = int(getattr(layer, "groups", 1))
-        if groups == 1:
-            out = _conv(x, weight.reshape(lw.shape), layer)
-        else:
-            stride = _pair(getattr(layer, "stride", 1))
-            dilation = _pair(getattr(layer, "dilation", 1))
-            padding = getattr(layer, "padding", 0)
-            padding = padding if isinstance(padding, str) else _pair(padding)
-            out = F.conv2d(x, weight.reshape(lw.shape), None, stride, padding, dilation, groups)
-        if bias is not None:
-            out = out + bias.reshape(1, -1, 1, 1)
-        return out
+        out = _conv(x, weight.reshape(lw.shape), layer, groups=int(getattr(layer, "groups", 1)))
+        return out if bias is None else out + bias.reshape(1, -1, 1, 1)
     return F.linear(x, weight.reshape(lw.shape), bias)
 
 
@@ -172,10 +162,6 @@ class LowRank(ModuleDelta):
             shape = (up.shape[0], *down.shape[1:])
         super().__init__(shape, bias)
         self.down, self.up, self.mid, self.scale = down, up, mid, float(scale)
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
 
     def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
         if layer.weight.ndim == 4 and int(getattr(layer, "groups", 1)) != 1:

@@ -136,3 +136,15 @@ def test_grouped_conv_falls_back_to_dense():
     x = torch.randn(1, 8, 6, 6)
     ref = F.conv2d(x, delta.weight_delta(layer), None, 1, 1, 1, 2)
     torch.testing.assert_close(delta.output_delta(x, layer), ref)
+
+
+def test_linear_factors_on_1x1_conv_and_back():
+    """SD1.5 has 1x1 conv proj_in/proj_out where SDXL-style LoRAs store linear factors."""
+    torch.manual_seed(0)
+    down, up = torch.randn(2, 8), torch.randn(6, 2)
+    conv, linear = nn.Conv2d(8, 6, 1), nn.Linear(8, 6)
+    x = torch.randn(1, 8, 4, 4)
+    as_linear = LowRank(down, up, 0.5).output_delta(x.permute(0, 2, 3, 1), linear).permute(0, 3, 1, 2)
+    for delta in (LowRank(down, up, 0.5), LowRank(down[:, :, None, None], up[:, :, None, None], 0.5)):
+        assert delta.fits(tuple(conv.weight.shape)) and delta.fits(tuple(linear.weight.shape))
+        torch.testing.assert_close(delta.output_delta(x, conv), as_linear)
