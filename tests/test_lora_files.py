@@ -168,3 +168,17 @@ def test_bad_files_raise_lora_file_error(damage, words, tmp_path):
     assert path.name in message
     for word in words:
         assert word in message
+
+
+def test_peft_metadata_alpha_pattern_and_rslora(tmp_path):
+    tensors = {}
+    for name in ("to_q", "to_k"):
+        key = f"unet.mid_block.attentions.0.transformer_blocks.0.attn1.{name}"
+        tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = torch.randn(4, 8), torch.randn(8, 4)
+    meta = {"unet.r": 4, "unet.lora_alpha": 8, "unet.alpha_pattern": {"attn1.to_k": 2},
+            "unet.use_rslora": True}
+    save_file(tensors, str(tmp_path / "p.safetensors"), metadata={"lora_adapter_metadata": json.dumps(meta)})
+    modules = read_lora_file(tmp_path / "p.safetensors").modules
+    prefix = "unet:mid_block_attentions_0_transformer_blocks_0_attn1_"
+    assert modules[prefix + "to_q"].scale == pytest.approx(8 / 2)  # alpha / sqrt(r)
+    assert modules[prefix + "to_k"].scale == pytest.approx(2 / 2)
