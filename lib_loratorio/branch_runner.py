@@ -40,7 +40,10 @@ class BranchRunner:
     ``loras[i]`` is LoRA i+1 of the composition (branch 0 is the base model).
     """
 
-    def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float]) -> None:
+    def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
+                 device_copies: Optional[dict] = None) -> None:
+        """``device_copies``: a cache of deltas moved to a device/dtype, shared between runs
+        (LoraLibrary.device_copies); by default each runner keeps its own."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)
@@ -50,7 +53,7 @@ class BranchRunner:
             for _name, module, delta in lora.targets:
                 self._by_module.setdefault(module, []).append((i, delta))
         self._handles: list = []
-        self._device_copies: dict[tuple[int, torch.device, torch.dtype], ModuleDelta] = {}
+        self._device_copies: dict = {} if device_copies is None else device_copies
         self._n_rows: Optional[int] = 0
         self._selectors: list[Optional[RowSelector]] = []
 

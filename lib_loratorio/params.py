@@ -186,7 +186,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return float(value)
         if kind is list:
             if isinstance(value, str):
-                return [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
+                return [p.strip() for p in value.replace("\n", ",").replace(";", ",").split(",") if p.strip()]
             return [str(v) for v in value]
         return str(value)
     except (TypeError, ValueError):

@@ -1,0 +1,58 @@
+"""A process-wide cache of LoRA files and of their tensors on the model's device.
+
+Reading a file and moving its tensors to the GPU is the slow part of starting a generation; users
+re-run the same LoRAs many times. Entries are keyed by path, size and modification time, so an
+edited or replaced file is read again; the least recently used files are dropped beyond a limit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Mapping
+
+from torch import nn
+
+from .lora_files import LoraFile, read_lora_file
+from .network_names import BoundLora, bind_lora
+
+
+class LoraLibrary:
+    def __init__(self, max_files: int = 32) -> None:
+        self.max_files = max_files
+        self._files: OrderedDict[str, tuple[tuple[int, int], LoraFile]] = OrderedDict()
+        # (id(delta), device, dtype) -> delta copy; shared with every BranchRunner of this library.
+        self.device_copies: dict = {}
+
+    def load(self, path: str) -> LoraFile:
+        """The file's contents, read once while the file is unchanged."""
+        path = os.path.abspath(path)
+        try:
+            st = os.stat(path)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = (-1, -1)  # read_lora_file reports the missing file
+        cached = self._files.get(path)
+        if cached is not None and cached[0] == stamp:
+            self._files.move_to_end(path)
+            return cached[1]
+        if cached is not None:
+            self._forget(cached[1])
+        lora = read_lora_file(path)
+        self._files[path] = (stamp, lora)
+        while len(self._files) > self.max_files:
+            _, (_, old) = self._files.popitem(last=False)
+            self._forget(old)
+        return lora
+
+    def bind(self, path: str, components: Mapping[str, nn.Module]) -> BoundLora:
+        return bind_lora(self.load(path), components)
+
+    def _forget(self, lora: LoraFile) -> None:
+        ids = {id(d) for d in lora.modules.values()}
+        for key in [k for k in self.device_copies if k[0] in ids]:
+            del self.device_copies[key]
+
+    def clear(self) -> None:
+        self._files.clear()
+        self.device_copies.clear()

@@ -1,0 +1,109 @@
+"""LoRAtorio: the always-visible script (accordion, script args from UI or API, infotext). Thin.
+
+The controls are generated from LoratorioParams, in its field order, so the positional API args,
+the UI, the infotext and validation all come from one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import gradio as gr
+
+from modules import scripts
+from modules.ui_components import InputAccordion
+
+from lib_loratorio.errors import LoratorioError
+from lib_loratorio.params import INFOTEXT_PREFIX, LoratorioParams
+from lib_loratorio.webui import HOST
+
+if HOST == "a1111":
+    from lib_loratorio.webui import a1111 as adapter
+
+    adapter.register_callbacks()
+else:
+    adapter = None
+
+# UI ranges where they are narrower than what validation allows (the API may go further).
+_SLIDERS = {
+    "patch_size": (1, 32, 1), "recenter": (0.0, 1.0, 0.05), "top_k": (0, 16, 1), "switch_every": (1, 20, 1),
+    "default_strength": (-2.0, 2.0, 0.05), "step_start": (0.0, 1.0, 0.05), "step_end": (0.0, 1.0, 0.05),
+}
+
+
+def _control(f: dataclasses.Field, elem_id: str):
+    meta, default = f.metadata, f.default
+    common = {"label": meta["label"], "info": meta["hint"], "elem_id": elem_id}
+    if meta["choices"]:
+        return gr.Radio(choices=list(meta["choices"]), value=default, **common)
+    if isinstance(default, bool):
+        return gr.Checkbox(value=default, **common)
+    if f.name in _SLIDERS:
+        lo, hi, step = _SLIDERS[f.name]
+        return gr.Slider(minimum=lo, maximum=hi, step=step, value=default, **common)
+    if isinstance(default, (int, float)):
+        return gr.Number(value=default, precision=0 if isinstance(default, int) else None, **common)
+    return gr.Textbox(value="", placeholder="names or a folder, comma-separated", **common)
+
+
+def parse_script_args(args, overrides: dict) -> LoratorioParams:
+    """UI/API args: the positional list, or a single dict of named settings (the API's friendly form)."""
+    if args and isinstance(args[0], dict):
+        params = LoratorioParams.from_dict({"enabled": True, **args[0]})
+    else:
+        params = LoratorioParams.from_args(args)
+    return dataclasses.replace(params, **overrides) if overrides else params
+
+
+class LoratorioScript(scripts.Script):
+    def title(self):
+        return "LoRAtorio"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        settings = [f for f in dataclasses.fields(LoratorioParams) if f.name != "enabled"]
+        controls = []
+        with InputAccordion(False, label="LoRAtorio", elem_id=self.elem_id("enabled")) as enabled:
+            gr.Markdown("Compose the `<loratorio:NAME:STRENGTH>` LoRAs of the prompt: each runs as its own branch "
+                        "and owns the image patches where it diverges most from the base model.")
+            for f in settings:
+                controls.append(_control(f, self.elem_id(f.name)))
+        self.infotext_fields = [(enabled, INFOTEXT_PREFIX)] + [
+            (c, LoratorioParams.infotext_key(f.name)) for f, c in zip(settings, controls)]
+        self.paste_field_names = [key for _, key in self.infotext_fields]
+        return [enabled, *controls]
+
+    def process(self, p, *args):
+        try:
+            params, error = parse_script_args(args, adapter.xyz_overrides(p) if adapter else {}), None
+        except LoratorioError as err:
+            params, error = None, err
+        if params is not None and not params.enabled:
+            return
+        if adapter is None:
+            error = LoratorioError("LoRAtorio does not support Forge yet: disable it here, or use AUTOMATIC1111.")
+        if params is not None and params.use_lora_tags:
+            p.all_prompts = [re.sub(r"<lora:", "<loratorio:", prompt) for prompt in p.all_prompts]
+        session = adapter.start_session(p, params, error) if adapter else None
+        if params is not None:
+            p.extra_generation_params.update(params.to_infotext())
+        if session is None:
+            raise error
+
+    def process_batch(self, p, *args, **kwargs):
+        session = adapter.get_session(p) if adapter else None
+        if session is not None and session.error is None:
+            try:
+                session.prepare()
+            except LoratorioError as err:
+                session.error = err  # raised from p.sample, where the UI and the API see it
+
+    def postprocess(self, p, processed, *args):
+        session = adapter.get_session(p) if adapter else None
+        if session is not None and session.params.show_weight_maps and session.weight_maps:
+            images, infotexts = adapter.weight_map_images(session, processed)
+            processed.images.extend(images)
+            processed.infotexts.extend(infotexts)
