@@ -1,0 +1,162 @@
+"""DDIM sampling of the tiny model, and every composition method through the project's runtime.
+
+The LoRA files are read with ``lib_loratorio.lora_files.read_lora_file`` and bound with
+``lib_loratorio.network_names.bind_lora``; LoRAtorio, Composite and Switch run through
+``lib_loratorio.composer.BranchComposer`` and ``lib_loratorio.branch_runner.BranchRunner``, so the
+benchmark exercises the same loading and branch code as the extension. Merge adds
+``delta.weight_delta(module) * strength`` to a copy of the UNet.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from lib_loratorio.branch_runner import BranchRunner
+from lib_loratorio.composer import BranchComposer
+from lib_loratorio.lora_files import read_lora_file
+from lib_loratorio.network_names import bind_lora
+from lib_loratorio.params import LoratorioParams
+
+from . import world
+from .model import ALPHAS_CUMPROD, T, load_base, lora_path
+
+STEPS = 20
+CFG = 4.0
+STRENGTH = 1.0
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "base" | "merge" | "composer"
+    mode: str = "LoRAtorio"
+    patch_size: int = 8
+    temperature: float = 0.05
+    recenter: float = 0.5
+    pool: bool = False  # dynamic selection over the whole pool with top_k = N
+
+    def params(self, n: int) -> LoratorioParams:
+        return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
+                               temperature=self.temperature, recenter=self.recenter,
+                               top_k=n if self.pool else 0, switch_every=5)
+
+
+def standard_methods(patch_size: int = 8, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
+    return [
+        Method("prompt only", "base"),
+        Method("Merge", "merge"),
+        Method("Switch", "composer", mode="Switch"),
+        Method("Composite", "composer", mode="Composite"),
+        Method("LoRAtorio", "composer", patch_size=patch_size, temperature=temperature, recenter=recenter),
+        Method("LoRAtorio dyn (k=N of 11)", "composer", patch_size=patch_size, temperature=temperature,
+               recenter=recenter, pool=True),
+        # controls: routing vs guidance change
+        Method("ctrl: uniform + recentre (tau=100)", "composer", patch_size=patch_size, temperature=100.0,
+               recenter=recenter),
+        Method("ctrl: LoRAtorio no recentre", "composer", patch_size=patch_size, temperature=temperature,
+               recenter=0.0),
+    ]
+
+
+class Bench:
+    """The bundled base model, text encoder and LoRAs, loaded once."""
+
+    def __init__(self) -> None:
+        self.unet, self.te = load_base()
+        self.files = {c: read_lora_file(lora_path(c)) for c in world.ALL_CONCEPTS}
+        self.bound = {c: bind_lora(f, {"unet": self.unet}) for c, f in self.files.items()}
+        for c, b in self.bound.items():
+            if not b.targets:
+                raise RuntimeError(f"LoRA {c} bound to no module: {b.summary()}")
+        self._uncond = self.te.encode([""])
+        self.evals = 0  # network evaluations (rows through the UNet), reset by callers
+
+    def bound_summary(self) -> list[str]:
+        return [b.summary() for b in self.bound.values()]
+
+    # --- network -------------------------------------------------------------------------------
+    def _unet(self, net, x, t, ctx):
+        self.evals += x.shape[0]
+        return net(x, torch.full((x.shape[0],), int(t)), ctx).sample
+
+    def merged_unet(self, concepts: Sequence[str], strength: float = STRENGTH):
+        net = copy.deepcopy(self.unet)
+        with torch.no_grad():
+            for c in concepts:
+                for _name, module, delta in bind_lora(self.files[c], {"unet": net}).targets:
+                    module.weight += delta.weight_delta(module).to(module.weight.dtype) * strength
+                    if delta.bias is not None and getattr(module, "bias", None) is not None:
+                        module.bias += delta.bias * strength
+        return net
+
+    # --- sampling --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, method: Method, concepts: Sequence[str], seeds: Sequence[int], *,
+               steps: int = STEPS, cfg: float = CFG, strength: float = STRENGTH,
+               prompt: Optional[str] = None, keep_weight_maps: bool = False, progress=None):
+        """Images [B, 3, 32, 32] in [-1, 1] for one composition and B seeds; plus info dict."""
+        b = len(seeds)
+        prompt = prompt if prompt is not None else world.composition_prompt(tuple(concepts))
+        cond = self.te.encode([prompt]).expand(b, -1, -1)
+        uncond = self._uncond.expand(b, -1, -1)
+        ctx = torch.cat([cond, uncond])
+        x = torch.stack([torch.randn(3, world.SIZE, world.SIZE, generator=torch.Generator().manual_seed(int(s)))
+                         for s in seeds])
+        ts = torch.linspace(T - 1, 0, steps).round().long()
+        info: dict = {}
+        self.evals = 0
+        t0 = time.perf_counter()
+
+        if method.kind in ("base", "merge"):
+            net = self.unet if method.kind == "base" else self.merged_unet(concepts, strength)
+
+            def eps_fn(x, i, t):
+                e = self._unet(net, torch.cat([x, x]), t, ctx)
+                return e[:b], e[b:]
+            x = self._ddim(x, ts, eps_fn, cfg, progress)
+        else:
+            names = list(world.ALL_CONCEPTS) if method.pool else list(concepts)
+            loras = [self.bound[c] for c in names]
+            state = {}
+
+            def evaluate(rows, branches):
+                with runner.rows(branches):
+                    return self._unet(self.unet, state["x"][rows], state["t"], ctx[rows])
+
+            composer = BranchComposer(method.params(len(concepts)), len(loras), evaluate, prediction="eps",
+                                      keep_weight_maps=keep_weight_maps)
+            is_uncond = [False] * b + [True] * b
+            image_of_row = list(range(b)) * 2
+
+            def eps_fn(x, i, t):
+                state["x"], state["t"] = torch.cat([x, x]), t
+                e = composer(state["x"], is_uncond, image_of_row, step=i)
+                return e[:b], e[b:]
+            with BranchRunner(loras, [strength] * len(loras)) as runner:
+                x = self._ddim(x, ts, eps_fn, cfg, progress)
+            info["lora_names"] = names
+            if keep_weight_maps:
+                info["weight_maps"] = composer.mean_weight_maps()
+        info["evals_per_image"] = self.evals / b
+        info["seconds_per_image"] = (time.perf_counter() - t0) / b
+        return x.clamp(-1, 1), info
+
+    @staticmethod
+    def _ddim(x, ts, eps_fn, cfg, progress=None):
+        ac = ALPHAS_CUMPROD
+        for i, t in enumerate(ts):
+            ec, eu = eps_fn(x, i, t)
+            eps = eu + cfg * (ec - eu)
+            a = ac[t]
+            a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+            x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            if progress is not None:
+                progress()
+        return x
