@@ -1,0 +1,38 @@
+"""Stand-in for the part of ``modules/sd_models.py`` the pipeline touches: ``reload_model_weights``.
+
+The real function loads a checkpoint (by ``info``, or the one in settings) and fires
+``on_model_loaded``. Here ``info`` may be a stand-in model object (anything with
+``sd_checkpoint_info``); with no ``info`` it switches back to ``model_data.main_model``
+(the model the current ``process_images`` started with). A switch fires ``model_loaded_callback``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+from modules import script_callbacks, shared
+
+model_data = types.SimpleNamespace(main_model=None)
+
+
+class SkipWritingToConfig(contextlib.nullcontext):
+    pass
+
+
+def reload_model_weights(sd_model=None, info=None, forced_reload=False):
+    target = info if hasattr(info, "sd_checkpoint_info") else model_data.main_model
+    if target is None or target is shared.sd_model:
+        return shared.sd_model
+    shared.sd_model = target
+    script_callbacks.model_loaded_callback(target)
+    return target
+
+
+def apply_token_merging(sd_model, token_merging_ratio):
+    pass
+
+
+def get_checkpoint_name(sd_model):
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    return getattr(info, "name_for_extra", None) or getattr(info, "title", None)
