@@ -292,7 +292,7 @@ def diagnose_markdown(d: dict) -> str:
              "| t | divergence inside | divergence outside | routing acc. | routing acc. (style LoRA excluded) |",
              "|---|---|---|---|---|"]
     for t, r in d.items():
-        lines.append(f"| {t} | {r["divergence_inside"]:.5f} | {r["divergence_outside"]:.5f} | "
+        lines.append(f"| {t} | {r['divergence_inside']:.5f} | {r['divergence_outside']:.5f} | "
                      f"{r['routing_accuracy']:.3f} | {r['routing_accuracy_without_style']:.3f} |")
     lines += ["", "Per category, divergence inside / outside:", "",
               "| t | " + " | ".join(world.CATEGORIES) + " |", "|---|" + "---|" * len(world.CATEGORIES)]
@@ -328,6 +328,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
+    ap.add_argument("--limit", type=int, default=0, help="keep only the first K compositions (tests)")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -355,6 +356,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         keep = [s.strip() for s in args.methods.split(",")]
         methods = [m for m in methods if m.name in keep]
     comps = sample_compositions(per_n, args.sample_seed) if per_n else world.compositions()
+    if args.limit:
+        comps = comps[::max(1, len(comps) // args.limit)][:args.limit]
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(comps)} compositions x {len(methods)} methods x {args.seeds} seed(s), {args.steps} steps -> {out}",
           flush=True)
