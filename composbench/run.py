@@ -4,6 +4,7 @@
     python -m composbench.run                    # all 240 compositions
     python -m composbench.run --sweep            # patch size x temperature x re-centring on 24 compositions
     python -m composbench.run --diagnose         # do LoRAs stay close to the base outside their concept?
+    python -m composbench.run --calibrate        # the classifier on generated images (ceiling and floor)
 
 Writes results.json, results.md, recall.png (plot) and grid.png (same prompts and seeds across
 methods) under --out (default outputs/bench, or outputs/bench-quick / outputs/sweep).
@@ -301,6 +302,54 @@ def diagnose_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- calibration: the classifier on generated images ------------------------------------------------
+@torch.no_grad()
+def calibrate(seeds: int = 8, steps: int = STEPS, out: Optional[Path] = None) -> dict:
+    """Single-LoRA generations (LoRA alone, its trigger as prompt: the best a composition can hope
+    for) and base-model generations (generic captions and bare trigger words: false positives)."""
+    from .sampling import Bench
+    from .scoring import Scorer
+    bench, scorer = Bench(), Scorer()
+    seed_list = [500 + k for k in range(seeds)]
+    single, floor, tiles = {}, {}, []
+    for c in world.ALL_CONCEPTS:
+        imgs, _ = bench.sample(Method("LoRAtorio", "composer"), (c,), seed_list, steps=steps)
+        single[c] = float(scorer.score(imgs, (c,))["recall"].mean())
+        base, _ = bench.sample(Method("prompt only", "base"), (c,), seed_list, steps=steps)
+        floor[c] = float(scorer.score(base, (c,))["recall"].mean())
+        tiles.append(torch.cat([imgs, base]))
+    rng = np.random.default_rng(3)
+    caps = [world.random_generic(rng).caption() for _ in range(seeds * 2)]
+    generic = torch.cat([bench.sample(Method("prompt only", "base"), (), [900 + k], steps=steps, prompt=cap)[0]
+                         for k, cap in enumerate(caps)])
+    p, _ = scorer.probs_and_features(generic)
+    fp_generic = {c: float((p[:, i] > 0.5).float().mean()) for i, c in enumerate(world.ALL_CONCEPTS)}
+    res = {"single_lora_detection": single, "base_with_trigger_prompt_detection": floor,
+           "base_generic_false_positive": fp_generic,
+           "mean_single": float(np.mean(list(single.values()))), "mean_floor": float(np.mean(list(floor.values()))),
+           "mean_fp_generic": float(np.mean(list(fp_generic.values())))}
+    if out is not None:
+        from PIL import Image
+        rows = [torch.cat(list(t), dim=2) for t in tiles]  # each row: LoRA images then base images
+        sheet = ((torch.cat(rows, dim=1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
+            out / "calibration.png")
+    return res
+
+
+def calibrate_markdown(r: dict) -> str:
+    lines = ["### Classifier on generated images", "",
+             "single LoRA = the LoRA alone with its trigger word (the ceiling a composition can reach); "
+             "base + trigger = the base model with the same prompt (false-positive floor); "
+             "base generic = base model with generic captions (false positives per concept).", "",
+             "| concept | single LoRA detected | base + trigger detected | base generic: flagged |", "|---|---|---|---|"]
+    for c in world.ALL_CONCEPTS:
+        lines.append(f"| {c} | {r['single_lora_detection'][c]:.2f} | {r['base_with_trigger_prompt_detection'][c]:.2f} "
+                     f"| {r['base_generic_false_positive'][c]:.2f} |")
+    lines.append(f"| **mean** | {r['mean_single']:.3f} | {r['mean_floor']:.3f} | {r['mean_fp_generic']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 # --- sweep ---------------------------------------------------------------------------------------------
 def sweep_methods(patches=(2, 4, 8, 16), temps=(0.01, 0.05, 0.2), recenters=(0.0, 0.5, 1.0)) -> list[Method]:
     ms = []
@@ -324,6 +373,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--sweep", action="store_true", help="patch size x temperature x re-centring sweep")
     ap.add_argument("--diagnose", action="store_true", help="divergence inside/outside each concept")
+    ap.add_argument("--calibrate", action="store_true", help="classifier on single-LoRA and base generations")
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
@@ -332,6 +382,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+
+    if args.calibrate:
+        out = Path(args.out or "outputs/calibrate")
+        out.mkdir(parents=True, exist_ok=True)
+        r = calibrate(args.seeds if args.seeds > 1 else 8, args.steps, out)
+        (out / "calibrate.json").write_text(json.dumps(r, indent=1))
+        text = calibrate_markdown(r)
+        (out / "calibrate.md").write_text(text)
+        print(text)
+        return r
 
     if args.diagnose:
         comps = sample_compositions(args.per_n or 6, args.sample_seed)
