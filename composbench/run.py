@@ -2,7 +2,7 @@
 
     python -m composbench.run --quick            # 48 compositions (12 per N, seed 0), ~10 min on 2 cores
     python -m composbench.run                    # all 240 compositions
-    python -m composbench.run --sweep            # patch size x temperature x re-centring on 24 compositions
+    python -m composbench.run --sweep            # patch size x temperature x re-centring on 12 compositions
     python -m composbench.run --diagnose         # do LoRAs stay close to the base outside their concept?
     python -m composbench.run --calibrate        # the classifier on generated images (ceiling and floor)
 
@@ -352,13 +352,13 @@ def calibrate_markdown(r: dict) -> str:
 
 # --- sweep ---------------------------------------------------------------------------------------------
 def sweep_methods(patches=(2, 4, 8, 16), temps=(0.01, 0.05, 0.2), recenters=(0.0, 0.5, 1.0)) -> list[Method]:
-    ms = []
+    ms = [Method("prompt only", "base"), Method("Merge", "merge"), Method("Composite", "composer", mode="Composite")]
     for p in patches:
         for tau in temps:
             ms.append(Method(f"p={p} tau={tau} r=0.5", "composer", patch_size=p, temperature=tau, recenter=0.5))
     for r in recenters:
         if r != 0.5:
-            for p in patches:
+            for p in (4, 8):
                 ms.append(Method(f"p={p} tau=0.05 r={r}", "composer", patch_size=p, temperature=0.05, recenter=r))
     return ms
 
@@ -405,7 +405,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         return d
 
     if args.sweep:
-        per_n = args.per_n or 6
+        per_n = args.per_n or 3
         methods = sweep_methods()
         out = Path(args.out or "outputs/sweep")
     else:
@@ -415,7 +415,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.methods:
         keep = [s.strip() for s in args.methods.split(",")]
         methods = [m for m in methods if m.name in keep]
-    comps = sample_compositions(per_n, args.sample_seed) if per_n else world.compositions()
+    # the sweep draws its own compositions (sample seed + 1), apart from the quick benchmark's
+    comps = (sample_compositions(per_n, args.sample_seed + (1 if args.sweep else 0)) if per_n
+             else world.compositions())
     if args.limit:
         comps = comps[::max(1, len(comps) // args.limit)][:args.limit]
     out.mkdir(parents=True, exist_ok=True)
