@@ -52,6 +52,7 @@ _DEFAULTS = {
     # sampling / CFG (sd_samplers_cfg_denoiser.py)
     "batch_cond_uncond": True,
     "skip_early_cond": 0.0,
+    "s_min_uncond": 0.0,
     "s_min_uncond_all": False,
     "pad_cond_uncond": False,
     "pad_cond_uncond_v0": False,
@@ -92,6 +93,8 @@ _DEFAULTS = {
     "save_incomplete_images": False,
     "override_settings_restore_afterwards": True,
     "sd_model_checkpoint": None,
+    "return_grid": True,
+    "grid_only_if_multiple": True,
 }
 
 
@@ -200,7 +203,7 @@ prompt_styles = None
 
 def walk_files(path, allowed_extensions=None):
     """``modules.util.walk_files`` (re-exported by shared): recursive, sorted, by extension."""
-    if not os.path.exists(path):
+    if not path or not os.path.exists(path):
         return
     if allowed_extensions is not None:
         allowed_extensions = set(allowed_extensions)
