@@ -409,7 +409,11 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
 
     stored_opts = {k: opts.data[k] if k in opts.data else opts.get_default(k) for k in p.override_settings.keys() if k in opts.data}
     try:
-        sd_models.model_data.main_model = shared.sd_model  # stand-in for the checkpoint in settings
+        # stand-in for "load the checkpoint from settings": the model set by the test, unless it is a
+        # refiner that the previous run switched to
+        if sd_models.model_data.main_model is None or shared.sd_model is not sd_models.model_data.switched_to:
+            sd_models.model_data.main_model = shared.sd_model
+        sd_models.reload_model_weights()
         for k, v in p.override_settings.items():
             opts.set(k, v, is_api=True, run_callbacks=False)
         res = process_images_inner(p)

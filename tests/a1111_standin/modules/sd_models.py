@@ -3,7 +3,8 @@
 The real function loads a checkpoint (by ``info``, or the one in settings) and fires
 ``on_model_loaded``. Here ``info`` may be a stand-in model object (anything with
 ``sd_checkpoint_info``); with no ``info`` it switches back to ``model_data.main_model``
-(the model the current ``process_images`` started with). A switch fires ``model_loaded_callback``.
+(the model the current ``process_images`` started with; a refiner left loaded by the previous
+run is switched back at the start of the next one, like the real reload at process_images start). A switch fires ``model_loaded_callback``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import types
 
 from modules import script_callbacks, shared
 
-model_data = types.SimpleNamespace(main_model=None)
+model_data = types.SimpleNamespace(main_model=None, switched_to=None)
 
 
 class SkipWritingToConfig(contextlib.nullcontext):
@@ -24,6 +25,7 @@ def reload_model_weights(sd_model=None, info=None, forced_reload=False):
     target = info if hasattr(info, "sd_checkpoint_info") else model_data.main_model
     if target is None or target is shared.sd_model:
         return shared.sd_model
+    model_data.switched_to = target if target is not model_data.main_model else None
     shared.sd_model = target
     script_callbacks.model_loaded_callback(target)
     return target
