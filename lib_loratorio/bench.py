@@ -90,19 +90,24 @@ class PeakMemory:
         return float("nan")
 
 
-def timed(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Median wall time of fn over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fns: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, float]:
+    """Median wall time of each fn, measured round-robin so that load changes hit them all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {label: [] for label in fns}
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for label, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict:
@@ -136,11 +141,11 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
             return compose(preds[0][:1], preds[0][1:], torch.stack([p[:1] for p in preds[1:]]),
                            torch.stack([p[1:] for p in preds[1:]]), patch_size=8, temperature=0.05)
 
-        results = {}
-        for label, fn in (("plain", plain), ("loratorio", loratorio(0.5)), ("loratorio_fast", loratorio(1.0)),
-                          ("loop", loop)):
+        results = timed({"plain": plain, "loratorio": loratorio(0.5), "loratorio_fast": loratorio(1.0),
+                         "loop": loop}, repeats, device)
+        for label, fn in (("plain", plain), ("loratorio", loratorio(0.5)), ("loop", loop)):
             memory.reset()
-            results[label] = timed(fn, repeats, device)
+            fn()
             results[f"{label}_peak_mib"] = memory.peak_mib()
         batched, looped = loratorio(0.5)(), loop()
         results["batched_vs_loop_max_diff"] = float((batched[0] - looped.cond[0]).abs().max())
@@ -167,13 +172,32 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
             for lora, delta in deltas:
                 module.weight.data += strengths[bound.index(lora)] * delta.weight_delta(module).to(module.weight)
 
-    results["merge_per_branch"] = timed(merge_loop, repeats, device)
-    start = time.perf_counter()
-    merge_all()
-    results["merge_once"] = time.perf_counter() - start
-    results["merged_step"] = timed(plain, repeats, device)
-    for module, _ in targets:
-        module.weight.data.copy_(originals[module])
+    def restore():
+        for module, _ in targets:
+            module.weight.data.copy_(originals[module])
+
+    def timed_once(fn) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    # The Merge baseline: merging once per generation, then plain steps on the merged weights;
+    # timed beside plain steps on the original weights, round-robin.
+    samples: dict[str, list[float]] = {"plain": [], "merge_once": [], "merged_step": [], "merge_per_branch": []}
+    merge_loop()
+    for _ in range(repeats):
+        samples["plain"].append(timed_once(plain))
+        samples["merge_once"].append(timed_once(merge_all))
+        samples["merged_step"].append(timed_once(plain))
+        restore()
+        samples["merge_per_branch"].append(timed_once(merge_loop))
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    for label in ("merge_once", "merged_step", "merge_per_branch"):
+        results[f"{label}_ratio"] = medians[label] / medians["plain"]
+    for label in ("loratorio", "loratorio_fast", "loop"):
+        results[f"{label}_ratio"] = results[label] / results["plain"]
     return results
 
 
@@ -182,10 +206,12 @@ def compose_fraction(unet, repeats: int, device: str) -> float:
     g = torch.Generator().manual_seed(1)
     base = torch.randn(2, 4, 128, 128, generator=g).to(device)
     loras = base + 0.1 * torch.randn(4, 2, 4, 128, 128, generator=g).to(device)
-    t_compose = timed(lambda: compose(base[:1], base[1:], loras[:, :1], loras[:, 1:], patch_size=8,
-                                      temperature=0.05), repeats, device)
     ctx = torch.randn(2, 77, 768, generator=g).to(device)
-    t_unet = timed(lambda: unet(base, torch.full((2,), 500.0, device=device), ctx).sample, max(1, repeats // 2), device)
+    t = torch.full((2,), 500.0, device=device)
+    times = timed({"compose": lambda: compose(base[:1], base[1:], loras[:, :1], loras[:, 1:], patch_size=8,
+                                              temperature=0.05),
+                   "unet": lambda: unet(base, t, ctx).sample}, max(1, repeats // 2), device)
+    t_compose, t_unet = times["compose"], times["unet"]
     return t_compose / t_unet
 
 
@@ -230,11 +256,10 @@ def format_table(report: dict) -> str:
              "| merged step | merge once | peak MiB plain / LoRAtorio / loop |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        p = r["plain"]
         lines.append(
-            f"| {r['n']} | {r['n'] + 1} | {r['loratorio'] / p:.2f} | {r['loratorio_fast'] / p:.2f} | "
-            f"{r['loop'] / p:.2f} | {r['merge_per_branch'] / p:.2f} | {r['merged_step'] / p:.2f} | "
-            f"{r['merge_once'] / p:.2f} | {r['plain_peak_mib']:.0f} / {r['loratorio_peak_mib']:.0f} / "
+            f"| {r['n']} | {r['n'] + 1} | {r['loratorio_ratio']:.2f} | {r['loratorio_fast_ratio']:.2f} | "
+            f"{r['loop_ratio']:.2f} | {r['merge_per_branch_ratio']:.2f} | {r['merged_step_ratio']:.2f} | "
+            f"{r['merge_once_ratio']:.2f} | {r['plain_peak_mib']:.0f} / {r['loratorio_peak_mib']:.0f} / "
             f"{r['loop_peak_mib']:.0f} |")
     lines.append(f"compose() for N=4 on 4x128x128 = {report['compose_n4_128_over_unet_forward']:.3f} of one "
                  "UNet forward (batch 2) on the same latent")
