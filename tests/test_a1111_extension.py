@@ -1,0 +1,324 @@
+"""The extension end to end in the A1111 1.10.1 stand-in: UI, tags, sampling hook, API, infotext, cleanup."""
+
+import copy
+import dataclasses
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDIN = os.path.join(ROOT, "tests", "a1111_standin")
+if STANDIN not in sys.path:
+    sys.path.insert(0, STANDIN)
+
+import standin_models  # noqa: E402
+from modules import (  # noqa: E402
+    extra_networks, infotext_utils, processing, script_callbacks, scripts, sd_samplers_common, shared,
+)
+from modules.api import api  # noqa: E402
+
+from lib_loratorio.errors import LoratorioError  # noqa: E402
+from lib_loratorio.params import LoratorioParams  # noqa: E402
+from tests.lora_writers import write_kohya  # noqa: E402
+
+UNET_TARGETS = [
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
+    "down_blocks.0.resnets.0.conv1",
+    "down_blocks.1.attentions.0.proj_out",
+    "up_blocks.1.resnets.0.conv2",
+    "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+]
+SETTINGS = LoratorioParams.names()
+
+
+def on(**kw):
+    """Positional script args as the UI sends them: the accordion's bool, then every setting."""
+    values = dataclasses.replace(LoratorioParams(enabled=True, patch_size=4), **kw)
+    return [getattr(values, name) for name in SETTINGS]
+
+
+def hook_ids(model):
+    """Forward (pre-)hooks of every module; transformers installs some of its own, so compare sets."""
+    return {(id(m), kind, key) for m in model.modules()
+            for kind, table in (("post", m._forward_hooks), ("pre", m._forward_pre_hooks)) for key in table}
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield standin_models.make_sd15_model()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, sd15):
+    folder = tmp_path_factory.mktemp("Lora")
+    unet = sd15.model.diffusion_model.unet            # kohya SD1.5 files use diffusers names
+    (folder / "styles").mkdir()
+    for i, (name, fmt) in enumerate([("alice", "lora"), ("hat", "locon_tucker"), ("styles/ink", "loha")]):
+        write_kohya(folder / f"{name}.safetensors", unet, UNET_TARGETS, fmt=fmt, seed=10 + i, alpha=8.0, rank=4)
+    te = sd15.cond_stage_model.wrapped.transformer
+    write_kohya(folder / "te_only.safetensors", te, ["encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc2"],
+                component="te1", prefix="lora_te_text_model_", seed=5, alpha=8.0)
+    xl = standin_models.make_sdxl_model()
+    xl_targets = ["input_blocks.4.1.transformer_blocks.0.attn1.to_k", "middle_block.1.transformer_blocks.0.attn2.to_k"]
+    write_kohya(folder / "xl_lora.safetensors", xl.model.diffusion_model, xl_targets, seed=7, alpha=8.0)
+    (folder / "broken.safetensors").write_bytes((folder / "alice.safetensors").read_bytes()[:-64])  # truncated
+    return folder
+
+
+@pytest.fixture
+def runner(sd15, lora_dir):
+    shared.opts.reset()
+    shared.state.begin()
+    shared.sd_model = sd15
+    shared.cmd_opts.lora_dir = str(lora_dir)
+    processing.StableDiffusionProcessing.cached_c[:] = [None, None]
+    processing.StableDiffusionProcessing.cached_uc[:] = [None, None]
+    scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
+    extra_networks.initialize()
+    script_callbacks.before_ui_callback()
+    import networks
+    networks.list_available_networks()
+    runner = scripts.ScriptRunner()
+    runner.initialize_scripts(False)
+    runner.setup_ui()
+    before = {k: v.clone() for k, v in sd15.state_dict().items()}
+    hooks = hook_ids(sd15)
+    yield runner
+    after = sd15.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "model weights changed"
+    assert hook_ids(sd15) == hooks, "hooks left installed"
+    script_callbacks.clear_callbacks()
+    shared.state.begin()
+
+
+def txt2img(runner, args=None, **kw):
+    settings = dict(prompt="a cat <loratorio:alice:0.8> <loratorio:hat:1>", negative_prompt="blurry", steps=3,
+                    width=128, height=128, batch_size=1, sampler_name="Euler", seed=3, cfg_scale=5.0)
+    settings.update(kw)
+    p = processing.StableDiffusionProcessingTxt2Img(**settings)
+    p.scripts = runner
+    script = runner.alwayson_scripts[0]
+    script_args = [0] * script.args_to
+    script_args[script.args_from:script.args_to] = on(enabled=False) if args is None else args
+    p.script_args = tuple(script_args)
+    return p
+
+
+def pixels(result, index=None):
+    index = result.index_of_first_image if index is None else index
+    return np.asarray(result.images[index]).astype(np.float32)
+
+
+def run(runner, args=None, **kw):
+    return processing.process_images(txt2img(runner, args, **kw))
+
+
+# --- UI --------------------------------------------------------------------------------------------------
+def test_accordion_holds_every_setting_with_its_default(runner):
+    script = runner.alwayson_scripts[0]
+    controls = runner.inputs[script.args_from:script.args_to]
+    assert script.title() == "LoRAtorio" and len(controls) == len(SETTINGS)
+    defaults = LoratorioParams()
+    assert [c.value for c in controls[1:6]] == [defaults.mode, defaults.patch_size, defaults.temperature,
+                                                defaults.recenter, defaults.top_k]
+    assert controls[0].value is False                        # closed accordion = disabled
+    assert {key for _, key in script.infotext_fields} >= {"LoRAtorio", "LoRAtorio patch size", "LoRAtorio temperature"}
+
+
+# --- off = untouched -----------------------------------------------------------------------------------
+def test_disabled_is_bit_identical_to_the_webui_without_the_extension(runner, sd15):
+    with_ext = run(runner)
+    bare = scripts.ScriptRunner()
+    bare.initialize_scripts(False, [])
+    bare.setup_ui()
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat <loratorio:alice:0.8> <loratorio:hat:1>",
+                                                    negative_prompt="blurry", steps=3, width=128, height=128,
+                                                    batch_size=1, sampler_name="Euler", seed=3, cfg_scale=5.0)
+    p.scripts, p.script_args = bare, (0,)
+    without = processing.process_images(p)
+    assert np.array_equal(pixels(with_ext), pixels(without))
+    assert "LoRAtorio" not in with_ext.infotexts[0]
+
+
+def test_enabled_without_tags_changes_nothing(runner):
+    base = run(runner, prompt="a cat")
+    enabled = run(runner, on(), prompt="a cat")
+    assert np.array_equal(pixels(base), pixels(enabled))
+
+
+# --- on -----------------------------------------------------------------------------------------------
+def test_two_tags_compose_and_write_infotext(runner):
+    base = run(runner)
+    composed = run(runner, on())
+    assert not np.array_equal(pixels(base), pixels(composed))
+    params = infotext_utils.parse_generation_parameters(composed.infotexts[0])
+    assert params["LoRAtorio"] == "True" and params["LoRAtorio patch size"] == "4"
+    assert params["LoRAtorio hashes"].startswith("alice: ") and ", hat: " in params["LoRAtorio hashes"]
+    assert "<loratorio:alice:0.8>" in params["Prompt"]
+
+
+def test_one_lora_without_recentring_equals_the_merged_model(runner, sd15):
+    from lib_loratorio.lora_files import read_lora_file
+    from lib_loratorio.network_names import bind_lora
+
+    composed = run(runner, on(recenter=0.0), prompt="a cat <loratorio:alice:0.8>")
+    merged_model = copy.deepcopy(sd15)
+    unet = merged_model.model.diffusion_model
+    bound = bind_lora(read_lora_file(os.path.join(shared.cmd_opts.lora_dir, "alice.safetensors")), {"unet": unet})
+    with torch.no_grad():
+        for _, module, delta in bound.targets:
+            module.weight += 0.8 * delta.weight_delta(module)
+    shared.sd_model = merged_model
+    try:
+        merged = run(runner, prompt="a cat")
+    finally:
+        shared.sd_model = sd15
+    assert np.abs(pixels(composed) - pixels(merged)).max() <= 1.0  # 8-bit images: rounding only
+
+
+@pytest.mark.parametrize("pattern", ["chunks", "separate uncond", "separate uncond chunked"])
+def test_every_call_pattern_composes_the_same(runner, pattern):
+    kw = dict(prompt="a cat AND a dog <loratorio:alice:0.8> <loratorio:hat:1>", batch_size=2)
+    if pattern == "chunks":
+        reference = run(runner, on(), **kw)
+        shared.opts.batch_cond_uncond = False
+        other = run(runner, on(), **kw)
+    else:
+        kw["negative_prompt"] = "word " * 80       # longer than 75 tokens: cond and uncond called apart
+        reference = run(runner, on(), **kw)
+        shared.opts.batch_cond_uncond = pattern == "separate uncond"
+        other = run(runner, on(), **kw)
+    for i in range(1, 3):
+        assert np.abs(pixels(reference, i) - pixels(other, i)).max() <= 1.0
+
+
+def test_skip_uncond_steps_and_ddim(runner):
+    p = txt2img(runner, on(), s_min_uncond=100.0, steps=4)
+    result = processing.process_images(p)
+    assert np.isfinite(pixels(result)).all()
+    ddim_base = run(runner, sampler_name="DDIM", steps=4)
+    ddim = run(runner, on(), sampler_name="DDIM", steps=4)
+    assert not np.array_equal(pixels(ddim_base), pixels(ddim))
+
+
+def test_hires_fix_batch_count_and_weight_maps(runner):
+    result = run(runner, on(show_weight_maps=True), n_iter=2, batch_size=2, enable_hr=True, hr_scale=1.5,
+                 denoising_strength=0.5, hr_second_pass_steps=2)
+    n_images = 4
+    first = result.index_of_first_image
+    assert len(result.images) == first + n_images + n_images * 2     # + one heatmap per LoRA per image
+    assert result.images[-1].size == result.images[first].size
+
+
+def test_text_encoder_parts_condition_their_own_branch(runner):
+    per_branch = run(runner, on(), prompt="a cat <loratorio:te_only:1> <loratorio:alice:0.8>")
+    unet_only = run(runner, on(text_encoder="UNet only"), prompt="a cat <loratorio:te_only:1> <loratorio:alice:0.8>")
+    assert not np.array_equal(pixels(per_branch), pixels(unet_only))
+    # the WebUI's cond cache never holds a branch's conds: a plain run afterwards is unchanged
+    plain_1 = run(runner, prompt="a cat")
+    processing.StableDiffusionProcessing.cached_c[:] = [None, None]
+    processing.StableDiffusionProcessing.cached_uc[:] = [None, None]
+    assert np.array_equal(pixels(plain_1), pixels(run(runner, prompt="a cat")))
+
+
+def test_prompt_lora_tags_as_branches_and_subfolder_names(runner):
+    as_lora = run(runner, on(use_lora_tags=True), prompt="a cat <lora:alice:0.8> <lora:styles/ink:1>")
+    as_loratorio = run(runner, on(), prompt="a cat <loratorio:alice:0.8> <loratorio:ink:1>")
+    assert np.array_equal(pixels(as_lora), pixels(as_loratorio))
+
+
+def test_pool_with_top_k(runner):
+    result = run(runner, on(pool=["alice", "hat", "styles"], top_k=2), prompt="a cat")
+    assert "LoRAtorio hashes" in result.infotexts[0] and "ink: " in result.infotexts[0]
+
+
+def test_switch_and_composite_modes_and_step_range(runner):
+    images = [pixels(run(runner, on(mode=mode))) for mode in ("LoRAtorio", "Composite", "Switch")]
+    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+    ranged = run(runner, on(step_start=0.0, step_end=0.5, outside_steps="off"))
+    assert not np.array_equal(pixels(ranged), images[0])
+
+
+def test_sdxl_model(runner, sd15):
+    xl = standin_models.make_sdxl_model()
+    hooks = hook_ids(xl)
+    shared.sd_model = xl
+    try:
+        base = run(runner, prompt="a cat")
+        composed = run(runner, on(), prompt="a cat <loratorio:xl_lora:1> <loratorio:xl_lora:-1>")
+        assert not np.array_equal(pixels(base), pixels(composed))
+    finally:
+        shared.sd_model = sd15
+    assert hook_ids(xl) == hooks
+    with pytest.raises(LoratorioError, match="LoRA 'xl_lora' does not fit the loaded model"):
+        run(runner, on(), prompt="a cat <loratorio:xl_lora:1>")     # an SDXL LoRA on the SD1.5 model
+
+
+# --- failures leave nothing behind -----------------------------------------------------------------------
+@pytest.mark.parametrize("prompt, message", [
+    ("a cat <loratorio:nobody:1>", "Unknown LoRA 'nobody'"),
+    ("a cat <loratorio:broken:1>", "broken.safetensors"),
+    ("a cat <loratorio:alice:strong>", "strength must be a number"),
+])
+def test_bad_tags_raise_a_clear_error(runner, prompt, message):
+    with pytest.raises(LoratorioError, match=message):
+        run(runner, on(), prompt=prompt)
+
+
+def test_invalid_setting_raises_a_clear_error(runner):
+    args = on()
+    args[SETTINGS.index("patch_size")] = 0
+    with pytest.raises(LoratorioError, match="patch_size=0 is invalid"):
+        run(runner, args)
+
+
+def test_interrupt_leaves_the_model_clean(runner):
+    calls = []
+
+    def interrupt_at_second_call(params):
+        calls.append(1)
+        if len(calls) == 2:
+            shared.state.interrupt()
+
+    script_callbacks.on_cfg_denoiser(interrupt_at_second_call)
+    result = run(runner, on(), steps=4)
+    assert len(calls) == 2 and len(result.images) == 1    # sampling stopped, the image was still made
+
+
+def test_nan_in_a_branch_is_named_and_the_model_stays_clean(runner, lora_dir):
+    from safetensors.torch import load_file, save_file
+
+    import networks
+
+    tensors = load_file(str(lora_dir / "alice.safetensors"))
+    key = next(k for k in tensors if k.endswith("lora_up.weight"))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(lora_dir / "nan_lora.safetensors"))
+    networks.list_available_networks()
+    with pytest.raises(LoratorioError, match="LoRA branch 2 \\(conditional\\) produced NaN"):
+        run(runner, on(), prompt="a cat <loratorio:alice:1> <loratorio:nan_lora:1>")
+
+
+# --- API ----------------------------------------------------------------------------------------------
+def test_api_positional_and_named_forms(runner):
+    request = dict(prompt="a cat <loratorio:alice:0.8> <loratorio:hat:1>", negative_prompt="blurry", steps=2,
+                   width=128, height=128, sampler_name="Euler", seed=3)
+    status, positional = api.run_txt2img_api({**request, "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
+    assert status == 200
+    status, named = api.run_txt2img_api(
+        {**request, "alwayson_scripts": {"loratorio": {"args": [{"patch_size": 4}]}}}, runner)
+    assert status == 200 and named["images"][0] == positional["images"][0]
+    status, body = api.run_txt2img_api(
+        {**request, "alwayson_scripts": {"LoRAtorio": {"args": [{"patch": 4}]}}}, runner)
+    assert status == 500 and "Unknown LoRAtorio setting(s): patch" in body["errors"]
+    status, body = api.run_txt2img_api(
+        {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
+    assert status == 500 and "Unknown LoRA 'nobody'" in body["errors"]
