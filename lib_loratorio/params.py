@@ -61,7 +61,7 @@ class LoratorioParams:
         1.0, "Default strength", "Strength of a <loratorio:NAME> tag that gives none.", minimum=-10.0,
         maximum=10.0)
     use_lora_tags: bool = _setting(
-        False, "Use <lora> tags", "Treat the prompt's <lora:NAME:STRENGTH> tags as LoRAtorio branches too.")
+        False, "Use lora tags", "Treat the prompt's <lora:NAME:STRENGTH> tags as LoRAtorio branches too.")
     pool: list = _setting(
         [], "Pool", "LoRA names or a folder: every step the top-k most relevant are picked from these.")
     text_encoder: str = _setting(

@@ -47,6 +47,11 @@ def _control(f: dataclasses.Field, elem_id: str):
     return gr.Textbox(value="", placeholder="names or a folder, comma-separated", **common)
 
 
+def _boolean(key: str):
+    """Infotext reader for a checkbox: the API's paste casts with bool(), which reads "False" as True."""
+    return lambda params: None if key not in params else str(params[key]).strip() == "True"
+
+
 def parse_script_args(args, overrides: dict) -> LoratorioParams:
     """UI/API args: the positional list, or a single dict of named settings (the API's friendly form)."""
     if args and isinstance(args[0], dict):
@@ -71,9 +76,11 @@ class LoratorioScript(scripts.Script):
                         "and owns the image patches where it diverges most from the base model.")
             for f in settings:
                 controls.append(_control(f, self.elem_id(f.name)))
-        self.infotext_fields = [(enabled, INFOTEXT_PREFIX)] + [
-            (c, LoratorioParams.infotext_key(f.name)) for f, c in zip(settings, controls)]
-        self.paste_field_names = [key for _, key in self.infotext_fields]
+        keys = [INFOTEXT_PREFIX] + [LoratorioParams.infotext_key(f.name) for f in settings]
+        kinds = [bool] + [type(f.default) for f in settings]
+        self.infotext_fields = [(c, _boolean(key) if kind is bool else key)
+                                for c, key, kind in zip([enabled, *controls], keys, kinds)]
+        self.paste_field_names = keys
         return [enabled, *controls]
 
     def process(self, p, *args):

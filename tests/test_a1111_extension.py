@@ -130,7 +130,7 @@ def test_accordion_holds_every_setting_with_its_default(runner):
     assert [c.value for c in controls[1:6]] == [defaults.mode, defaults.patch_size, defaults.temperature,
                                                 defaults.recenter, defaults.top_k]
     assert controls[0].value is False                        # closed accordion = disabled
-    assert {key for _, key in script.infotext_fields} >= {"LoRAtorio", "LoRAtorio patch size", "LoRAtorio temperature"}
+    assert set(script.paste_field_names) >= {"LoRAtorio", "LoRAtorio patch size", "LoRAtorio temperature"}
 
 
 # --- off = untouched -----------------------------------------------------------------------------------
@@ -163,6 +163,17 @@ def test_two_tags_compose_and_write_infotext(runner):
     assert params["LoRAtorio"] == "True" and params["LoRAtorio patch size"] == "4"
     assert params["LoRAtorio hashes"].startswith("alice: ") and ", hat: " in params["LoRAtorio hashes"]
     assert "<loratorio:alice:0.8>" in params["Prompt"]
+
+
+def test_infotext_pastes_back_into_the_accordion(runner):
+    wanted = dict(mode="Composite", patch_size=2, temperature=0.02, recenter=1.0, top_k=1, selection="global",
+                  use_lora_tags=False, show_weight_maps=False, pool=["alice", "hat"], step_end=0.8)
+    result = run(runner, on(**wanted), steps=2)
+    script = runner.alwayson_scripts[0]
+    controls = runner.inputs[script.args_from:script.args_to]
+    pasted = infotext_utils.paste_values(script.infotext_fields, result.infotexts[0])
+    values = [update.get("value", control.value) for update, control in zip(pasted, controls)]
+    assert LoratorioParams.from_args(values) == LoratorioParams.from_args(on(**wanted))
 
 
 def test_one_lora_without_recentring_equals_the_merged_model(runner, sd15):

@@ -1,6 +1,7 @@
 """The one settings object: defaults, validation messages, API forms, infotext round trip."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -57,6 +58,12 @@ def test_infotext_round_trip():
     assert fields["LoRAtorio"] == "True" and fields["LoRAtorio patch size"] == "4"
     assert LoratorioParams.from_infotext(fields) == p
     assert LoratorioParams.from_infotext({"Steps": "20"}) is None
+
+
+def test_infotext_keys_parse_in_the_webui():
+    # A1111's infotext parser only reads keys made of word characters, spaces, '-' and '/'.
+    key = re.compile(r"^\w[\w \-/]+$")
+    assert all(key.match(k) for k in LoratorioParams(enabled=True, pool=["a"]).to_infotext())
 
 
 def test_every_setting_has_ui_metadata():

@@ -227,6 +227,8 @@ class Session:
         for name, _ in wanted:
             entry = resolve_lora(name)
             loras.append(LIBRARY.bind(entry.filename, components))
+            if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
+                entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
             hashes[name] = getattr(entry, "shorthash", "") or ""
         for bound in loras:
             if bound.unmatched:

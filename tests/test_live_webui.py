@@ -1,0 +1,82 @@
+"""API tests against a running WebUI with LoRAtorio installed; skipped unless LORATORIO_WEBUI_URL is set.
+
+    LORATORIO_WEBUI_URL=http://127.0.0.1:7860 pytest tests/test_live_webui.py
+
+The WebUI must run with --api and have at least two LoRAs (it picks the first two of /sdapi/v1/loras,
+or the names in LORATORIO_TEST_LORAS="a,b"). Small images and two steps keep it usable on a CPU.
+"""
+
+import base64
+import io
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+
+URL = os.environ.get("LORATORIO_WEBUI_URL", "").rstrip("/")
+pytestmark = pytest.mark.skipif(not URL, reason="set LORATORIO_WEBUI_URL to test against a running WebUI")
+
+
+def call(path, payload=None, timeout=1800):
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def loras():
+    names = [n for n in os.environ.get("LORATORIO_TEST_LORAS", "").split(",") if n]
+    if not names:
+        status, listed = call("/sdapi/v1/loras")
+        assert status == 200
+        names = [entry["alias"] or entry["name"] for entry in listed]
+    if len(names) < 2:
+        pytest.skip("the WebUI needs two LoRAs in its Lora folder")
+    return names[:2]
+
+
+def request(loras, **extra):
+    a, b = loras
+    return {"prompt": f"a cat <loratorio:{a}:0.8> <loratorio:{b}:1>", "negative_prompt": "blurry", "width": 64,
+            "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 1, "cfg_scale": 5, **extra}
+
+
+def decode(image):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(image)))
+
+
+def test_two_loratorio_tags_with_and_without_weight_maps(loras):
+    status, plain = call("/sdapi/v1/txt2img", request(loras))
+    assert status == 200 and len(plain["images"]) == 1
+    args = {"LoRAtorio": {"args": [{"patch_size": 4, "show_weight_maps": True}]}}
+    status, composed = call("/sdapi/v1/txt2img", request(loras, alwayson_scripts=args))
+    assert status == 200 and len(composed["images"]) == 1 + 2      # the image, then one heatmap per LoRA
+    assert composed["images"][0] != plain["images"][0]
+    assert decode(composed["images"][1]).size == decode(composed["images"][0]).size
+    info = json.loads(composed["info"])["infotexts"][0]
+    assert "LoRAtorio: True" in info and "LoRAtorio patch size: 4" in info
+    args = {"LoRAtorio": {"args": [True, "LoRAtorio", 4]}}           # the positional form
+    status, positional = call("/sdapi/v1/txt2img", request(loras, alwayson_scripts=args))
+    assert status == 200 and len(positional["images"]) == 1
+    assert positional["images"][0] == composed["images"][0]
+
+
+@pytest.mark.parametrize("prompt, args, message", [
+    ("a cat <loratorio:no-such-lora-here:1>", [{"patch_size": 4}], "Unknown LoRA 'no-such-lora-here'"),
+    (None, [{"patch_size": 0}], "patch_size=0 is invalid"),
+    (None, [{"tau": 1}], "Unknown LoRAtorio setting(s): tau"),
+])
+def test_bad_input_is_a_clear_api_error(loras, prompt, args, message):
+    payload = request(loras, alwayson_scripts={"LoRAtorio": {"args": args}})
+    if prompt:
+        payload["prompt"] = prompt
+    status, body = call("/sdapi/v1/txt2img", payload)
+    assert status == 500 and message in body["errors"]
