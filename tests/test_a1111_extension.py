@@ -229,6 +229,35 @@ def test_hires_fix_batch_count_and_weight_maps(runner):
     assert result.images[-1].size == result.images[first].size
 
 
+def test_img2img_with_batch_count(runner):
+    from PIL import Image
+
+    def img2img(args):
+        p = processing.StableDiffusionProcessingImg2Img(
+            init_images=[Image.new("RGB", (128, 128), (200, 80, 40))], denoising_strength=0.6, n_iter=2,
+            prompt="a cat <loratorio:alice:0.8> <loratorio:hat:1>", steps=3, width=128, height=128, seed=3,
+            sampler_name="Euler", batch_size=1)
+        img2img_runner = scripts.ScriptRunner()
+        img2img_runner.initialize_scripts(True)
+        img2img_runner.setup_ui()
+        script = img2img_runner.alwayson_scripts[0]
+        p.scripts, p.script_args = img2img_runner, tuple([0] * script.args_from + args)
+        return processing.process_images(p)
+
+    base, composed = img2img(on(enabled=False)), img2img(on(show_weight_maps=True))
+    assert len(composed.images) == len(base.images) + 2 * 2
+    assert not np.array_equal(pixels(base), pixels(composed))
+
+
+def test_refiner_steps_run_the_refiner_alone(runner, sd15):
+    refiner = standin_models.make_sd15_model("refiner", seed=1)
+    hooks = hook_ids(refiner)
+    p = txt2img(runner, on(), steps=4, refiner_switch_at=0.5, refiner_model=refiner)
+    result = processing.process_images(p)
+    assert np.isfinite(pixels(result)).all() and hook_ids(refiner) == hooks
+    shared.sd_model = sd15
+
+
 def test_text_encoder_parts_condition_their_own_branch(runner):
     per_branch = run(runner, on(), prompt="a cat <loratorio:te_only:1> <loratorio:alice:0.8>")
     unet_only = run(runner, on(text_encoder="UNet only"), prompt="a cat <loratorio:te_only:1> <loratorio:alice:0.8>")
