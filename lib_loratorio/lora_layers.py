@@ -207,7 +207,17 @@ def _tucker(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
     return torch.einsum("ij...,jr,ip->pr...", t, wb, wa)
 
 
-class LoHa(ModuleDelta):
+class _FactoredDense(ModuleDelta):
+    """LyCORIS factorisations that are applied as a dense delta, built once per device copy."""
+
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        return _flat_fits(self.shape, tuple(weight_shape))
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        return self._cached_dense(layer)
+
+
+class LoHa(_FactoredDense):
     """LyCORIS LoHa: ``scale * (w1a @ w1b) * (w2a @ w2b)`` (Hadamard product), optional Tucker."""
 
     def __init__(self, w1a: Tensor, w1b: Tensor, w2a: Tensor, w2b: Tensor, scale: float,
@@ -221,12 +231,6 @@ class LoHa(ModuleDelta):
         self.w1a, self.w1b, self.w2a, self.w2b, self.t1, self.t2 = w1a, w1b, w2a, w2b, t1, t2
         self.scale = float(scale)
 
-    def fits(self, weight_shape: tuple[int, ...]) -> bool:
-        return _flat_fits(self.shape, tuple(weight_shape))
-
-    def weight_delta(self, layer: nn.Module) -> Tensor:
-        return self._cached_dense(layer)
-
     def _build_dense(self) -> Tensor:
         def half(wa: Tensor, wb: Tensor, t: Optional[Tensor]) -> Tensor:
             if t is not None:
@@ -238,7 +242,7 @@ class LoHa(ModuleDelta):
         return (w1.reshape(w2.shape) * w2) * self.scale
 
 
-class LoKr(ModuleDelta):
+class LoKr(_FactoredDense):
     """LyCORIS LoKr: ``scale * kron(w1, w2)``; each side full or factored (``w2`` also Tucker)."""
 
     def __init__(self, w1: Optional[Tensor], w1a: Optional[Tensor], w1b: Optional[Tensor],
@@ -255,12 +259,6 @@ class LoKr(ModuleDelta):
         super().__init__(shape, bias)
         self.w1, self.w1a, self.w1b, self.w2, self.w2a, self.w2b, self.t2 = w1, w1a, w1b, w2, w2a, w2b, t2
         self.scale = float(scale)
-
-    def fits(self, weight_shape: tuple[int, ...]) -> bool:
-        return _flat_fits(self.shape, tuple(weight_shape))
-
-    def weight_delta(self, layer: nn.Module) -> Tensor:
-        return self._cached_dense(layer)
 
     def _build_dense(self) -> Tensor:
         w1 = self.w1 if self.w1 is not None else self.w1a @ self.w1b
