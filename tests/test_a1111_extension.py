@@ -49,11 +49,8 @@ def hook_ids(model):
 
 
 @pytest.fixture(scope="module")
-def sd15():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield standin_models.make_sd15_model()
-    torch.set_num_threads(threads)
+def sd15(one_thread):
+    return standin_models.make_sd15_model()
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,8 @@ from modules.ui_components import InputAccordion  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def sd15():
-    # The tiny UNets are too small for intra-op threading; on a busy 2-core box it made this file 4x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield standin_models.make_sd15_model()
-    torch.set_num_threads(threads)
+def sd15(one_thread):
+    return standin_models.make_sd15_model()
 
 
 @pytest.fixture(autouse=True)
