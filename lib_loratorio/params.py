@@ -75,6 +75,9 @@ class LoratorioParams:
         "merge", "Outside the range", "merge: the LoRAs act merged as a plain <lora:> would. off: base model only.",
         choices=OUTSIDE_STEPS)
     show_weight_maps: bool = _setting(False, "Show weight maps", "Add one heatmap per LoRA to the results.")
+    weight_map_steps: list = _setting(
+        [], "Weight maps at", "Also show the maps of single steps, as fractions of the run, e.g. 0.25, 0.5.",
+        minimum=0.0, maximum=1.0)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,11 +91,13 @@ class LoratorioParams:
             if meta["choices"] and value not in meta["choices"]:
                 raise InvalidParameterError(
                     f"LoRAtorio {f.name}={value!r} is invalid: allowed values are {', '.join(meta['choices'])}.")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                lo, hi = meta["min"], meta["max"]
-                if math.isnan(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-                    raise InvalidParameterError(
-                        f"LoRAtorio {f.name}={value!r} is invalid: it must be between {lo} and {hi}.")
+            numbers = value if isinstance(value, list) and meta["min"] is not None else [value]
+            for number in numbers:
+                if isinstance(number, (int, float)) and not isinstance(number, bool):
+                    lo, hi = meta["min"], meta["max"]
+                    if math.isnan(number) or (lo is not None and number < lo) or (hi is not None and number > hi):
+                        raise InvalidParameterError(
+                            f"LoRAtorio {f.name}={value!r} is invalid: it must be between {lo} and {hi}.")
             object.__setattr__(self, f.name, value)
         if self.step_start >= self.step_end:
             raise InvalidParameterError(
@@ -140,10 +145,10 @@ class LoratorioParams:
             value = getattr(self, f.name)
             if f.name == "enabled":
                 continue
-            if f.name == "pool":
+            if isinstance(value, list):
                 if not value:
                     continue
-                value = ";".join(value)
+                value = ";".join(map(str, value))
             out[self.infotext_key(f.name)] = str(value)
         out[INFOTEXT_PREFIX] = "True"
         return out
@@ -158,7 +163,7 @@ class LoratorioParams:
             key = cls.infotext_key(name)
             if name != "enabled" and key in fields:
                 raw = str(fields[key])
-                values[name] = [p for p in raw.split(";") if p] if name == "pool" else raw
+                values[name] = raw
         return cls(**values)
 
 
@@ -186,8 +191,9 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return float(value)
         if kind is list:
             if isinstance(value, str):
-                return [p.strip() for p in value.replace("\n", ",").replace(";", ",").split(",") if p.strip()]
-            return [str(v) for v in value]
+                value = [p.strip() for p in value.replace("\n", ",").replace(";", ",").split(",") if p.strip()]
+            # a list with numeric bounds holds numbers (step fractions); otherwise names
+            return [float(v) for v in value] if f.metadata["min"] is not None else [str(v) for v in value]
         return str(value)
     except (TypeError, ValueError):
         raise InvalidParameterError(

@@ -44,7 +44,7 @@ def _control(f: dataclasses.Field, elem_id: str):
         return gr.Slider(minimum=lo, maximum=hi, step=step, value=default, **common)
     if isinstance(default, (int, float)):
         return gr.Number(value=default, precision=0 if isinstance(default, int) else None, **common)
-    return gr.Textbox(value="", placeholder="names or a folder, comma-separated", **common)
+    return gr.Textbox(value="", placeholder="comma-separated", **common)
 
 
 def _boolean(key: str):

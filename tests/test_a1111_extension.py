@@ -224,6 +224,9 @@ def test_hires_fix_batch_count_and_weight_maps(runner):
     first = result.index_of_first_image
     assert len(result.images) == first + n_images + n_images * 2     # + one heatmap per LoRA per image
     assert result.images[-1].size == result.images[first].size
+    with_steps = run(runner, on(show_weight_maps=True, weight_map_steps=[0.0, 0.5]), steps=4)
+    first = with_steps.index_of_first_image
+    assert len(with_steps.images) == first + 1 + 3 * 2                # mean, step 1 and step 3: 2 LoRAs each
 
 
 def test_img2img_with_batch_count(runner):

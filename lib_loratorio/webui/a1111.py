@@ -174,7 +174,8 @@ class Session:
         self.layouts: dict[int, StepLayout] = {}
         self.composers: dict[int, BranchComposer] = {}
         self.wrapped: list[tuple[Any, "InnerModelWrapper"]] = []
-        self.weight_maps: dict[int, torch.Tensor] = {}
+        self.weight_maps: dict[int, list[tuple[str, torch.Tensor]]] = {}
+        self._step_maps: dict[int, list[tuple[str, dict[int, torch.Tensor]]]] = {}
         self.warned: set[str] = set()
 
     def warn_once(self, message: str) -> None:
@@ -376,15 +377,30 @@ class Session:
         composer = self.composer_for(denoiser)
         composer.evaluate = evaluate
         rows = slice(offset, offset + x.shape[0])
-        return composer(x, layout.is_uncond[rows], layout.image_of_row[rows], step=layout.step)
+        out = composer(x, layout.is_uncond[rows], layout.image_of_row[rows], step=layout.step)
+        if self.params.show_weight_maps and not all(layout.is_uncond[rows]):
+            self._capture_step_maps(denoiser, layout, composer)
+        return out
+
+    def _capture_step_maps(self, denoiser, layout: StepLayout, composer: BranchComposer) -> None:
+        """Keep this step's maps when it is the first step at or past a requested fraction of the run."""
+        taken = self._step_maps.setdefault(id(denoiser), [])
+        fraction = layout.step / layout.total_steps
+        due = [f for f in self.params.weight_map_steps if fraction >= f]
+        if len(due) > len(taken):
+            label = f"step {layout.step + 1}/{layout.total_steps}"
+            taken += [(label, dict(composer.last_weight_maps))] * (len(due) - len(taken))
 
     def _collect_weight_maps(self) -> None:
+        """Per image of this batch: (label, maps [N, h, w]) of the final pass (hires when enabled)."""
         if not self.params.show_weight_maps or not self.composers:
             return
-        last = list(self.composers.values())[-1]  # the final pass (hires when enabled)
+        key, last = list(self.composers.items())[-1]
         base = getattr(self.p, "iteration", 0) * self.p.batch_size
         for image, maps in last.mean_weight_maps().items():
-            self.weight_maps[base + image] = maps
+            steps = [(label, by_image[image]) for label, by_image in self._step_maps.get(key, []) if image in by_image]
+            self.weight_maps[base + image] = [("mean", maps)] + steps
+        self._step_maps.clear()
 
 
 class InnerModelWrapper(nn.Module):
@@ -513,14 +529,15 @@ def weight_map_images(session: Session, processed) -> tuple[list, list[str]]:
 
     images, infotexts = [], []
     first = getattr(processed, "index_of_first_image", 0)
-    for index, maps in sorted(session.weight_maps.items()):
+    for index, labelled in sorted(session.weight_maps.items()):
         position = first + index
         if position >= len(processed.images):
             continue
         picture = torch.from_numpy(np.asarray(processed.images[position].convert("RGB")).copy())
-        for name, weights in zip(session.names, maps):
-            heat = Image.fromarray(overlay(weights, picture).numpy())
-            ImageDraw.Draw(heat).text((4, 4), f"{name}  (image {index + 1})", fill=(255, 255, 255))
-            images.append(heat)
-            infotexts.append(processed.infotexts[position] if position < len(processed.infotexts) else "")
+        for label, maps in labelled:
+            for name, weights in zip(session.names, maps):
+                heat = Image.fromarray(overlay(weights, picture).numpy())
+                ImageDraw.Draw(heat).text((4, 4), f"{name}, {label}, image {index + 1}", fill=(255, 255, 255))
+                images.append(heat)
+                infotexts.append(processed.infotexts[position] if position < len(processed.infotexts) else "")
     return images, infotexts
