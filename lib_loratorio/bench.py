@@ -201,18 +201,19 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
     return results
 
 
-def compose_fraction(unet, repeats: int, device: str) -> float:
-    """compose() for N=4 on a 4x128x128 latent (SD1.5 at 1024 px / SDXL) over one UNet forward there."""
+def compose_fraction(unet, repeats: int, device: str, side: int = 128) -> dict:
+    """compose() for N=4 on a 4 x side x side latent (128: SDXL) over one UNet forward there."""
     g = torch.Generator().manual_seed(1)
-    base = torch.randn(2, 4, 128, 128, generator=g).to(device)
-    loras = base + 0.1 * torch.randn(4, 2, 4, 128, 128, generator=g).to(device)
+    base = torch.randn(2, 4, side, side, generator=g).to(device)
+    loras = base + 0.1 * torch.randn(4, 2, 4, side, side, generator=g).to(device)
     ctx = torch.randn(2, 77, 768, generator=g).to(device)
     t = torch.full((2,), 500.0, device=device)
     times = timed({"compose": lambda: compose(base[:1], base[1:], loras[:, :1], loras[:, 1:], patch_size=8,
                                               temperature=0.05),
                    "unet": lambda: unet(base, t, ctx).sample}, max(1, repeats // 2), device)
     t_compose, t_unet = times["compose"], times["unet"]
-    return t_compose / t_unet
+    return {"compose_latent": side, "compose_n4_s": t_compose, "unet_forward_s": t_unet,
+            "compose_n4_over_unet_forward": t_compose / t_unet}
 
 
 def main(argv=None) -> dict:
@@ -224,6 +225,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--compose-latent", type=int, default=128, help="latent side for timing compose() alone")
     ap.add_argument("--json", action="store_true", help="print machine-readable results")
     args = ap.parse_args(argv)
     if args.threads:
@@ -237,10 +239,10 @@ def main(argv=None) -> dict:
             write_random_lora(unet, path, args.rank, seed=100 + i)
             loras.append(bind_lora(read_lora_file(path), {"unet": unet}))
         rows = [{"n": n, **bench_n(unet, loras, n, args.latent, args.repeats, args.device)} for n in args.loras]
-        fraction = compose_fraction(unet, args.repeats, args.device)
+        fraction = compose_fraction(unet, args.repeats, args.device, args.compose_latent)
 
     report = {"device": args.device, "threads": torch.get_num_threads(), "width": args.width,
-              "latent": args.latent, "rank": args.rank, "rows": rows, "compose_n4_128_over_unet_forward": fraction}
+              "latent": args.latent, "rank": args.rank, "rows": rows, **fraction}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -261,7 +263,9 @@ def format_table(report: dict) -> str:
             f"{r['loop_ratio']:.2f} | {r['merge_per_branch_ratio']:.2f} | {r['merged_step_ratio']:.2f} | "
             f"{r['merge_once_ratio']:.2f} | {r['plain_peak_mib']:.0f} / {r['loratorio_peak_mib']:.0f} / "
             f"{r['loop_peak_mib']:.0f} |")
-    lines.append(f"compose() for N=4 on 4x128x128 = {report['compose_n4_128_over_unet_forward']:.3f} of one "
+    side = report["compose_latent"]
+    lines.append(f"compose() for N=4 on 4x{side}x{side}: {report['compose_n4_s'] * 1000:.2g} ms = "
+                 f"{report['compose_n4_over_unet_forward']:.2g} of one "
                  "UNet forward (batch 2) on the same latent")
     return "\n".join(lines)
 

@@ -1,0 +1,17 @@
+"""The speed benchmark runs end to end on a tiny configuration (timings are reported, never asserted)."""
+
+import json
+
+from lib_loratorio import bench
+
+
+def test_bench_reports_every_ratio(capsys, one_thread):
+    report = bench.main(["--loras", "1", "2", "--width", "16", "--latent", "8", "--repeats", "1",
+                         "--compose-latent", "16", "--json"])
+    assert json.loads(capsys.readouterr().out)["rows"][1]["n"] == 2
+    for row in report["rows"]:
+        for key in ("loratorio_ratio", "loratorio_fast_ratio", "loop_ratio", "merge_per_branch_ratio",
+                    "merged_step_ratio", "merge_once_ratio"):
+            assert row[key] > 0
+        assert row["batched_vs_loop_max_diff"] < 1e-4      # one batched forward == separate forwards
+    assert "| 2 | 3 |" in bench.format_table(report)
