@@ -105,8 +105,8 @@ class LoratorioScript(scripts.Script):
         if session is not None and session.error is None:
             try:
                 session.prepare()
-            except LoratorioError as err:
-                session.error = err  # raised from p.sample, where the UI and the API see it
+            except Exception as err:  # noqa: BLE001 - the WebUI would swallow it here; p.sample re-raises it
+                session.error = err
 
     def postprocess(self, p, processed, *args):
         session = adapter.get_session(p) if adapter else None

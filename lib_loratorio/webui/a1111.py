@@ -45,8 +45,11 @@ def log(message: str) -> None:
 
 # --- LoRA names, as the Lora cards resolve them ----------------------------------------------------
 def _lora_module():
-    import networks  # the built-in Lora extension's module (extensions-builtin/Lora)
-
+    try:
+        import networks  # the built-in Lora extension's module (extensions-builtin/Lora)
+    except ImportError:
+        raise LoratorioError("LoRAtorio finds LoRA files through the built-in Lora extension, which is not "
+                             "loaded: enable 'Lora' in the Extensions tab and restart.") from None
     return networks
 
 
