@@ -37,7 +37,7 @@ class LoratorioParams:
         "LoRAtorio: patch-wise SoftMin routing. Composite: plain average of LoRA branches. "
         "Switch: one LoRA at a time, rotating.", choices=MODES)
     patch_size: int = _setting(
-        8, "Patch size", "Side of a comparison patch in latent pixels (8 latent px = 64 image px).",
+        4, "Patch size", "Side of a comparison patch in latent pixels (4 latent px = 32 image px).",
         minimum=1, maximum=64)
     temperature: float = _setting(
         0.05, "Temperature", "SoftMin temperature: small = one LoRA per patch, large = uniform average.",

@@ -11,7 +11,7 @@ from lib_loratorio.params import LoratorioParams
 
 def test_defaults_are_valid_and_off():
     p = LoratorioParams()
-    assert not p.enabled and p.mode == "LoRAtorio" and p.patch_size == 8
+    assert not p.enabled and p.mode == "LoRAtorio" and p.patch_size == 4
     assert p.temperature == 0.05 and p.recenter == 0.5 and p.top_k == 0 and p.max_batch == 0
     assert p.to_infotext() == {}
 
