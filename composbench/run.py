@@ -374,7 +374,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--sweep", action="store_true", help="patch size x temperature x re-centring sweep")
     ap.add_argument("--diagnose", action="store_true", help="divergence inside/outside each concept")
     ap.add_argument("--calibrate", action="store_true", help="classifier on single-LoRA and base generations")
-    ap.add_argument("--patch", type=int, default=2, help="LoRAtorio patch size (2 = the sweep's choice; the extension's default is 8)")
+    ap.add_argument("--patch", type=int, default=2, help="LoRAtorio patch size (2 = the sweep's choice, 1/16 of this 32-px side; the extension's default 4 is 1/16 of an SD1.5 latent)")
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")

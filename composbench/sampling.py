@@ -46,7 +46,7 @@ class Method:
                                top_k=n if self.pool else 0, switch_every=5)
 
 
-def standard_methods(patch_size: int = 8, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
+def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
     return [
         Method("prompt only", "base"),
         Method("Merge", "merge"),
