@@ -8,6 +8,7 @@ edited or replaced file is read again; the least recently used files are dropped
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from typing import Mapping
 
@@ -23,6 +24,8 @@ class LoraLibrary:
         self._files: OrderedDict[str, tuple[tuple[int, int], LoraFile]] = OrderedDict()
         # (id(delta), device, dtype) -> delta copy; shared with every BranchRunner of this library.
         self.device_copies: dict = {}
+        # (id(file), component names and ids) -> (weak refs to the components, binding)
+        self._bound: dict = {}
 
     def load(self, path: str) -> LoraFile:
         """The file's contents, read once while the file is unchanged."""
@@ -46,13 +49,28 @@ class LoraLibrary:
         return lora
 
     def bind(self, path: str, components: Mapping[str, nn.Module]) -> BoundLora:
-        return bind_lora(self.load(path), components)
+        """The file bound to these live modules, reused while the file and the modules are the same.
+
+        Weak references confirm the modules are still the very objects bound (an id can be reused
+        after a model is unloaded).
+        """
+        lora = self.load(path)
+        key = (id(lora), tuple((name, id(module)) for name, module in sorted(components.items())))
+        cached = self._bound.get(key)
+        if cached is not None and all(ref() is module for ref, module in zip(cached[0], components.values())):
+            return cached[1]
+        bound = bind_lora(lora, components)
+        self._bound[key] = ([weakref.ref(module) for module in components.values()], bound)
+        return bound
 
     def _forget(self, lora: LoraFile) -> None:
         ids = {id(d) for d in lora.modules.values()}
         for key in [k for k in self.device_copies if k[0] in ids]:
             del self.device_copies[key]
+        for key in [k for k in self._bound if k[0] == id(lora)]:
+            del self._bound[key]
 
     def clear(self) -> None:
         self._files.clear()
         self.device_copies.clear()
+        self._bound.clear()

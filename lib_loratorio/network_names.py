@@ -51,6 +51,10 @@ _OPEN_CLIP_BLOCK = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.(.+)$")
 
 _FUSED_QKV_REASON = ("q/k/v projection on open_clip's fused in_proj (nn.MultiheadAttention) is "
                      "not supported; these keys are not applied")
+# nn.MultiheadAttention uses its out_proj's weight directly, never calling the module, so a hook on
+# out_proj would silently do nothing.
+_FUSED_OUT_REASON = ("out_proj inside open_clip's nn.MultiheadAttention is applied by the fused attention "
+                     "itself, out of reach of forward hooks; these keys are not applied")
 
 # Cross-attention context width -> model family, for mismatch messages.
 _CONTEXT_DIMS = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
@@ -77,6 +81,11 @@ class BoundLora:
         text = f"{self.lora.name}: {len(self.targets)} modules bound ({parts})"
         if self.unmatched:
             text += f", {len(self.unmatched)} keys unmatched (e.g. {self.unmatched[0]})"
+            why: dict[str, int] = {}
+            for key in self.unmatched:
+                reason = self.reasons.get(key, "no module of that name in the model")
+                why[reason] = why.get(reason, 0) + 1
+            text += "; " + "; ".join(f"{n}: {reason}" for reason, n in why.items())
         return text
 
 
@@ -269,6 +278,8 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
     or when none of the LoRA's modules for the given components exists in the network.
     """
     indexes = {comp: _index(comp, root) for comp, root in components.items()}
+    fused_out = {id(m.out_proj) for root in components.values() for m in root.modules()
+                 if isinstance(m, nn.MultiheadAttention)}
     bound = BoundLora(lora=lora, targets=[])
     mismatched: list[str] = []
     candidates = explained = 0
@@ -284,9 +295,9 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
             bound.unmatched.append(key)
             continue
         name, module = hit
-        if isinstance(module, nn.MultiheadAttention):
+        if isinstance(module, nn.MultiheadAttention) or id(module) in fused_out:
             bound.unmatched.append(key)
-            bound.reasons[key] = _FUSED_QKV_REASON
+            bound.reasons[key] = _FUSED_OUT_REASON if id(module) in fused_out else _FUSED_QKV_REASON
             explained += 1
             continue
         weight = getattr(module, "weight", None)

@@ -36,6 +36,7 @@ from ..params import LoratorioParams
 
 EXTRA_NETWORK_NAME = "loratorio"
 LIBRARY = LoraLibrary()
+_REPORTED: set[int] = set()  # ids of bindings (kept alive by LIBRARY) whose unmatched keys were logged
 _TEXT_KEYS = ("c_crossattn", "crossattn", "vector")
 
 
@@ -235,8 +236,9 @@ class Session:
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
             hashes[name] = getattr(entry, "shorthash", "") or ""
         for bound in loras:
-            if bound.unmatched:
-                self.warn_once(bound.summary())
+            if bound.unmatched and id(bound) not in _REPORTED:  # once per file and model
+                _REPORTED.add(id(bound))
+                log(bound.summary())
         self.loras, self.hashes, self.bound_model = loras, hashes, sd_model
         self.names = [n for n, _ in wanted]
         self.strengths = [s for _, s in wanted]

@@ -1,0 +1,42 @@
+"""The LoRA file cache: read once while unchanged, re-read when the file changes, rebind new models."""
+
+import os
+
+from lib_loratorio.lora_library import LoraLibrary
+from tests.lora_writers import write_kohya
+from tests.tiny_models import tiny_sd15_unet
+
+TARGETS = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "down_blocks.0.resnets.0.conv1"]
+
+
+def test_files_and_bindings_are_cached_while_unchanged(tmp_path):
+    unet = tiny_sd15_unet()
+    path = tmp_path / "a.safetensors"
+    write_kohya(path, unet, TARGETS, seed=1)
+    library = LoraLibrary()
+    first = library.load(str(path))
+    assert library.load(str(path)) is first
+    bound = library.bind(str(path), {"unet": unet})
+    assert library.bind(str(path), {"unet": unet}) is bound
+    other_model = tiny_sd15_unet(seed=2)
+    rebound = library.bind(str(path), {"unet": other_model})
+    assert rebound is not bound and {id(m) for _, m, _ in rebound.targets} <= {id(m) for m in other_model.modules()}
+
+    write_kohya(path, unet, TARGETS, seed=3)                 # the user replaces the file
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert library.load(str(path)) is not first
+    assert library.bind(str(path), {"unet": unet}) is not bound
+
+
+def test_least_recently_used_files_are_dropped(tmp_path):
+    unet = tiny_sd15_unet()
+    library = LoraLibrary(max_files=2)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"l{i}.safetensors"))
+        write_kohya(paths[-1], unet, TARGETS, seed=i)
+    first = library.load(paths[0])
+    library.load(paths[1])
+    library.load(paths[2])
+    assert library.load(paths[0]) is not first
