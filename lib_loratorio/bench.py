@@ -13,6 +13,7 @@ same run, so a busy machine does not skew them. Needs ``diffusers`` (a benchmark
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -30,6 +31,7 @@ from .lora_files import read_lora_file
 from .network_names import bind_lora
 from .params import LoratorioParams
 
+DEFAULTS = LoratorioParams(enabled=True)  # the extension's defaults, for every timed composition
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                 "conv1", "conv2")
 
@@ -130,7 +132,7 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
                 return unet(x[rows], t[rows], ctx[rows]).sample
 
         def loratorio(recenter):
-            composer = BranchComposer(LoratorioParams(enabled=True, recenter=recenter), n, evaluate, prediction="eps")
+            composer = BranchComposer(dataclasses.replace(DEFAULTS, recenter=recenter), n, evaluate, prediction="eps")
             return lambda: composer(x, row_kinds, images, step=0)
 
         def loop():
@@ -139,7 +141,8 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
                 with runner.rows(torch.full((2,), b)):
                     preds.append(unet(x, t, ctx).sample)
             return compose(preds[0][:1], preds[0][1:], torch.stack([p[:1] for p in preds[1:]]),
-                           torch.stack([p[1:] for p in preds[1:]]), patch_size=8, temperature=0.05)
+                           torch.stack([p[1:] for p in preds[1:]]), patch_size=DEFAULTS.patch_size,
+                           temperature=DEFAULTS.temperature, recenter=DEFAULTS.recenter)
 
         results = timed({"plain": plain, "loratorio": loratorio(0.5), "loratorio_fast": loratorio(1.0),
                          "loop": loop}, repeats, device)
@@ -208,8 +211,8 @@ def compose_fraction(unet, repeats: int, device: str, side: int = 128) -> dict:
     loras = base + 0.1 * torch.randn(4, 2, 4, side, side, generator=g).to(device)
     ctx = torch.randn(2, 77, 768, generator=g).to(device)
     t = torch.full((2,), 500.0, device=device)
-    times = timed({"compose": lambda: compose(base[:1], base[1:], loras[:, :1], loras[:, 1:], patch_size=8,
-                                              temperature=0.05),
+    times = timed({"compose": lambda: compose(base[:1], base[1:], loras[:, :1], loras[:, 1:],
+                                              patch_size=DEFAULTS.patch_size, temperature=DEFAULTS.temperature),
                    "unet": lambda: unet(base, t, ctx).sample}, max(1, repeats // 2), device)
     t_compose, t_unet = times["compose"], times["unet"]
     return {"compose_latent": side, "compose_n4_s": t_compose, "unet_forward_s": t_unet,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import LoratorioError
-from .lora_layers import ModuleDelta
+from .lora_layers import FusedAttentionDelta, ModuleDelta
 from .network_names import BoundLora
 
 RowSelector = Union[slice, torch.Tensor]
@@ -127,13 +127,19 @@ class BranchRunner:
             return None
         x = args[0] if args else next(iter(kwargs.values()))
         out = output[0] if isinstance(output, tuple) else output
-        if self._n_rows is not None and x.shape[0] != self._n_rows:
+        seq_first = isinstance(module, nn.MultiheadAttention) and not module.batch_first
+        batch = x.shape[1] if seq_first else x.shape[0]
+        if self._n_rows is not None and batch != self._n_rows:
             raise LoratorioError(
-                f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {x.shape[0]}: "
+                f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {batch}: "
                 "the host changed the batch inside the network. Please report this with your settings.")
         for i, delta in self._by_module[module]:
             sel = self._selectors[i]
             if sel is None or self.strengths[i] == 0:
+                continue
+            if isinstance(delta, FusedAttentionDelta):
+                out = _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
+                                       self.strengths[i])
                 continue
             d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module)
             d = d.to(out.dtype) * self.strengths[i]
@@ -146,6 +152,17 @@ class BranchRunner:
         if isinstance(output, tuple):
             return (out, *output[1:])
         return out
+
+
+def _fused_attention(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor, sel: RowSelector,
+                     delta: FusedAttentionDelta, strength: float) -> torch.Tensor:
+    """Rows ``sel`` of an nn.MultiheadAttention output, recomputed with the LoRA merged into its weights."""
+    new = delta.attention_output(module, args, kwargs, strength).to(out.dtype)
+    if isinstance(sel, slice) and sel == slice(None):
+        return new
+    dim = 0 if getattr(module, "batch_first", False) else 1  # seq-first attention keeps the batch in dim 1
+    index = _as_index(sel, out.shape[dim], out.device)
+    return out.index_copy(dim, index, new.index_select(dim, index))
 
 
 def _as_index(sel: RowSelector, n_rows: int, device: torch.device) -> torch.Tensor:

@@ -16,6 +16,7 @@ Conv attributes are read with ``getattr`` defaults for the same reason.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "LoKr",
     "FullDiff",
     "DoRA",
+    "FusedAttentionDelta",
     "apply_weight",
     "same_weight_shape",
 ]
@@ -339,3 +341,74 @@ class DoRA(ModuleDelta):
             self._dense = (merged * (mag / norm) - base).to(dtype)
             self._key = key
         return self._dense
+
+
+class FusedAttentionDelta(ModuleDelta):
+    """LoRA parts (q, k, v, out) on an ``nn.MultiheadAttention``, as open_clip text encoders have.
+
+    Such a module applies its fused ``in_proj_weight`` and its ``out_proj`` weight inside one
+    functional call, so no per-layer hook can add a delta; instead the runner asks for the whole
+    attention output recomputed with ``W + strength * dW`` (attention is not linear in the weights,
+    so the strength goes into the weights). Each part is computed against its slice of
+    ``in_proj_weight`` (that matters for DoRA), as the WebUI's own Lora extension does.
+    """
+
+    PARTS = ("q", "k", "v", "out")
+
+    def __init__(self, parts: dict[str, ModuleDelta]) -> None:
+        first = next(iter(parts.values()))
+        super().__init__(first.shape)
+        self.parts = parts
+
+    def to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "FusedAttentionDelta":
+        moved = {name: part.to(device, dtype) for name, part in self.parts.items()}
+        if all(moved[name] is part for name, part in self.parts.items()):
+            return self
+        return FusedAttentionDelta(moved)
+
+    def weights(self, attention: nn.MultiheadAttention, strength: float) -> tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
+        """(in_proj_weight, in_proj_bias, out_proj weight, out_proj bias) with this LoRA merged, as new tensors."""
+        e = attention.embed_dim
+        in_w, in_b = attention.in_proj_weight, attention.in_proj_bias
+        w_slices, b_slices = [], []
+        for i, name in enumerate("qkv"):
+            base = in_w[i * e:(i + 1) * e]
+            part = self.parts.get(name)
+            if part is None:
+                w_slices.append(base)
+                b_slices.append(None if in_b is None else in_b[i * e:(i + 1) * e])
+                continue
+            w_slices.append(base + strength * part.weight_delta(SimpleNamespace(weight=base)).to(base))
+            bias = None if in_b is None else in_b[i * e:(i + 1) * e]
+            if bias is not None and part.bias is not None:
+                bias = bias + strength * part.bias.to(bias)
+            b_slices.append(bias)
+        out_layer = attention.out_proj
+        out_w, out_b = out_layer.weight, out_layer.bias
+        part = self.parts.get("out")
+        if part is not None:
+            out_w = out_w + strength * part.weight_delta(out_layer).to(out_w)
+            if out_b is not None and part.bias is not None:
+                out_b = out_b + strength * part.bias.to(out_b)
+        new_in_b = None if in_b is None else torch.cat(b_slices)
+        return torch.cat(w_slices), new_in_b, out_w, out_b
+
+    def attention_output(self, attention: nn.MultiheadAttention, args: tuple, kwargs: dict,
+                         strength: float) -> Tensor:
+        """The module's attention output for this call, with the LoRA merged at ``strength``."""
+        names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+                 "average_attn_weights", "is_causal")
+        call = {**dict(zip(names, args)), **kwargs}
+        q, k, v = call["query"], call["key"], call["value"]
+        if attention.batch_first:
+            q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+        in_w, in_b, out_w, out_b = self.weights(attention, strength)
+        out, _ = F.multi_head_attention_forward(
+            q, k, v, attention.embed_dim, attention.num_heads, in_w, in_b, attention.bias_k, attention.bias_v,
+            attention.add_zero_attn, 0.0, out_w, out_b, training=False,
+            key_padding_mask=call.get("key_padding_mask"), need_weights=False, attn_mask=call.get("attn_mask"),
+            is_causal=call.get("is_causal", False))
+        return out.transpose(0, 1) if attention.batch_first else out
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        raise NotImplementedError("a fused attention delta is applied through attention_output()")

@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import LoraMismatchError
 from .lora_files import LoraFile
-from .lora_layers import ModuleDelta
+from .lora_layers import FusedAttentionDelta, ModuleDelta
 
 __all__ = ["BoundLora", "bind_lora", "unet_name_aliases"]
 
@@ -49,12 +49,7 @@ _OPEN_CLIP_TO_HF = {
 }
 _OPEN_CLIP_BLOCK = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.(.+)$")
 
-_FUSED_QKV_REASON = ("q/k/v projection on open_clip's fused in_proj (nn.MultiheadAttention) is "
-                     "not supported; these keys are not applied")
-# nn.MultiheadAttention uses its out_proj's weight directly, never calling the module, so a hook on
-# out_proj would silently do nothing.
-_FUSED_OUT_REASON = ("out_proj inside open_clip's nn.MultiheadAttention is applied by the fused attention "
-                     "itself, out of reach of forward hooks; these keys are not applied")
+
 
 # Cross-attention context width -> model family, for mismatch messages.
 _CONTEXT_DIMS = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
@@ -278,8 +273,11 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
     or when none of the LoRA's modules for the given components exists in the network.
     """
     indexes = {comp: _index(comp, root) for comp, root in components.items()}
-    fused_out = {id(m.out_proj) for root in components.values() for m in root.modules()
-                 if isinstance(m, nn.MultiheadAttention)}
+    # nn.MultiheadAttention applies its in_proj and out_proj weights itself (a hook on out_proj
+    # would never fire): q/k/v/out keys of one attention are gathered into one fused delta.
+    attention_of = {id(m.out_proj): m for root in components.values() for m in root.modules()
+                    if isinstance(m, nn.MultiheadAttention)}
+    fused: dict[int, tuple[str, nn.MultiheadAttention, dict[str, ModuleDelta]]] = {}
     bound = BoundLora(lora=lora, targets=[])
     mismatched: list[str] = []
     candidates = explained = 0
@@ -295,10 +293,15 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
             bound.unmatched.append(key)
             continue
         name, module = hit
-        if isinstance(module, nn.MultiheadAttention) or id(module) in fused_out:
-            bound.unmatched.append(key)
-            bound.reasons[key] = _FUSED_OUT_REASON if id(module) in fused_out else _FUSED_QKV_REASON
-            explained += 1
+        if isinstance(module, nn.MultiheadAttention) or id(module) in attention_of:
+            attention = attention_of.get(id(module), module)
+            part = flat.rsplit("_", 2)[-2] if flat.endswith("_proj") else ""
+            e = attention.embed_dim
+            if part not in FusedAttentionDelta.PARTS or not delta.fits((e, e)):
+                mismatched.append(f"{key}: LoRA {list(delta.shape)} vs attention projection {[e, e]}")
+                continue
+            entry = fused.setdefault(id(attention), (f"{comp}:{name.removesuffix('.out_proj')}", attention, {}))
+            entry[2][part] = delta
             continue
         weight = getattr(module, "weight", None)
         if weight is None or weight.ndim not in (2, 4):
@@ -310,6 +313,7 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
             mismatched.append(f"{key}: LoRA {list(delta.shape)} vs model {list(weight.shape)}")
             continue
         bound.targets.append((f"{comp}:{name}", module, delta))
+    bound.targets += [(name, attention, FusedAttentionDelta(parts)) for name, attention, parts in fused.values()]
     if mismatched:
         raise LoraMismatchError(
             f"LoRA '{lora.name}' does not fit the loaded model: {len(mismatched)} of "

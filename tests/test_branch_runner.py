@@ -10,7 +10,7 @@ from lib_loratorio.errors import LoratorioError
 from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
 from tests.lora_writers import write_kohya
-from tests.tiny_models import ldm_view, tiny_clip_text, tiny_sd15_unet
+from tests.tiny_models import ldm_view, tiny_clip_text, tiny_open_clip_text, tiny_sd15_unet
 
 TARGETS = [
     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
@@ -154,3 +154,43 @@ def test_whole_batch_and_grad_mode_match_merging(tmp_path):
         out = clip(ids).last_hidden_state        # grad enabled: the out-of-place path
     assert torch.allclose(out, ref, atol=1e-5)
     assert not any(m._forward_hooks for m in clip.modules())
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_fused_attention_equals_merged_weights(tmp_path, batch_first):
+    """open_clip's nn.MultiheadAttention (SDXL te2 in A1111): q/k/v/out LoRA parts through the fused call."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    te2 = tiny_open_clip_text()
+    attention = te2.model.transformer.resblocks[0].attn
+    attention.batch_first = batch_first
+    e = attention.embed_dim
+    tensors, deltas = {}, {}
+    for part in ("q", "k", "v", "out"):
+        key = f"lora_te2_text_model_encoder_layers_0_self_attn_{part}_proj"
+        down, up = torch.randn(2, e) * 0.3, torch.randn(e, 2) * 0.3
+        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)})
+        deltas[part] = up @ down
+    save_file(tensors, str(tmp_path / "te2.safetensors"))
+    bound = bind_lora(read_lora_file(tmp_path / "te2.safetensors"), {"te2": te2})
+    merged = copy.deepcopy(attention)
+    with torch.no_grad():
+        merged.in_proj_weight += 0.7 * torch.cat([deltas[p] for p in "qkv"])
+        merged.out_proj.weight += 0.7 * deltas["out"]
+    x = torch.randn(3, 5, e)                       # [seq, batch, e] or [batch, seq, e]
+    mask = torch.triu(torch.full((x.shape[int(batch_first)],) * 2, float("-inf")), diagonal=1)  # causal, [seq, seq]
+    with torch.no_grad():
+        plain = attention(x, x, x, need_weights=False, attn_mask=mask)[0]
+        ref = merged(x, x, x, need_weights=False, attn_mask=mask)[0]
+        with BranchRunner([bound], [0.7]) as runner, runner.whole_batch(1):
+            out = attention(x, x, x, need_weights=False, attn_mask=mask)[0]
+        n = 5 if not batch_first else 3
+        branches = torch.tensor([0, 1] * n)[:n]
+        with BranchRunner([bound], [0.7]) as runner, runner.rows(branches):
+            rows = attention(x, x, x, need_weights=False, attn_mask=mask)[0]
+    assert torch.allclose(out, ref, atol=1e-5) and not torch.allclose(out, plain, atol=1e-3)
+    dim = 0 if batch_first else 1
+    for r, b in enumerate(branches.tolist()):
+        expected = (ref if b else plain).select(dim, r)
+        assert torch.allclose(rows.select(dim, r), expected, atol=1e-5)
