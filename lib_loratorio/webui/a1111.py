@@ -227,7 +227,8 @@ class Session:
         key = (tuple(wanted), id(sd_model), self.params.text_encoder)
         if key == self._prepared_key:
             return
-        components = model_components(sd_model, unet_only=self.params.text_encoder == "UNet only")
+        unet_only = self.params.text_encoder == "UNet only"
+        components = model_components(sd_model, unet_only=unet_only)
         loras, hashes = [], {}
         for name, _ in wanted:
             entry = resolve_lora(name)
@@ -236,7 +237,9 @@ class Session:
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
             hashes[name] = getattr(entry, "shorthash", "") or ""
         for bound in loras:
-            if bound.unmatched and id(bound) not in _REPORTED:  # once per file and model
+            # text-encoder keys left out on purpose ("UNet only") are not worth a note
+            missed = [k for k in bound.unmatched if not (unet_only and k.startswith(("te1:", "te2:")))]
+            if missed and id(bound) not in _REPORTED:  # once per file and model
                 _REPORTED.add(id(bound))
                 log(bound.summary())
         self.loras, self.hashes, self.bound_model = loras, hashes, sd_model
