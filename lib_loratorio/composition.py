@@ -21,7 +21,7 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce
+from einops import reduce
 
 from .errors import InvalidParameterError, NonFiniteError
 

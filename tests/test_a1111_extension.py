@@ -4,7 +4,6 @@ import copy
 import dataclasses
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ if STANDIN not in sys.path:
 
 import standin_models  # noqa: E402
 from modules import (  # noqa: E402
-    extra_networks, infotext_utils, processing, script_callbacks, scripts, sd_samplers_common, shared,
+    extra_networks, infotext_utils, processing, script_callbacks, scripts, shared,
 )
 from modules.api import api  # noqa: E402
 

@@ -1,6 +1,5 @@
 """Fast checks of the A1111 v1.10.1 stand-in (tests/a1111_standin) itself."""
 
-import math
 import os
 import sys
 
