@@ -59,7 +59,8 @@ def write_random_lora(unet, path: Path, rank: int, seed: int) -> None:
         w = module.weight
         key = "lora_unet_" + name.replace(".", "_")
         if w.ndim == 4:
-            down = torch.randn(rank, w.shape[1], *w.shape[2:], generator=g) / (w.shape[1] * w.shape[2] * w.shape[3]) ** 0.5
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            down = torch.randn(rank, w.shape[1], *w.shape[2:], generator=g) / fan_in ** 0.5
             up = torch.randn(w.shape[0], rank, 1, 1, generator=g) * 0.02
         else:
             down = torch.randn(rank, w.shape[1], generator=g) / w.shape[1] ** 0.5

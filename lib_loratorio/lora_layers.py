@@ -366,7 +366,8 @@ class FusedAttentionDelta(ModuleDelta):
             return self
         return FusedAttentionDelta(moved)
 
-    def weights(self, attention: nn.MultiheadAttention, strength: float) -> tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
+    def weights(self, attention: nn.MultiheadAttention,
+                strength: float) -> tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
         """(in_proj_weight, in_proj_bias, out_proj weight, out_proj bias) with this LoRA merged, as new tensors."""
         e = attention.embed_dim
         in_w, in_b = attention.in_proj_weight, attention.in_proj_bias

@@ -193,7 +193,8 @@ class Session:
         out: list[tuple[str, float]] = []
         for tag in self.tags:
             if not tag.positional:
-                raise LoratorioError(f"<{EXTRA_NETWORK_NAME}:...> without a LoRA name: write <{EXTRA_NETWORK_NAME}:NAME:STRENGTH>.")
+                raise LoratorioError(f"<{EXTRA_NETWORK_NAME}:...> without a LoRA name: "
+                                     f"write <{EXTRA_NETWORK_NAME}:NAME:STRENGTH>.")
             name = tag.positional[0]
             raw = tag.positional[1] if len(tag.positional) > 1 else tag.named.get("w", self.params.default_strength)
             try:
@@ -373,7 +374,8 @@ class Session:
             if self.params.outside_steps == "off":
                 return inner(x, sigma, cond=cond)
             n = x.shape[0]
-            with self.runner.rows(torch.zeros(n, dtype=torch.long), active=torch.ones(n, len(self.loras), dtype=torch.bool)):
+            every_lora = torch.ones(n, len(self.loras), dtype=torch.bool)
+            with self.runner.rows(torch.zeros(n, dtype=torch.long), active=every_lora):
                 return inner(x, sigma, cond=cond)
 
         def evaluate(idx: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
