@@ -218,6 +218,14 @@ class StableDiffusionProcessing:
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         raise NotImplementedError()
 
+    def _process_before_every_sampling(self, x, noise, c, uc, for_hr=False):
+        """Stand-in split: the ``scripts.process_before_every_sampling`` call before each sampler call
+        (txt2img, img2img, hires pass); returns the noise to sample with. The Forge stand-in overrides it
+        (forge_objects reset, token merging, ``p.modified_noise``)."""
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(p=self, x=x, noise=noise, c=c, uc=uc)
+        return noise
+
     def close(self):
         self.sampler = None
         self.c = None
@@ -424,6 +432,24 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     return res
 
 
+# Stand-in hooks in the batch loop of process_images_inner (the real file has these steps inline); the
+# Forge stand-in's private copy rebinds them to Forge's steps instead of copying the whole function.
+def _reload_model_for_batch(p):
+    sd_models.reload_model_weights()  # back to the main model, e.g. after a refiner switch
+
+
+def _latent_channels():
+    return getattr(shared.sd_model, "latent_channels", opt_C)
+
+
+def _after_extra_networks_activate(p):
+    pass
+
+
+def _after_setup_conds(p):
+    pass
+
+
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     if isinstance(p.prompt, list):
         assert len(p.prompt) > 0
@@ -460,14 +486,14 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             if state.interrupted or state.stopping_generation:
                 break
 
-            sd_models.reload_model_weights()  # back to the main model, e.g. after a refiner switch
+            _reload_model_for_batch(p)
 
             p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
             p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
             p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
             p.subseeds = p.all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
 
-            latent_channels = getattr(shared.sd_model, "latent_channels", opt_C)
+            latent_channels = _latent_channels()
             p.rng = rng.ImageRNG((latent_channels, p.height // opt_f, p.width // opt_f), p.seeds, subseeds=p.subseeds,
                                  subseed_strength=p.subseed_strength)
 
@@ -482,11 +508,13 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             if not p.disable_extra_networks:
                 with devices.autocast():
                     extra_networks.activate(p, p.extra_network_data)
+            _after_extra_networks_activate(p)
 
             if p.scripts is not None:
                 p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
 
             p.setup_conds()
+            _after_setup_conds(p)
 
             samples_ddim = p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
                                     subseed_strength=p.subseed_strength, prompts=p.prompts)
@@ -664,8 +692,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
 
         x = self.rng.next()
-        if self.scripts is not None:
-            self.scripts.process_before_every_sampling(p=self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
+        x = self._process_before_every_sampling(x, x, conditioning, unconditional_conditioning)
 
         samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning, image_conditioning=self.txt2img_image_conditioning(x))
         del x
@@ -703,7 +730,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
         if self.scripts is not None:
             self.scripts.before_hr(self)
-            self.scripts.process_before_every_sampling(p=self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
+        noise = self._process_before_every_sampling(samples, noise, self.hr_c, self.hr_uc, for_hr=True)
 
         samples = self.sampler.sample_img2img(self, samples, noise, self.hr_c, self.hr_uc, steps=self.hr_second_pass_steps or self.steps,
                                               image_conditioning=image_conditioning)
@@ -822,8 +849,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         if self.initial_noise_multiplier != 1.0:
             self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
             x *= self.initial_noise_multiplier
-        if self.scripts is not None:
-            self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=conditioning, uc=unconditional_conditioning)
+        x = self._process_before_every_sampling(self.init_latent, x, conditioning, unconditional_conditioning)
         samples = self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning, image_conditioning=self.image_conditioning)
         del x
         return samples

@@ -1,4 +1,5 @@
-"""Stand-in for ``modules/sd_samplers.py``: sampler registry, ``find_sampler_config``, ``create_sampler``."""
+"""Stand-in for ``modules/sd_samplers.py``: sampler registry, ``find_sampler_config``, ``create_sampler``,
+``set_samplers`` (stand-in: no ``hide_samplers`` option)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ from modules import sd_samplers_common, sd_samplers_kdiffusion, sd_samplers_time
 
 all_samplers = [*sd_samplers_kdiffusion.samplers_data_k_diffusion, *sd_samplers_timesteps.samplers_data_timesteps]
 all_samplers_map = {x.name: x for x in all_samplers}
-samplers = all_samplers
-samplers_for_img2img = all_samplers
+samplers = []
+samplers_for_img2img = []
 samplers_map = {}
-for _s in all_samplers:
-    samplers_map[_s.name.lower()] = _s.name
-    for _alias in _s.aliases:
-        samplers_map[_alias.lower()] = _s.name
 
 
 def find_sampler_config(name):
@@ -31,5 +28,20 @@ def create_sampler(name, model):
     return sampler
 
 
+def set_samplers():
+    global samplers, samplers_for_img2img
+    samplers = all_samplers
+    samplers_for_img2img = all_samplers
+
+    samplers_map.clear()
+    for sampler in all_samplers:
+        samplers_map[sampler.name.lower()] = sampler.name
+        for alias in sampler.aliases:
+            samplers_map[alias.lower()] = sampler.name
+
+
 def visible_sampler_names():
     return [x.name for x in samplers]
+
+
+set_samplers()

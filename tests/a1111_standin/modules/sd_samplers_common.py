@@ -55,6 +55,31 @@ def _refiner_of(p):
     return model
 
 
+def _refiner_to_switch_to(p, completed_ratio):
+    """The checks of the real ``apply_refiner`` between the completed ratio and the switch (stand-in
+    split, shared with Forge's): the refiner model, with the infotext written, or None to keep going."""
+    refiner_switch_at = getattr(p, "refiner_switch_at", None)
+    refiner = _refiner_of(p)
+
+    if refiner_switch_at is not None and completed_ratio < refiner_switch_at:
+        return None
+    if refiner is None or shared.sd_model.sd_checkpoint_info == refiner.sd_checkpoint_info:
+        return None
+
+    if getattr(p, "enable_hr", False):
+        is_second_pass = p.is_hr_pass
+        if opts.hires_fix_refiner_pass == "first pass" and is_second_pass:
+            return None
+        if opts.hires_fix_refiner_pass == "second pass" and not is_second_pass:
+            return None
+        if opts.hires_fix_refiner_pass != "second pass":
+            p.extra_generation_params["Hires refiner"] = opts.hires_fix_refiner_pass
+
+    p.extra_generation_params["Refiner"] = getattr(refiner.sd_checkpoint_info, "short_title", str(refiner.sd_checkpoint_info))
+    p.extra_generation_params["Refiner switch at"] = refiner_switch_at
+    return refiner
+
+
 def apply_refiner(cfg_denoiser, sigma=None):
     p = cfg_denoiser.p
     if opts.refiner_switch_by_sample_steps or sigma is None:
@@ -67,25 +92,9 @@ def apply_refiner(cfg_denoiser, sigma=None):
             timestep = torch.max(sigma).to(dtype=int)
         completed_ratio = (999 - timestep) / 1000
 
-    refiner_switch_at = getattr(p, "refiner_switch_at", None)
-    refiner = _refiner_of(p)
-
-    if refiner_switch_at is not None and completed_ratio < refiner_switch_at:
+    refiner = _refiner_to_switch_to(p, completed_ratio)
+    if refiner is None:
         return False
-    if refiner is None or shared.sd_model.sd_checkpoint_info == refiner.sd_checkpoint_info:
-        return False
-
-    if getattr(p, "enable_hr", False):
-        is_second_pass = p.is_hr_pass
-        if opts.hires_fix_refiner_pass == "first pass" and is_second_pass:
-            return False
-        if opts.hires_fix_refiner_pass == "second pass" and not is_second_pass:
-            return False
-        if opts.hires_fix_refiner_pass != "second pass":
-            p.extra_generation_params["Hires refiner"] = opts.hires_fix_refiner_pass
-
-    p.extra_generation_params["Refiner"] = getattr(refiner.sd_checkpoint_info, "short_title", str(refiner.sd_checkpoint_info))
-    p.extra_generation_params["Refiner switch at"] = refiner_switch_at
 
     with sd_models.SkipWritingToConfig():
         sd_models.reload_model_weights(info=refiner)
@@ -114,7 +123,7 @@ class Sampler:
         self.eta_option_field = "eta_ancestral"
         self.eta_infotext_field = "Eta"
         self.eta_default = 1.0
-        self.conditioning_key = getattr(shared.sd_model.model, "conditioning_key", "crossattn")
+        self.conditioning_key = getattr(getattr(shared.sd_model, "model", None), "conditioning_key", "crossattn")
         self.p = None
         self.model_wrap_cfg = None
         self.sampler_extra_args = None

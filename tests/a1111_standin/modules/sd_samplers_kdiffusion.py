@@ -181,6 +181,15 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         return {"cond": conditioning, "image_cond": image_conditioning, "uncond": unconditional_conditioning,
                 "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond}
 
+    def _launch(self, p, steps, x, sigmas, conditioning, unconditional_conditioning, image_conditioning):
+        """Stand-in split of the common tail of ``sample`` / ``sample_img2img`` (also Forge's):
+        ``sampler_extra_args`` -> ``launch_sampling(steps, self.func(...))`` -> ``add_infotext``."""
+        self.sampler_extra_args = self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
+        samples = self.launch_sampling(steps, lambda: self.func(self.model_wrap_cfg, x, sigmas, extra_args=self.sampler_extra_args,
+                                                                disable=False, callback=self.callback_state))
+        self.add_infotext(p)
+        return samples
+
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
         sigmas = self.get_sigmas(p, steps)
@@ -189,11 +198,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         self.initialize(p)
         self.model_wrap_cfg.init_latent = x
         self.last_latent = x
-        self.sampler_extra_args = self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
-        samples = self.launch_sampling(t_enc + 1, lambda: self.func(self.model_wrap_cfg, xi, sigma_sched, extra_args=self.sampler_extra_args,
-                                                                    disable=False, callback=self.callback_state))
-        self.add_infotext(p)
-        return samples
+        return self._launch(p, t_enc + 1, xi, sigma_sched, conditioning, unconditional_conditioning, image_conditioning)
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
@@ -201,8 +206,4 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         x = x * sigmas[0]
         self.initialize(p)
         self.last_latent = x
-        self.sampler_extra_args = self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
-        samples = self.launch_sampling(steps, lambda: self.func(self.model_wrap_cfg, x, sigmas, extra_args=self.sampler_extra_args,
-                                                                disable=False, callback=self.callback_state))
-        self.add_infotext(p)
-        return samples
+        return self._launch(p, steps, x, sigmas, conditioning, unconditional_conditioning, image_conditioning)

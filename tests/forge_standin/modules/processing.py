@@ -20,20 +20,19 @@ Mirrored from Forge's ``modules/processing.py``:
 - infotext "Distilled CFG Scale" when ``sd_model.use_distilled_cfg_scale``; "Hires CFG Scale".
 Everything else (dataclass surface, caches, Processed, create_infotext, hires latent upscale,
 the toy decode) is the A1111 stand-in's, via a private copy (``modules._a1111_processing``) whose
-``process_images_inner`` / ``create_infotext`` globals are rebound to the Forge versions here.
+``create_infotext`` and batch-loop hooks (``_reload_model_for_batch``, ``_latent_channels``,
+``_after_extra_networks_activate``, ``_after_setup_conds``) are rebound to the Forge steps here.
+The per-sampling Forge steps (forge_objects reset, token merging, process_before_every_sampling,
+modified_noise; twice-called in hires) override the A1111 stand-in's ``_process_before_every_sampling``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-from PIL import Image
-
 import modules.shared as shared
-from modules import _load_a1111, devices, extra_networks, prompt_parser, rng, scripts, sd_models, sd_samplers
-from modules.shared import opts, state
+from modules import _load_a1111, prompt_parser, sd_models, sd_samplers
+from modules.shared import opts
 
 _base = _load_a1111("processing")
 
@@ -80,6 +79,18 @@ class StableDiffusionProcessing(_base.StableDiffusionProcessing):
         classic_engine.last_extra_generation_params = {}
         return result
 
+    def _process_before_every_sampling(self, x, noise, c, uc, for_hr=False):
+        if for_hr and self.scripts is not None:  # hires: once more BEFORE the reset (its patches are thrown away)
+            self.scripts.process_before_every_sampling(p=self, x=x, noise=noise, c=c, uc=uc)
+        self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
+        sd_models.apply_token_merging(self.sd_model, self.get_token_merging_ratio(for_hr=for_hr))
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(self, x=x, noise=noise, c=c, uc=uc)
+        if self.modified_noise is not None:
+            noise = self.modified_noise
+            self.modified_noise = None
+        return noise
+
     def setup_conds(self):
         prompts = prompt_parser.SdConditioning(self.prompts, width=self.width, height=self.height, distilled_cfg_scale=self.distilled_cfg_scale)
         negative_prompts = prompt_parser.SdConditioning(self.negative_prompts, width=self.width, height=self.height, is_negative_prompt=True,
@@ -109,68 +120,11 @@ class StableDiffusionProcessingTxt2Img(_base.StableDiffusionProcessingTxt2Img, S
         if self.enable_hr:
             self.extra_generation_params["Hires CFG Scale"] = self.hr_cfg
 
-    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
-        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
-
-        x = self.rng.next()
-        self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
-        sd_models.apply_token_merging(self.sd_model, self.get_token_merging_ratio())
-        if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
-        if self.modified_noise is not None:
-            x = self.modified_noise
-            self.modified_noise = None
-
-        samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning, image_conditioning=self.txt2img_image_conditioning(x))
-        del x
-        if not self.enable_hr:
-            return samples
-
-        with sd_models.SkipWritingToConfig():
-            sd_models.reload_model_weights(info=self.hr_checkpoint_info)
+    def sample_hr_pass(self, samples, decoded_samples, seeds, subseeds, subseed_strength, prompts):
+        # Forge's sample() writes this right before calling sample_hr_pass (after the hires checkpoint reload)
         if self.sd_model.use_distilled_cfg_scale:
             self.extra_generation_params['Hires Distilled CFG Scale'] = self.hr_distilled_cfg
-        return self.sample_hr_pass(samples, None, seeds, subseeds, subseed_strength, prompts)
-
-    def sample_hr_pass(self, samples, decoded_samples, seeds, subseeds, subseed_strength, prompts):
-        if shared.state.interrupted:
-            return samples
-
-        self.is_hr_pass = True
-        self.sampler = sd_samplers.create_sampler(self.hr_sampler_name or self.sampler_name, self.sd_model)
-        samples = torch.nn.functional.interpolate(samples, size=(self.hr_upscale_to_y // opt_f, self.hr_upscale_to_x // opt_f),
-                                                  mode=self.latent_scale_mode["mode"], antialias=self.latent_scale_mode["antialias"])
-        image_conditioning = self.txt2img_image_conditioning(samples)
-        shared.state.nextjob()
-
-        self.rng = rng.ImageRNG(samples.shape[1:], self.seeds, subseeds=self.subseeds, subseed_strength=self.subseed_strength)
-        noise = self.rng.next()
-
-        if not self.disable_extra_networks:
-            with devices.autocast():
-                extra_networks.activate(self, self.hr_extra_network_data)
-        with devices.autocast():
-            self.calculate_hr_conds()
-
-        if self.scripts is not None:
-            self.scripts.before_hr(self)
-            self.scripts.process_before_every_sampling(p=self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
-
-        self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
-        sd_models.apply_token_merging(self.sd_model, self.get_token_merging_ratio(for_hr=True))
-
-        if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
-        if self.modified_noise is not None:
-            noise = self.modified_noise
-            self.modified_noise = None
-
-        samples = self.sampler.sample_img2img(self, samples, noise, self.hr_c, self.hr_uc, steps=self.hr_second_pass_steps or self.steps,
-                                              image_conditioning=image_conditioning)
-        self.sampler = None
-        decoded_samples = decode_latent_batch(self.sd_model, samples, target_device=devices.cpu, check_for_nans=True)
-        self.is_hr_pass = False
-        return _AlreadyDecoded(decoded_samples)
+        return super().sample_hr_pass(samples, decoded_samples, seeds, subseeds, subseed_strength, prompts)
 
     def calculate_hr_conds(self):
         if self.hr_c is not None:
@@ -196,171 +150,27 @@ class StableDiffusionProcessingTxt2Img(_base.StableDiffusionProcessingTxt2Img, S
 class StableDiffusionProcessingImg2Img(_base.StableDiffusionProcessingImg2Img, StableDiffusionProcessing):
     hr_distilled_cfg: float = 3.5
 
-    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
-        x = self.rng.next()
-        if self.initial_noise_multiplier != 1.0:
-            self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
-            x *= self.initial_noise_multiplier
 
-        self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
-        sd_models.apply_token_merging(self.sd_model, self.get_token_merging_ratio())
-        if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=self.init_latent, noise=x, c=conditioning, uc=unconditional_conditioning)
-        if self.modified_noise is not None:
-            x = self.modified_noise
-            self.modified_noise = None
-
-        samples = self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
-                                              image_conditioning=self.image_conditioning)
-        del x
-        return samples
+def _reload_model_for_batch(p):
+    sd_models.forge_model_reload()  # back to the main model, e.g. after a refiner switch
+    p.sd_model.forge_objects = p.sd_model.forge_objects_original.shallow_copy()
 
 
-def process_images_inner(p: StableDiffusionProcessing) -> Processed:
-    if isinstance(p.prompt, list):
-        assert len(p.prompt) > 0
-    else:
-        assert p.prompt is not None
-
-    seed = get_fixed_seed(p.seed)
-    subseed = get_fixed_seed(p.subseed)
-    if p.restore_faces is None:
-        p.restore_faces = False
-    if p.tiling is None:
-        p.tiling = False
-
-    p.sd_model_name = shared.sd_model.sd_checkpoint_info.name_for_extra
-    p.sd_model_hash = shared.sd_model.sd_model_hash
-    p.setup_prompts()
-    p.all_seeds = seed if isinstance(seed, list) else [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
-    p.all_subseeds = subseed if isinstance(subseed, list) else [int(subseed) + x for x in range(len(p.all_prompts))]
-
-    if p.scripts is not None:
-        p.scripts.process(p)
-
-    infotexts = []
-    output_images = []
-    with torch.no_grad():
-        p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
-        if state.job_count == -1:
-            state.job_count = p.n_iter
-
-        for n in range(p.n_iter):
-            p.iteration = n
-            if state.skipped:
-                state.skipped = False
-            if state.interrupted or state.stopping_generation:
-                break
-
-            sd_models.forge_model_reload()  # back to the main model, e.g. after a refiner switch
-
-            p.sd_model.forge_objects = p.sd_model.forge_objects_original.shallow_copy()
-
-            p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
-            p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
-            p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
-            p.subseeds = p.all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
-
-            latent_channels = shared.sd_model.forge_objects.vae.latent_channels
-            p.rng = rng.ImageRNG((latent_channels, p.height // opt_f, p.width // opt_f), p.seeds, subseeds=p.subseeds,
-                                 subseed_strength=p.subseed_strength)
-
-            if p.scripts is not None:
-                p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
-
-            if len(p.prompts) == 0:
-                break
-
-            p.parse_extra_network_prompts()
-
-            if not p.disable_extra_networks:
-                with devices.autocast():
-                    extra_networks.activate(p, p.extra_network_data)
-
-            p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
-
-            if p.scripts is not None:
-                p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
-
-            p.setup_conds()
-
-            p.extra_generation_params.update(p.sd_model.extra_generation_params)
-
-            samples_ddim = p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
-                                    subseed_strength=p.subseed_strength, prompts=p.prompts)
-
-            if p.scripts is not None:
-                ps = scripts.PostSampleArgs(samples_ddim)
-                p.scripts.post_sample(p, ps)
-                samples_ddim = ps.samples
-
-            if getattr(samples_ddim, "already_decoded", False):
-                x_samples_ddim = samples_ddim
-            else:
-                x_samples_ddim = decode_latent_batch(p.sd_model, samples_ddim, target_device=devices.cpu, check_for_nans=True)
-
-            x_samples_ddim = torch.stack(list(x_samples_ddim)).float()
-            x_samples_ddim = torch.clamp((x_samples_ddim + 1.0) / 2.0, min=0.0, max=1.0)
-            del samples_ddim
-            state.nextjob()
-
-            if p.scripts is not None:
-                p.scripts.postprocess_batch(p, x_samples_ddim, batch_number=n)
-                p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
-                p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
-                batch_params = scripts.PostprocessBatchListArgs(list(x_samples_ddim))
-                p.scripts.postprocess_batch_list(p, batch_params, batch_number=n)
-                x_samples_ddim = batch_params.images
-
-            def infotext(index=0, use_main_prompt=False):
-                return create_infotext(p, p.prompts, p.seeds, p.subseeds, use_main_prompt=use_main_prompt, index=index,
-                                       all_negative_prompts=p.negative_prompts)
-
-            for i, x_sample in enumerate(x_samples_ddim):
-                p.batch_index = i
-                x_sample = (255.0 * np.moveaxis(x_sample.cpu().numpy(), 0, 2)).astype(np.uint8)
-                image = Image.fromarray(x_sample)
-                if p.scripts is not None:
-                    pp = scripts.PostprocessImageArgs(image)
-                    p.scripts.postprocess_image(p, pp)
-                    image = pp.image
-                    ppmo = scripts.PostProcessMaskOverlayArgs(i, None, None)
-                    p.scripts.postprocess_maskoverlay(p, ppmo)
-                    pp = scripts.PostprocessImageArgs(image)
-                    p.scripts.postprocess_image_after_composite(p, pp)
-                    image = pp.image
-                text = infotext(i)
-                infotexts.append(text)
-                if opts.enable_pnginfo:
-                    image.info["parameters"] = text
-                output_images.append(image)
-
-        if not infotexts:
-            infotexts.append(Processed(p, []).infotext(p, 0))
-
-        p.color_corrections = None
-        index_of_first_image = 0
-        unwanted_grid = len(output_images) < 2 and opts.grid_only_if_multiple
-        if opts.return_grid and not p.do_not_save_grid and not unwanted_grid:
-            grid = image_grid(output_images, p.batch_size)
-            text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, use_main_prompt=True)
-            infotexts.insert(0, text)
-            if opts.enable_pnginfo:
-                grid.info["parameters"] = text
-            output_images.insert(0, grid)
-            index_of_first_image = 1
-
-    if not p.disable_extra_networks and p.extra_network_data:
-        extra_networks.deactivate(p, p.extra_network_data)
-
-    res = Processed(p, images_list=output_images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],
-                    index_of_first_image=index_of_first_image, infotexts=infotexts)
-
-    if p.scripts is not None:
-        p.scripts.postprocess(p, res)
-
-    return res
+def _latent_channels():
+    return shared.sd_model.forge_objects.vae.latent_channels
 
 
-_base.process_images_inner = process_images_inner
+def _after_extra_networks_activate(p):
+    p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+
+
+def _after_setup_conds(p):
+    p.extra_generation_params.update(p.sd_model.extra_generation_params)
+
+
+_base._reload_model_for_batch = _reload_model_for_batch
+_base._latent_channels = _latent_channels
+_base._after_extra_networks_activate = _after_extra_networks_activate
+_base._after_setup_conds = _after_setup_conds
 _base.create_infotext = create_infotext
+process_images_inner = _base.process_images_inner

@@ -2,7 +2,8 @@
 ``SdConditioning(..., distilled_cfg_scale=None)`` (kept through ``copy_from``), ``DictWithShape`` with
 ``.to()`` and ``.advanced_indexing(rows)`` (used by ``compile_weighted_conditions``), and ``stack_conds``
 trying ``torch.stack`` first (so 0-d per-row values such as Flux's ``guidance`` stack to ``[B]``).
-Implementation: a private copy of the A1111 stand-in file whose globals are rebound to these classes.
+Implementation: a private copy of the A1111 stand-in file whose globals are rebound to these classes
+(subclasses of its ``SdConditioning`` / ``DictWithShape``).
 """
 
 import torch
@@ -12,27 +13,15 @@ from modules import _load_a1111
 _base = _load_a1111("prompt_parser")
 
 
-class SdConditioning(list):
+class SdConditioning(_base.SdConditioning):
     def __init__(self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None, distilled_cfg_scale=None):
-        super().__init__()
-        self.extend(prompts)
+        super().__init__(prompts, is_negative_prompt=is_negative_prompt, width=width, height=height, copy_from=copy_from)
         if copy_from is None:
             copy_from = prompts
-        self.is_negative_prompt = is_negative_prompt or getattr(copy_from, 'is_negative_prompt', False)
-        self.width = width or getattr(copy_from, 'width', None)
-        self.height = height or getattr(copy_from, 'height', None)
         self.distilled_cfg_scale = distilled_cfg_scale or getattr(copy_from, 'distilled_cfg_scale', None)
 
 
-class DictWithShape(dict):
-    def __init__(self, x, shape=None):
-        super().__init__()
-        self.update(x)
-
-    @property
-    def shape(self):
-        return self["crossattn"].shape
-
+class DictWithShape(_base.DictWithShape):
     def to(self, *args, **kwargs):
         for k, v in self.items():
             if isinstance(v, torch.Tensor):

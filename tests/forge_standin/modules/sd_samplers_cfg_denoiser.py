@@ -16,61 +16,31 @@
    cond_composition=...)``; ``last_noise_uncond`` if asked;
 9. mask blend + ``scripts.on_mask_blend``; ``sampler.last_latent = denoised``; store_latent;
    ``cfg_after_cfg_callback`` (x read back); ``self.step += 1``. ``cfg_denoised_callback`` is NOT called.
+The rest (``__init__`` fields, ``update_inner_model``, ``catenate_conds``...) is the A1111 stand-in's, via a
+private copy (``modules._a1111_sd_samplers_cfg_denoiser``).
 """
 
 import torch
 
 import modules.shared as shared
-from modules import prompt_parser, sd_samplers_common
-from modules.script_callbacks import AfterCFGCallbackParams, CFGDenoiserParams, cfg_after_cfg_callback, cfg_denoiser_callback
+from modules import _load_a1111, prompt_parser, sd_samplers_common
+from modules.script_callbacks import CFGDenoiserParams, AfterCFGCallbackParams, cfg_after_cfg_callback, cfg_denoiser_callback
 from modules.shared import state
 from backend.sampling.sampling_function import sampling_function
 
+_base = _load_a1111("sd_samplers_cfg_denoiser")
 
-def catenate_conds(conds):
-    if not isinstance(conds[0], dict):
-        return torch.cat(conds)
-    return {key: torch.cat([x[key] for x in conds]) for key in conds[0].keys()}
-
-
-def subscript_cond(cond, a, b):
-    if not isinstance(cond, dict):
-        return cond[a:b]
-    return {key: vec[a:b] for key, vec in cond.items()}
+catenate_conds = _base.catenate_conds
+subscript_cond = _base.subscript_cond
 
 
-class CFGDenoiser(torch.nn.Module):
+class CFGDenoiser(_base.CFGDenoiser):
+    """The A1111 stand-in's ``__init__``, ``inner_model``, ``get_pred_x0``, ``update_inner_model``, with
+    Forge's ``classic_ddim_eps_estimation`` flag and ``forward``."""
+
     def __init__(self, sampler):
-        super().__init__()
-        self.model_wrap = None
-        self.mask = None
-        self.nmask = None
-        self.init_latent = None
-        self.steps = None
-        self.total_steps = None
-        self.step = 0
-        self.image_cfg_scale = None
-        self.padded_cond_uncond = False
-        self.padded_cond_uncond_v0 = False
-        self.sampler = sampler
-        self.p = None
-        self.need_last_noise_uncond = False
-        self.last_noise_uncond = None
-        self.mask_before_denoising = False
+        super().__init__(sampler)
         self.classic_ddim_eps_estimation = False
-
-    @property
-    def inner_model(self):
-        raise NotImplementedError()
-
-    def get_pred_x0(self, x_in, x_out, sigma):
-        return x_out
-
-    def update_inner_model(self):
-        self.model_wrap = None
-        c, uc = self.p.get_conds()
-        self.sampler.sampler_extra_args['cond'] = c
-        self.sampler.sampler_extra_args['uncond'] = uc
 
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         if state.interrupted or state.skipped:

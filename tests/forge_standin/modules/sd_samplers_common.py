@@ -7,10 +7,11 @@ switch it runs ``sampling_cleanup`` on the old unet, reloads (stand-in: the refi
 ``extra_networks.activate``, ``p.setup_conds()``, ``update_inner_model()`` and ``sampling_prepare`` on
 the NEW model's ``forge_objects.unet`` (which comes from its own ``forge_objects_after_applying_lora``:
 options a script put on the old model's unet are gone).
+The checks before the switch (switch-at ratio, same model, hires refiner pass, infotext) are the A1111
+stand-in's ``_refiner_to_switch_to``.
 """
 
 from modules import _load_a1111, extra_networks, sd_models, shared
-from modules.shared import opts
 
 _base = _load_a1111("sd_samplers_common")
 
@@ -26,25 +27,9 @@ def apply_refiner(cfg_denoiser, x):
 
     p = cfg_denoiser.p
     completed_ratio = cfg_denoiser.step / cfg_denoiser.total_steps
-    refiner_switch_at = p.refiner_switch_at
-    refiner = _base._refiner_of(p)
-
-    if refiner_switch_at is not None and completed_ratio < refiner_switch_at:
+    refiner = _base._refiner_to_switch_to(p, completed_ratio)
+    if refiner is None:
         return False
-    if refiner is None or shared.sd_model.sd_checkpoint_info == refiner.sd_checkpoint_info:
-        return False
-
-    if getattr(p, "enable_hr", False):
-        is_second_pass = p.is_hr_pass
-        if opts.hires_fix_refiner_pass == "first pass" and is_second_pass:
-            return False
-        if opts.hires_fix_refiner_pass == "second pass" and not is_second_pass:
-            return False
-        if opts.hires_fix_refiner_pass != "second pass":
-            p.extra_generation_params['Hires refiner'] = opts.hires_fix_refiner_pass
-
-    p.extra_generation_params['Refiner'] = refiner.sd_checkpoint_info.short_title
-    p.extra_generation_params['Refiner switch at'] = refiner_switch_at
 
     sampling_cleanup(shared.sd_model.forge_objects.unet)
     with sd_models.SkipWritingToConfig():
@@ -60,24 +45,5 @@ def apply_refiner(cfg_denoiser, x):
 
 class Sampler(_base.Sampler):
     def __init__(self, funcname):
-        self.funcname = funcname
-        self.func = funcname
-        self.extra_params = []
-        self.sampler_noises = None
-        self.stop_at = None
-        self.eta = None
-        self.config = None
-        self.last_latent = None
-        self.s_min_uncond = None
-        self.s_churn = 0.0
-        self.s_tmin = 0.0
-        self.s_tmax = float('inf')
-        self.s_noise = 1.0
-        self.eta_option_field = 'eta_ancestral'
-        self.eta_infotext_field = 'Eta'
-        self.eta_default = 1.0
+        super().__init__(funcname)
         self.conditioning_key = 'crossattn'
-        self.p = None
-        self.model_wrap_cfg = None
-        self.sampler_extra_args = None
-        self.options = {}

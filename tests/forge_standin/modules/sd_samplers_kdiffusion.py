@@ -13,12 +13,15 @@ Schedulers: ``p.scheduler`` (``p.hr_scheduler`` in hires) "Automatic" -> ``Forge
 (fine for SD's discrete schedule), "Simple" -> evenly spaced entries of ``predictor.sigmas`` (use it
 for Flux). Samplers: "Euler", "Heun" (k-diffusion functions from the A1111 stand-in).
 Left out: the other samplers and schedulers, noise samplers, extra_noise_callback.
+Implementation: subclasses of a private copy of the A1111 stand-in file (``DiscreteSchedule``,
+``CFGDenoiserKDiffusion``, ``KDiffusionSampler`` with its ``_launch`` tail), whose class globals are
+rebound to the Forge classes.
 """
 
 import torch
 
 import modules.shared as shared
-from modules import _load_a1111, sd_samplers_cfg_denoiser, sd_samplers_common
+from modules import _load_a1111, sd_samplers_common
 from modules.shared import opts
 from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
 
@@ -27,11 +30,17 @@ sample_euler = _kd.sample_euler
 sample_heun = _kd.sample_heun
 append_zero = _kd.append_zero
 append_dims = _kd.append_dims
+samplers_k_diffusion = _kd.samplers_k_diffusion
+samplers_data_k_diffusion = _kd.samplers_data_k_diffusion  # constructors call the KDiffusionSampler rebound below
+k_diffusion_samplers_map = {x.name: x for x in samplers_data_k_diffusion}
 
 
-class ForgeScheduleLinker(torch.nn.Module):
+class ForgeScheduleLinker(_kd.DiscreteSchedule):
+    """``get_sigmas`` and ``sigma_min``/``sigma_max`` (first/last sigma) from the k-diffusion schedule;
+    the sigmas and the sigma <-> t mapping are the predictor's."""
+
     def __init__(self, predictor):
-        super().__init__()
+        torch.nn.Module.__init__(self)
         self.predictor = predictor
 
     @property
@@ -41,20 +50,6 @@ class ForgeScheduleLinker(torch.nn.Module):
     @property
     def log_sigmas(self):
         return self.predictor.sigmas.log()
-
-    @property
-    def sigma_min(self):
-        return self.predictor.sigma_min
-
-    @property
-    def sigma_max(self):
-        return self.predictor.sigma_max
-
-    def get_sigmas(self, n=None):
-        if n is None:
-            return append_zero(self.sigmas.flip(0))
-        t = torch.linspace(len(self.sigmas) - 1, 0, n, device=self.sigmas.device)
-        return append_zero(self.t_to_sigma(t))
 
     def sigma_to_t(self, sigma, quantize=None):
         return self.predictor.timestep(sigma)
@@ -71,20 +66,8 @@ def simple_scheduler(n, sigma_min, sigma_max, inner_model, device):
 
 schedulers_map = {"Automatic": None, "Simple": simple_scheduler}
 
-samplers_k_diffusion = [
-    ('Euler', 'sample_euler', ['k_euler'], {}),
-    ('Heun', 'sample_heun', ['k_heun'], {"second_order": True}),
-]
-_funcs = {'sample_euler': sample_euler, 'sample_heun': sample_heun}
 
-samplers_data_k_diffusion = [
-    sd_samplers_common.SamplerData(label, lambda model, funcname=funcname: KDiffusionSampler(funcname, model), aliases, options)
-    for label, funcname, aliases, options in samplers_k_diffusion
-]
-k_diffusion_samplers_map = {x.name: x for x in samplers_data_k_diffusion}
-
-
-class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
+class CFGDenoiserKDiffusion(_kd.CFGDenoiserKDiffusion):
     @property
     def inner_model(self):
         if self.model_wrap is None:
@@ -93,14 +76,7 @@ class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
         return self.model_wrap
 
 
-class KDiffusionSampler(sd_samplers_common.Sampler):
-    def __init__(self, funcname, sd_model, options=None):
-        super().__init__(funcname)
-        self.options = options or {}
-        self.func = funcname if callable(funcname) else _funcs[funcname]
-        self.model_wrap_cfg = CFGDenoiserKDiffusion(self)
-        self.model_wrap = self.model_wrap_cfg.inner_model
-
+class KDiffusionSampler(_kd.KDiffusionSampler):
     def get_sigmas(self, p, steps):
         scheduler_name = (p.hr_scheduler if p.is_hr_pass else p.scheduler) or 'Automatic'
         if scheduler_name not in schedulers_map:
@@ -115,10 +91,6 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
                                inner_model=self.model_wrap, device=torch.device("cpu"))
         return sigmas.cpu()
 
-    def _extra_args(self, p, conditioning, unconditional_conditioning, image_conditioning):
-        return {'cond': conditioning, 'image_cond': image_conditioning, 'uncond': unconditional_conditioning,
-                'cond_scale': p.cfg_scale, 's_min_uncond': self.s_min_uncond}
-
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         unet_patcher = self.model_wrap.inner_model.forge_objects.unet
         sampling_prepare(self.model_wrap.inner_model.forge_objects.unet, x=x)
@@ -130,10 +102,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         self.initialize(p)
         self.model_wrap_cfg.init_latent = x
         self.last_latent = x
-        self.sampler_extra_args = self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
-        samples = self.launch_sampling(t_enc + 1, lambda: self.func(self.model_wrap_cfg, xi, sigma_sched, extra_args=self.sampler_extra_args,
-                                                                    disable=False, callback=self.callback_state))
-        self.add_infotext(p)
+        samples = self._launch(p, t_enc + 1, xi, sigma_sched, conditioning, unconditional_conditioning, image_conditioning)
         sampling_cleanup(unet_patcher)
         return samples
 
@@ -147,9 +116,12 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         x = self.model_wrap.predictor.noise_scaling(sigmas[0], x, torch.zeros_like(x), max_denoise=opts.sgm_noise_multiplier)
         self.initialize(p)
         self.last_latent = x
-        self.sampler_extra_args = self._extra_args(p, conditioning, unconditional_conditioning, image_conditioning)
-        samples = self.launch_sampling(steps, lambda: self.func(self.model_wrap_cfg, x, sigmas, extra_args=self.sampler_extra_args,
-                                                                disable=False, callback=self.callback_state))
-        self.add_infotext(p)
+        samples = self._launch(p, steps, x, sigmas, conditioning, unconditional_conditioning, image_conditioning)
         sampling_cleanup(unet_patcher)
         return samples
+
+
+# the private copy's KDiffusionSampler.__init__ builds ``CFGDenoiserKDiffusion(self)`` and the
+# samplers_data constructors build ``KDiffusionSampler(funcname, model)``: both resolve to the Forge classes
+_kd.CFGDenoiserKDiffusion = CFGDenoiserKDiffusion
+_kd.KDiffusionSampler = KDiffusionSampler
