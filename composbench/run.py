@@ -362,6 +362,14 @@ def sweep_methods(patches=(2, 4, 8, 16), temps=(0.01, 0.05, 0.2), recenters=(0.0
     return ms
 
 
+def _write_report(out: Path, name: str, data: dict, text: str) -> dict:
+    """``name``.json and ``name``.md in ``out``; the markdown is also printed."""
+    (out / f"{name}.json").write_text(json.dumps(data, indent=1))
+    (out / f"{name}.md").write_text(text)
+    print(text)
+    return data
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="12 compositions per N (seeded sample) instead of all 240")
@@ -386,22 +394,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         out = Path(args.out or "outputs/calibrate")
         out.mkdir(parents=True, exist_ok=True)
         r = calibrate(args.seeds if args.seeds > 1 else 8, args.steps, out)
-        (out / "calibrate.json").write_text(json.dumps(r, indent=1))
-        text = calibrate_markdown(r)
-        (out / "calibrate.md").write_text(text)
-        print(text)
-        return r
+        return _write_report(out, "calibrate", r, calibrate_markdown(r))
 
     if args.diagnose:
         comps = sample_compositions(args.per_n or 6, args.sample_seed)
         d = diagnose(comps)
         out = Path(args.out or "outputs/diagnose")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "diagnose.json").write_text(json.dumps(d, indent=1))
-        text = diagnose_markdown(d)
-        (out / "diagnose.md").write_text(text)
-        print(text)
-        return d
+        return _write_report(out, "diagnose", d, diagnose_markdown(d))
 
     if args.sweep:
         per_n = args.per_n or 3

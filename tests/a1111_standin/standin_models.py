@@ -67,6 +67,22 @@ def _checkpoint_info(name):
                                  model_name=name, hash="00000000", sha256="0" * 64, shorthash="0000000000")
 
 
+def _set_model_facts(model: nn.Module, name: str, model_type: str) -> None:
+    """The attributes A1111 sets on every loaded model (sd_models.set_model_type, load_model)."""
+    model.register_buffer("alphas_cumprod", _alphas_cumprod())
+    model.parameterization = "eps"
+    model.cond_stage_key = "txt"
+    model.is_sd1, model.is_sdxl = model_type == "SD1", model_type == "SDXL"
+    model.is_sd2 = model.is_ssd = model.is_sd3 = False
+    model.is_sdxl_inpaint = False
+    model.model_type = model_type
+    model.latent_channels = 4
+    model.sd_checkpoint_info = _checkpoint_info(name)
+    model.sd_model_hash = model.sd_checkpoint_info.shorthash
+    model.sd_model_checkpoint = model.sd_checkpoint_info.filename
+    model.lowvram = False
+
+
 class DiffusionWrapper(nn.Module):
     """ldm DiffusionWrapper: ``forward(x, t, c_concat=None, c_crossattn=None, c_adm=None)``."""
 
@@ -114,17 +130,7 @@ class StandinLatentDiffusion(nn.Module):
         super().__init__()
         self.model = DiffusionWrapper(ldm_view(tiny_sd15_unet(seed=seed)), "crossattn")
         self.cond_stage_model = FrozenCLIPEmbedderStandin(seed=seed)
-        self.register_buffer("alphas_cumprod", _alphas_cumprod())
-        self.parameterization = "eps"
-        self.cond_stage_key = "txt"
-        self.is_sd1, self.is_sd2, self.is_sdxl, self.is_ssd, self.is_sd3 = True, False, False, False, False
-        self.is_sdxl_inpaint = False
-        self.model_type = "SD1"
-        self.latent_channels = 4
-        self.sd_checkpoint_info = _checkpoint_info(name)
-        self.sd_model_hash = self.sd_checkpoint_info.shorthash
-        self.sd_model_checkpoint = self.sd_checkpoint_info.filename
-        self.lowvram = False
+        _set_model_facts(self, name, "SD1")
         with torch.no_grad():
             self.cond_stage_model_empty_prompt = self.get_learned_conditioning([""])
 
@@ -226,17 +232,7 @@ class StandinDiffusionEngine(nn.Module):
         self.model = OpenAIWrapperStandin(ldm_view(tiny_sdxl_unet(seed=seed)))
         self.conditioner = GeneralConditionerStandin(seed)
         self.cond_stage_model = self.conditioner
-        self.register_buffer("alphas_cumprod", _alphas_cumprod())
-        self.parameterization = "eps"
-        self.cond_stage_key = "txt"
-        self.is_sd1, self.is_sd2, self.is_sdxl, self.is_ssd, self.is_sd3 = False, False, True, False, False
-        self.is_sdxl_inpaint = False
-        self.model_type = "SDXL"
-        self.latent_channels = 4
-        self.sd_checkpoint_info = _checkpoint_info(name)
-        self.sd_model_hash = self.sd_checkpoint_info.shorthash
-        self.sd_model_checkpoint = self.sd_checkpoint_info.filename
-        self.lowvram = False
+        _set_model_facts(self, name, "SDXL")
         with torch.no_grad():
             self.cond_stage_model_empty_prompt = self.get_learned_conditioning([""])["crossattn"]
 

@@ -89,14 +89,8 @@ class CompVisDenoiser(DiscreteSchedule):
         return input + eps * c_out
 
 
-class CompVisVDenoiser(DiscreteSchedule):
-    """k_diffusion.external.CompVisVDenoiser: v model -> returns the denoised x0."""
-
-    def __init__(self, model, quantize=False):
-        alphas_cumprod = model.alphas_cumprod
-        super().__init__(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, quantize)
-        self.inner_model = model
-        self.sigma_data = 1.0
+class CompVisVDenoiser(CompVisDenoiser):
+    """k_diffusion.external.CompVisVDenoiser: v model -> returns the denoised x0 (same schedule)."""
 
     def get_scalings(self, sigma):
         c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)

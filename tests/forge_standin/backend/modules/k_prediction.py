@@ -15,6 +15,15 @@ class AbstractPrediction(torch.nn.Module):
         self.sigma_data = sigma_data
         self.prediction_type = prediction_type
 
+    # subclasses register an ascending ``sigmas`` buffer
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
     @staticmethod
     def _b(sigma, like):
         return sigma.reshape(sigma.shape[:1] + (1,) * (like.ndim - 1)) if sigma.ndim else sigma
@@ -54,14 +63,6 @@ class Prediction(AbstractPrediction):
         self.register_buffer('sigmas', sigmas.float())
         self.register_buffer('log_sigmas', sigmas.log().float())
 
-    @property
-    def sigma_min(self):
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self):
-        return self.sigmas[-1]
-
     def timestep(self, sigma):
         dists = sigma.log().reshape(1, -1) - self.log_sigmas[:, None]
         return dists.abs().argmin(dim=0).view(sigma.shape)
@@ -86,14 +87,6 @@ class PredictionFlux(AbstractPrediction):
         self.pseudo_timestep_range = pseudo_timestep_range
         t = torch.arange(1, pseudo_timestep_range + 1, dtype=torch.float64) / pseudo_timestep_range
         self.register_buffer('sigmas', (math.exp(mu) / (math.exp(mu) + (1 / t - 1))).float())
-
-    @property
-    def sigma_min(self):
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self):
-        return self.sigmas[-1]
 
     def timestep(self, sigma):
         return sigma
