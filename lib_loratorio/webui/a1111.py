@@ -169,7 +169,6 @@ class Session:
         self.loras: list[BoundLora] = []
         self.names: list[str] = []
         self.strengths: list[float] = []
-        self.hashes: dict[str, str] = {}
         self.has_text_encoder: list[bool] = []
         self.bound_model = None
         self._prepared_key: Any = None
@@ -243,7 +242,7 @@ class Session:
             if missed and id(bound) not in _REPORTED:  # once per file and model
                 _REPORTED.add(id(bound))
                 log(bound.summary())
-        self.loras, self.hashes, self.bound_model = loras, hashes, sd_model
+        self.loras, self.bound_model = loras, sd_model
         self.names = [n for n, _ in wanted]
         self.strengths = [s for _, s in wanted]
         self.has_text_encoder = [any(t[0].startswith(("te1:", "te2:")) for t in b.targets) for b in loras]
