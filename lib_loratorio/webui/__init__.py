@@ -1,10 +1,23 @@
 """Host adapters: the only code that touches the WebUI's internals (``modules.*``, ``backend.*``).
 
-The host is detected once, at import: Forge ships ``modules_forge``; A1111 does not.
+The host is detected once, at import. Forge ships ``modules_forge``; its current version (since
+August 2024) has the ``backend`` package and no ``ldm_patched``, which the older Forge (and forks
+built on it, such as reForge) still carry: LoRAtorio hooks the current one only.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-HOST = "forge" if importlib.util.find_spec("modules_forge") is not None else "a1111"
+
+def _detect() -> str:
+    if importlib.util.find_spec("modules_forge") is None:
+        return "a1111"
+    if importlib.util.find_spec("ldm_patched") is None and importlib.util.find_spec("backend") is not None:
+        return "forge"
+    return "forge-legacy"
+
+
+HOST = _detect()
+UNSUPPORTED_HOST = ("LoRAtorio supports AUTOMATIC1111 1.10 and Forge's current backend (since August 2024); this "
+                    "WebUI is an older Forge (ldm_patched) or a fork of it. Update Forge, or disable LoRAtorio here.")
