@@ -16,14 +16,16 @@ from modules.ui_components import InputAccordion
 
 from lib_loratorio.errors import LoratorioError
 from lib_loratorio.params import INFOTEXT_PREFIX, LoratorioParams
-from lib_loratorio.webui import HOST
+from lib_loratorio.webui import HOST, UNSUPPORTED_HOST
 
 if HOST == "a1111":
     from lib_loratorio.webui import a1111 as adapter
-
-    adapter.register_callbacks()
+elif HOST == "forge":
+    from lib_loratorio.webui import forge as adapter
 else:
     adapter = None
+if adapter is not None:
+    adapter.register_callbacks()
 
 # UI ranges where they are narrower than what validation allows (the API may go further).
 _SLIDERS = {
@@ -91,7 +93,7 @@ class LoratorioScript(scripts.Script):
         if params is not None and not params.enabled:
             return
         if adapter is None:
-            error = LoratorioError("LoRAtorio does not support Forge yet: disable it here, or use AUTOMATIC1111.")
+            error = LoratorioError(UNSUPPORTED_HOST)
         if params is not None and params.use_lora_tags:
             p.all_prompts = [re.sub(r"<lora:", "<loratorio:", prompt) for prompt in p.all_prompts]
         session = adapter.start_session(p, params, error) if adapter else None
@@ -107,6 +109,12 @@ class LoratorioScript(scripts.Script):
                 session.prepare()
             except Exception as err:  # noqa: BLE001 - the WebUI would swallow it here; p.sample re-raises it
                 session.error = err
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        """Forge only (A1111 has no such hook): patch the UNet patcher that this sampling run uses."""
+        session = adapter.get_session(p) if adapter else None
+        if session is not None:
+            adapter.before_every_sampling(session)
 
     def postprocess(self, p, processed, *args):
         session = adapter.get_session(p) if adapter else None

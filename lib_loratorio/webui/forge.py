@@ -1,0 +1,300 @@
+"""Forge adapter (the current ``backend/`` Forge, read at commit dfdcbab): SD1.x, SD2.x, SDXL and Flux.
+
+How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
+- Forge's CFG denoiser never calls A1111's inner model: ``backend.sampling.sampling_function``
+  batches cond and uncond rows itself and calls the UNet patcher's ``model_function_wrapper``
+  with ``(apply_model, {"input", "timestep", "c", "cond_or_uncond"})``. In
+  ``process_before_every_sampling`` LoRAtorio clones the current UNet patcher (so ``<lora:>``
+  merges, ControlNet and other extensions' patches stay) and installs a wrapper there that runs
+  the base and every LoRA branch through ``apply_model`` (Forge's own model call: its memory
+  management, dtype casts and predictor) and returns the composed x0 rows. A wrapper another
+  extension installed before is chained: each branch evaluation goes through it.
+- Rows come as chunks of B images, one chunk per entry of ``cond_or_uncond`` (0 cond, 1 uncond,
+  uncond usually first); the step comes from ``on_cfg_denoiser``, which Forge still fires.
+- Branch LoRAs act through forward hooks on Forge's layers (``ForgeOperations.Linear`` is no
+  ``nn.Linear``; hooks fire the same), installed around ``p.sample`` only: Forge's weights and its
+  own LoRA patches are never touched.
+- Flux is guidance-distilled: at CFG 1 Forge computes no uncond rows, so the composition is
+  conditional only; uncond rows (CFG > 1) use the base model alone. Flux packs 2x2 latent pixels
+  into one token, so the patch size must be even.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..composer import BranchComposer
+from ..errors import LoratorioError
+from ..params import LoratorioParams
+from . import session as common
+from .session import Session, get_session, take_rows
+
+# c key of Forge's model call -> key of the text conditioning dict it was made from
+_TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
+WrapperFn = Callable[[Callable, dict], torch.Tensor]
+
+
+def is_flux(sd_model) -> bool:
+    repo = getattr(getattr(sd_model, "model_config", None), "huggingface_repo", "") or ""
+    return "flux" in repo.lower() or type(sd_model).__name__ in ("Flux", "Chroma")
+
+
+def model_components(sd_model, unet_only: bool) -> dict[str, nn.Module]:
+    """The live networks: the UNet/DiT and the text encoders of Forge's current ``forge_objects``.
+
+    LoRA files name text encoders te1, te2 (SDXL's CLIP-G) and, for Flux's T5, te2 (OneTrainer)
+    or te3 (kohya sd-scripts); both point at T5 there, as in Forge's own loader.
+    """
+    objects = sd_model.forge_objects
+    components = {"unet": objects.unet.model.diffusion_model}
+    if unet_only:
+        return components
+    encoders = objects.clip.cond_stage_model
+    clips = [getattr(encoders, k) for k in ("clip_l", "clip_h", "clip_g") if hasattr(encoders, k)]
+    for key, encoder in zip(("te1", "te2"), clips):
+        components[key] = encoder.transformer
+    if hasattr(encoders, "t5xxl"):
+        t5 = encoders.t5xxl.transformer
+        components["te3"] = t5
+        components.setdefault("te2", t5)
+    return components
+
+
+def _transformer_options(options: dict, flags: list[int], timestep: torch.Tensor) -> dict:
+    """Forge's per-call transformer options for rows that are each a chunk of one image."""
+    out = dict(options)
+    out["cond_or_uncond"] = list(flags)
+    out["sigmas"] = timestep[:1]
+    out["cond_mark"] = torch.tensor([float(f) for f in flags]).to(timestep)
+    out["cond_indices"] = [j for j, f in enumerate(flags) if f == 0]
+    out["uncond_indices"] = [j for j, f in enumerate(flags) if f == 1]
+    return out
+
+
+class ForgeSession(Session):
+    """The Forge sampling hook: a ``model_function_wrapper`` on a clone of the UNet patcher."""
+
+    def __init__(self, p, params: LoratorioParams, error: Optional[BaseException] = None) -> None:
+        super().__init__(p, params, error)
+        self.step = 0
+        self.total_steps = 1
+        self.denoiser = None
+        self.base_text: tuple[Any, Any] = (None, None)
+        self._step_cache: dict[Any, Any] = {}
+        self.patched: list[tuple[Any, Any, Any]] = []  # (engine, its unet patcher before, our clone)
+
+    # --- host specifics -----------------------------------------------------------------------
+    def model_components(self, sd_model, unet_only: bool) -> dict[str, nn.Module]:
+        return model_components(sd_model, unet_only)
+
+    def check_model(self, sd_model) -> None:
+        if is_flux(sd_model) and self.params.patch_size % 2:
+            raise LoratorioError(
+                f"LoRAtorio patch_size={self.params.patch_size} does not fit Flux, which packs 2x2 latent pixels "
+                "into one token: use an even patch size (2, 4, 8...).")
+
+    def finish_sampling(self) -> None:
+        """Put back the UNet patcher that was current before LoRAtorio's clone (if still ours)."""
+        for engine, before, clone in reversed(self.patched):
+            if engine.forge_objects.unet is clone:
+                engine.forge_objects.unet = before
+        self.patched.clear()
+
+    # --- installing the wrapper (process_before_every_sampling) ------------------------------------
+    def install(self) -> None:
+        """Clone the current UNet patcher and set the wrapper on it; idempotent per sampling run
+        (Forge calls the hook twice for a hires pass and resets ``forge_objects`` in between)."""
+        engine = self.p.sd_model
+        if self.runner is None or not self.loras or engine is not self.bound_model:
+            if self.loras and engine is not self.bound_model:
+                self.warn_once("The hires/refiner checkpoint differs from the one the LoRAs were bound to: "
+                               "that pass runs without LoRAtorio.")
+            return
+        before = engine.forge_objects.unet
+        if any(clone is before for _, _, clone in self.patched):
+            return
+        clone = before.clone()
+        previous = clone.model_options.get("model_function_wrapper")
+        clone.set_model_unet_function_wrapper(_wrapper(self, previous))
+        engine.forge_objects.unet = clone
+        self.patched.append((engine, before, clone))
+
+    # --- the step ------------------------------------------------------------------------------
+    def on_cfg_denoiser(self, params) -> None:
+        denoiser = params.denoiser
+        self.denoiser = denoiser
+        self.step, self.total_steps = denoiser.step, max(1, denoiser.total_steps)
+        self.base_text = (params.text_cond, params.text_uncond)
+        self._step_cache = {}
+
+    def composer_for_pass(self) -> tuple[str, BranchComposer]:
+        key = "hires" if getattr(self.p, "is_hr_pass", False) else "first"
+        composer = self.composers.get(key)
+        if composer is None:
+            composer = self.composers[key] = self.new_composer("x0")  # Forge's apply_model returns x0
+            if is_flux(self.p.sd_model):
+                # conditional-only composition: uncond rows (CFG > 1) are the base model's
+                composer.params = dataclasses.replace(self.params, recenter=1.0)
+        return key, composer
+
+    def call(self, apply_model: Callable, args: dict, previous: Optional[WrapperFn]) -> torch.Tensor:
+        def run(a: dict) -> torch.Tensor:
+            if previous is not None:
+                return previous(apply_model, a)
+            return apply_model(a["input"], a["timestep"], **a["c"])
+
+        if self.error is not None:
+            raise self.error
+        if self.runner is None:  # a model call outside LoRAtorio's sampling run
+            return run(args)
+        x, flags = args["input"], list(args["cond_or_uncond"])
+        rows = x.shape[0]
+        per_chunk = rows // max(1, len(flags))
+        if per_chunk * len(flags) != rows:
+            self.warn_once("Forge sent a model call LoRAtorio cannot lay out; it ran without LoRAtorio.")
+            return run(args)
+        if not self.in_step_range(self.step, self.total_steps):
+            if self.params.outside_steps == "off":
+                return run(args)
+            every_lora = torch.ones(rows, len(self.loras), dtype=torch.bool)
+            with self.runner.rows(torch.zeros(rows, dtype=torch.long), active=every_lora):
+                return run(args)
+        is_uncond = [flags[r // per_chunk] == 1 for r in range(rows)]
+        image_of_row = [r % per_chunk for r in range(rows)]
+
+        def evaluate(idx: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+            sub = self.sub_args(args, idx, branches, is_uncond, per_chunk)
+            with self.runner.rows(branches):
+                return run(sub)
+
+        key, composer = self.composer_for_pass()
+        composer.evaluate = evaluate
+        fit = _rows_that_fit(apply_model, x)
+        if fit is not None:
+            composer.batch_limit = min(fit, composer.batch_limit or fit)
+        out = composer(x, is_uncond, image_of_row, step=self.step)
+        if self.params.show_weight_maps and not all(is_uncond):
+            self.capture_step_maps(key, self.step, self.total_steps, composer)
+        return out
+
+    # --- the arguments of one branch evaluation --------------------------------------------------
+    def sub_args(self, args: dict, idx: torch.Tensor, branches: torch.Tensor, is_uncond: list[bool],
+                 per_chunk: int) -> dict:
+        """Forge's wrapper arguments for rows ``idx``, each row a chunk of its own, with each LoRA
+        branch's own text conditioning where its LoRA has text-encoder parts."""
+        x, timestep, c = args["input"], args["timestep"], args["c"]
+        rows = x.shape[0]
+        flags = [1 if is_uncond[r] else 0 for r in idx.tolist()]
+        sub_c = {k: v if k in ("control_model", "transformer_options") else take_rows(v, idx, rows)
+                 for k, v in c.items()}
+        sub_timestep = timestep[idx.to(timestep.device)]
+        if "transformer_options" in c:
+            sub_c["transformer_options"] = _transformer_options(c["transformer_options"], flags, sub_timestep)
+        for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist())):
+            if branch > 0 and self.has_text_encoder[branch - 1]:
+                self._branch_text_into(sub_c, j, c, row, branch, is_uncond[row], per_chunk)
+        return {"input": x[idx.to(x.device)], "timestep": sub_timestep, "c": sub_c, "cond_or_uncond": flags}
+
+    def _branch_text_into(self, sub_c: dict, j: int, c: dict, row: int, branch: int, uncond: bool,
+                          per_chunk: int) -> None:
+        key = ("text", branch)
+        if key not in self._step_cache:
+            args = self.denoiser.sampler.sampler_extra_args if self.denoiser is not None else {}
+            self._step_cache[key] = self.branch_text_at(args, self.step, branch)
+        text = self._step_cache[key]
+        source = None if text is None else text[1] if uncond else text[0]
+        if source is None:
+            return
+        image = row % per_chunk
+        index = image if uncond else self._cond_text_row(c, row, image)
+        if index is None:
+            return
+        for c_key, text_key in _TEXT_KEYS:
+            if c_key not in sub_c:
+                continue
+            value = source.get(text_key) if isinstance(source, dict) else source if c_key == "c_crossattn" else None
+            if value is None:
+                continue
+            value, target = value[index], sub_c[c_key]
+            if c_key == "c_crossattn" and value.shape[0] != target.shape[1] and target.shape[1] % value.shape[0] == 0:
+                value = value.repeat(target.shape[1] // value.shape[0], 1)  # Forge repeats to a common length
+            if target.shape[1:] == value.shape:
+                target[j] = value.to(target)
+            else:
+                self.warn_once("Prompts of other lengths: a LoRA branch uses the base text conditioning.")
+
+    def _cond_text_row(self, c: dict, row: int, image: int) -> Optional[int]:
+        """Which row of the step's text conditioning a cond row was made from (its AND part)."""
+        if "composition" not in self._step_cache:
+            from modules import prompt_parser
+
+            cond = self.denoiser.sampler.sampler_extra_args.get("cond") if self.denoiser is not None else None
+            self._step_cache["composition"] = (
+                prompt_parser.reconstruct_multicond_batch(cond, self.step)[0] if cond is not None else None)
+        composition = self._step_cache["composition"]
+        if composition is None or image >= len(composition):
+            return None
+        parts = [index for index, _ in composition[image]]
+        if len(parts) == 1:
+            return parts[0]
+        base = self.base_text[0]
+        base = base.get("crossattn") if isinstance(base, dict) else base
+        row_text = c.get("c_crossattn")
+        if base is None or row_text is None:
+            return None
+        for index in parts:
+            candidate = base[index].to(row_text)
+            if torch.equal(row_text[row, :candidate.shape[0]], candidate):
+                return index
+        return None
+
+
+def _rows_that_fit(apply_model: Callable, x: torch.Tensor) -> Optional[int]:
+    """How many rows one model call may take on a GPU, by Forge's own memory estimate."""
+    model = getattr(apply_model, "__self__", None)
+    if x.device.type != "cuda" or not hasattr(model, "memory_required"):
+        return None
+    from backend import memory_management
+
+    per_row = model.memory_required([1, *x.shape[1:]])
+    return max(1, int(memory_management.get_free_memory(x.device) // max(per_row, 1)))
+
+
+def _wrapper(session: ForgeSession, previous: Optional[WrapperFn]) -> WrapperFn:
+    """A closure, not a bound method: UnetPatcher.clone() deep-copies model_options, which copies
+    functions by reference but would copy a bound method's whole session."""
+    def loratorio_model_function_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+        return session.call(apply_model, args, previous)
+
+    return loratorio_model_function_wrapper
+
+
+# --- wiring into the WebUI -------------------------------------------------------------------------
+def start_session(p, params: Optional[LoratorioParams], error: Optional[BaseException]) -> Session:
+    return common.start_session(p, ForgeSession(p, params or LoratorioParams(), error))
+
+
+def before_every_sampling(session: Session) -> None:
+    if isinstance(session, ForgeSession) and session.error is None:
+        try:
+            session.install()
+        except Exception as err:  # noqa: BLE001 - Forge would swallow it here; p.sample re-raises it
+            session.error = err
+
+
+def on_cfg_denoiser(params) -> None:
+    session = get_session(getattr(params.denoiser, "p", None))
+    if isinstance(session, ForgeSession) and session.runner is not None:
+        session.on_cfg_denoiser(params)
+
+
+def register_callbacks() -> None:
+    common.register_callbacks(on_cfg_denoiser)
+
+
+xyz_overrides = common.xyz_overrides
+weight_map_images = common.weight_map_images
