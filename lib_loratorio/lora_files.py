@@ -1,8 +1,10 @@
 """Reading LoRA ``.safetensors`` files into per-module deltas keyed by a normalized name.
 
-The normalized key is ``"<component>:<flat_name>"``: ``component`` is ``unet``, ``te1`` (SD1.5's
-text encoder, SDXL's first) or ``te2`` (SDXL's second), and ``flat_name`` is the module path with
-'.' replaced by '_' as kohya writes it. Flattening loses the information of where the dots were,
+The normalized key is ``"<component>:<flat_name>"``: ``component`` is ``unet`` (any denoiser: SD
+UNet, Flux transformer), ``te1`` (SD1.5's text encoder, SDXL's and Flux's CLIP), ``te2`` (SDXL's
+second; Flux's T5 as OneTrainer and diffusers name it) or ``te3`` (T5 as kohya's sd-scripts names
+it), and ``flat_name`` is the module path with '.' replaced by '_' as kohya writes it. Which live
+network a component means is the caller's business (network_names.bind_lora). Flattening loses the information of where the dots were,
 so the key is matched later against the *live* network's flattened names (network_names.py)
 instead of being turned back into a dotted path here.
 
@@ -58,9 +60,16 @@ _SUFFIX_ORDER = sorted(_SUFFIXES, key=len, reverse=True)
 # Suffixes only kohya/LyCORIS write; their keys always carry a "lora_unet_"-style prefix.
 _KOHYA_SUFFIXES = {s for s in _SUFFIXES if not re.search(r"lora_[AB]\.|lora_magnitude|lora\.", s)}
 
-# Key prefix -> component, kohya style (underscore) and diffusers style (dotted).
-_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "te1", "lora_te2_": "te2", "lora_te_": "te1"}
-_DOTTED_PREFIXES = {"unet.": "unet", "text_encoder.": "te1", "text_encoder_2.": "te2"}
+# Key prefix -> component, kohya style (underscore) and diffusers style (dotted). LyCORIS names
+# diffusers Flux modules "lora_transformer_" / "lycoris_"; BFL/ComfyUI Flux files use
+# "diffusion_model.", diffusers Flux files "transformer.".
+_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_transformer_": "unet", "lycoris_": "unet",
+                   "lora_te1_": "te1", "lora_te2_": "te2", "lora_te3_": "te3", "lora_te_": "te1"}
+_DOTTED_PREFIXES = {"unet.": "unet", "transformer.": "unet", "diffusion_model.": "unet",
+                    "text_encoder.": "te1", "text_encoder_2.": "te2", "text_encoder_3.": "te3"}
+# diffusers' per-model prefixes of the adapter config in "lora_adapter_metadata".
+_METADATA_PREFIXES = {"unet": ("unet.", "transformer."), "te1": ("text_encoder.",),
+                      "te2": ("text_encoder_2.",), "te3": ("text_encoder_3.",)}
 
 
 def split_key(key: str) -> Optional[tuple[str, str, str]]:
@@ -102,10 +111,10 @@ def _peft_alpha(metadata: dict[str, str], component: str, module_key: str) -> tu
     except ValueError:
         return None, False
     # diffusers packs one adapter config per model as "<prefix>.<field>"; PEFT writes it bare.
-    prefix = {"unet": "unet.", "te1": "text_encoder.", "te2": "text_encoder_2."}[component]
+    prefixes = _METADATA_PREFIXES[component]
 
     def get(name: str) -> object:
-        return meta.get(prefix + name, meta.get(name))
+        return next((meta[p + name] for p in prefixes if p + name in meta), meta.get(name))
 
     alpha = get("lora_alpha")
     # alpha_pattern keys match the end of a dotted module name; compare flattened names instead.
@@ -162,7 +171,7 @@ def _build(params: dict[str, Tensor], metadata: dict[str, str], comp: str, flat:
 
 
 def read_lora_file(path: str | Path) -> LoraFile:
-    """Read a LoRA/LyCORIS ``.safetensors`` file (kohya, A1111, diffusers, PEFT layouts)."""
+    """Read a LoRA/LyCORIS ``.safetensors`` file (kohya, A1111, diffusers, PEFT, BFL/ComfyUI layouts)."""
     path = Path(path)
     name = path.stem
     if path.suffix.lower() in (".pt", ".ckpt", ".bin", ".pth"):

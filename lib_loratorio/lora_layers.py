@@ -10,18 +10,26 @@ Every delta answers three questions about one layer of the host network:
 
 Layers are told apart by the rank of their weight (2 = linear, 4 = conv2d), not by their class,
 so WebUI/Forge replacement ops with an ``nn.Linear``/``nn.Conv2d``-shaped ``.weight`` work too.
-Conv attributes are read with ``getattr`` defaults for the same reason.
+Conv attributes are read with ``getattr`` defaults for the same reason. The shape always comes
+from :func:`weight_shape`, since Forge's bnb 4-bit weights report their packed shape; only DoRA
+reads weight *values*, so the other types work on fp8, bnb and GGUF weights unchanged.
+
+:class:`SlicedOutputDelta` gathers LoRA parts that target column ranges of one fused layer's
+output (Flux: diffusers ``to_q``/``to_k``/``to_v`` on BFL's fused ``qkv``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .errors import LoraMismatchError
 
 __all__ = [
     "ModuleDelta",
@@ -31,9 +39,41 @@ __all__ = [
     "FullDiff",
     "DoRA",
     "FusedAttentionDelta",
+    "OutputSlice",
+    "SlicedOutputDelta",
     "apply_weight",
     "same_weight_shape",
+    "weight_shape",
 ]
+
+# Weight dtypes whose values DoRA can use as they are (fp8 and packed integer storage cannot).
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def weight_shape(layer: nn.Module) -> tuple[int, ...]:
+    """The real [out, in, ...] shape of ``layer.weight``.
+
+    bnb 4-bit weights (Forge's ``ForgeParams4bit``) report their packed shape and keep the real
+    one in ``quant_state.shape``; GGUF and fp8 weights report the real shape.
+    """
+    weight = layer.weight
+    shape = getattr(getattr(weight, "quant_state", None), "shape", None)
+    return tuple(int(d) for d in (weight.shape if shape is None else shape))
+
+
+def _values_usable(weight: Tensor) -> bool:
+    """Whether ``weight``'s values are the weight itself (not fp8, bnb-packed or GGUF storage)."""
+    return weight.dtype in _FLOAT_DTYPES and not hasattr(weight, "quant_state") and not hasattr(weight, "gguf_cls")
+
+
+def _readable_weight(layer: nn.Module) -> Tensor:
+    """``layer.weight`` when its values can be used directly, else a clear error."""
+    weight = layer.weight
+    if not _values_usable(weight):
+        raise LoraMismatchError(
+            f"DoRA LoRAs need an unquantized model: this layer's weight is stored as {weight.dtype} "
+            f"({type(weight).__name__}). Load the model in fp16/bf16 or use a LoRA without DoRA.")
+    return weight
 
 
 def _pair(v: object) -> tuple[int, int]:
@@ -66,11 +106,11 @@ def _conv(x: Tensor, weight: Tensor, layer: nn.Module, spatial: bool = True, gro
 
 def apply_weight(x: Tensor, weight: Tensor, layer: nn.Module, bias: Optional[Tensor] = None) -> Tensor:
     """``layer``'s operation with ``weight`` (and ``bias``) in place of its own parameters."""
-    lw = layer.weight
-    if lw.ndim == 4:
-        out = _conv(x, weight.reshape(lw.shape), layer, groups=int(getattr(layer, "groups", 1)))
+    shape = weight_shape(layer)
+    if len(shape) == 4:
+        out = _conv(x, weight.reshape(shape), layer, groups=int(getattr(layer, "groups", 1)))
         return out if bias is None else out + bias.reshape(1, -1, 1, 1)
-    return F.linear(x, weight.reshape(lw.shape), bias)
+    return F.linear(x, weight.reshape(shape), bias)
 
 
 def same_weight_shape(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
@@ -121,7 +161,7 @@ class ModuleDelta:
         return apply_weight(x, self.weight_delta(layer), layer, self.bias)
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
-        """Dense weight change with ``layer.weight``'s shape."""
+        """Dense weight change with the shape of ``layer``'s weight (``weight_shape``)."""
         raise NotImplementedError
 
     # -- helpers for subclasses -------------------------------------------------------------
@@ -142,7 +182,7 @@ class ModuleDelta:
         if dense is None:
             dense = self._build_dense()
             self._dense = dense
-        return dense.reshape(layer.weight.shape)
+        return dense.reshape(weight_shape(layer))
 
     def _build_dense(self) -> Tensor:
         raise NotImplementedError
@@ -166,11 +206,12 @@ class LowRank(ModuleDelta):
         self.down, self.up, self.mid, self.scale = down, up, mid, float(scale)
 
     def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
-        if layer.weight.ndim == 4 and int(getattr(layer, "groups", 1)) != 1:
+        conv = len(weight_shape(layer)) == 4
+        if conv and int(getattr(layer, "groups", 1)) != 1:
             # A rank factorisation does not respect conv groups; fall back to the dense delta.
             return super().output_delta(x, layer)
         bias = self.bias
-        if layer.weight.ndim == 4:
+        if conv:
             up = self.up.reshape(self.up.shape[0], self.up.shape[1], 1, 1)
             if self.mid is None:
                 down = self.down if self.down.ndim == 4 else self.down[:, :, None, None]
@@ -191,7 +232,7 @@ class LowRank(ModuleDelta):
         else:
             mid = torch.einsum("ab...,bi->ai...", self.mid, self.down.reshape(self.down.shape[0], -1))
             w = torch.einsum("oa,ai...->oi...", up, mid)
-        return (w * self.scale).reshape(layer.weight.shape)
+        return (w * self.scale).reshape(weight_shape(layer))
 
 
 def _flat_fits(shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
@@ -284,7 +325,7 @@ class FullDiff(ModuleDelta):
         self.diff = diff
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
-        return self.diff.reshape(layer.weight.shape)
+        return self.diff.reshape(weight_shape(layer))
 
 
 class DoRA(ModuleDelta):
@@ -297,7 +338,8 @@ class DoRA(ModuleDelta):
     ``lora_magnitude_vector`` is always per output row, though conv layers store it as
     [1, out, 1, 1], so its reader passes ``per_output=True``.
 
-    The result depends on the layer's current weight, so it is built per layer state and cached.
+    The result depends on the layer's current weight, so it is built per layer state and cached;
+    quantized (fp8, bnb, GGUF) weights are refused rather than dequantized.
     """
 
     def __init__(self, inner: ModuleDelta, magnitude: Tensor, per_output: Optional[bool] = None) -> None:
@@ -324,7 +366,7 @@ class DoRA(ModuleDelta):
         self._key = None
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
-        w = layer.weight
+        w = _readable_weight(layer)
         dtype = self.magnitude.dtype
         # In-place edits of the weight bump its version, so a merged host LoRA invalidates this.
         key = (w.data_ptr(), w._version, tuple(w.shape), w.device, dtype)
@@ -413,3 +455,83 @@ class FusedAttentionDelta(ModuleDelta):
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
         raise NotImplementedError("a fused attention delta is applied through attention_output()")
+
+
+@dataclass(frozen=True)
+class OutputSlice:
+    """Output columns ``[start, start + length)`` of a fused linear layer that one LoRA module changes.
+
+    ``swap_halves``: the LoRA orders the two halves of its output the other way round (diffusers
+    Flux ``norm_out`` emits (scale, shift), BFL's ``final_layer.adaLN_modulation.1`` (shift, scale)).
+    """
+
+    start: int
+    length: int
+    swap_halves: bool = False
+
+    def place(self, t: Tensor, dim: int) -> Tensor:
+        """A part's output (or weight rows) in the fused layer's order along ``dim``."""
+        return t.roll(self.length // 2, dim) if self.swap_halves else t
+
+
+class SlicedOutputDelta(ModuleDelta):
+    """LoRA parts that each change a column range of one fused *linear* layer's output.
+
+    BFL's Flux fuses q, k and v (and, in single blocks, the MLP input) into one Linear, where
+    diffusers-format LoRAs train every projection on its own. Each part is computed on the
+    layer's input against a stand-in layer of its slice's shape and put into its columns; a part's
+    bias travels with its output. Parts may be of any type (DoRA sees its slice of the weight).
+    """
+
+    def __init__(self, parts: list[tuple[OutputSlice, ModuleDelta]], shape: tuple[int, int]) -> None:
+        self.parts = sorted(parts, key=lambda p: p[0].start)
+        super().__init__(shape, self._gather_bias(shape[0]))
+        ends = [0] + [s.start + s.length for s, _ in self.parts]
+        # Parts that tile the output exactly are concatenated instead of added into zeros.
+        self._tiles = ends[-1] == shape[0] and all(s.start == e for (s, _), e in zip(self.parts, ends))
+
+    def _gather_bias(self, out_features: int) -> Optional[Tensor]:
+        biased = [(s, part.bias) for s, part in self.parts if part.bias is not None]
+        if not biased:
+            return None
+        bias = biased[0][1].new_zeros(out_features)
+        for s, b in biased:
+            bias[s.start:s.start + s.length] += s.place(b, 0)
+        return bias
+
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        return tuple(int(d) for d in weight_shape) == self.shape
+
+    def to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "SlicedOutputDelta":
+        moved = [(s, part.to(device, dtype)) for s, part in self.parts]
+        if all(new is old for (_, new), (_, old) in zip(moved, self.parts)):
+            return self
+        return SlicedOutputDelta(moved, self.shape)
+
+    def _part_layer(self, layer: nn.Module, s: OutputSlice) -> SimpleNamespace:
+        """A stand-in layer for the rows of ``s``: a view of the weight where it is readable
+        (DoRA), else a shape-only tensor of the weight's dtype (the other types read no values)."""
+        w = layer.weight
+        if _values_usable(w):
+            return SimpleNamespace(weight=w.narrow(0, s.start, s.length))
+        return SimpleNamespace(weight=torch.empty(s.length, self.shape[1], dtype=w.dtype, device="meta"))
+
+    def _part_output(self, x: Tensor, layer: nn.Module, s: OutputSlice, part: ModuleDelta) -> Tensor:
+        return s.place(part.output_delta(x, self._part_layer(layer, s)), -1)
+
+    def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
+        if self._tiles:
+            return torch.cat([self._part_output(x, layer, s, part) for s, part in self.parts], dim=-1)
+        out = x.new_zeros(*x.shape[:-1], self.shape[0])
+        for s, part in self.parts:
+            out[..., s.start:s.start + s.length] += self._part_output(x, layer, s, part)
+        return out
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        dense: Optional[Tensor] = None
+        for s, part in self.parts:
+            rows = s.place(part.weight_delta(self._part_layer(layer, s)).reshape(s.length, -1), 0)
+            if dense is None:
+                dense = rows.new_zeros(self.shape)
+            dense[s.start:s.start + s.length] += rows
+        return dense

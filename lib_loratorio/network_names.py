@@ -8,9 +8,16 @@ convention, derived by walking the network's blocks (layers per level, whether a
 attention, where the down/up samplers sit). The same file then binds to a diffusers UNet and to
 the A1111 UNet, and tiny test networks and SDXL need no special cases.
 
+A Flux in BFL naming (Forge's, with fused ``qkv``/``linear1`` layers) is also indexed under its
+diffusers names. Where diffusers splits a fused layer (``to_q``/``to_k``/``to_v``, ``proj_mlp``), the
+alias carries the output columns it stands for and the binder gathers all such parts of one layer
+into a :class:`SlicedOutputDelta`; slice widths come from the live layer shapes.
+
+Shapes are read with :func:`lora_layers.weight_shape` (bnb 4-bit weights report a packed shape).
+
 Text encoders are indexed by their HF CLIP names (``text_model.encoder.layers.N...``, with or
 without ``text_model.``), also when nested in a wrapper, and open_clip's (A1111 SDXL ``te2``)
-layers under the HF names LoRAs use.
+layers under the HF names LoRAs use. T5 (Flux ``te2``/``te3``) binds under its own names.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from torch import nn
 
 from .errors import LoraMismatchError
 from .lora_files import LoraFile
-from .lora_layers import FusedAttentionDelta, ModuleDelta
+from .lora_layers import DoRA, FusedAttentionDelta, ModuleDelta, OutputSlice, SlicedOutputDelta, weight_shape
 
-__all__ = ["BoundLora", "bind_lora", "unet_name_aliases"]
+__all__ = ["BoundLora", "bind_lora", "flux_name_aliases", "unet_name_aliases"]
 
 # diffusers ResnetBlock2D child -> ldm ResBlock child.
 _RESNET_TO_LDM = {
@@ -48,6 +55,31 @@ _OPEN_CLIP_TO_HF = {
     "ln_1": "layer_norm1", "ln_2": "layer_norm2",
 }
 _OPEN_CLIP_BLOCK = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.(.+)$")
+
+# diffusers Flux -> BFL Flux, one module for one module (as Forge's flux_to_diffusers).
+_FLUX_TOP = {
+    "x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
+    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+}
+_FLUX_DOUBLE = {
+    "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
+    "norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin",
+    "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
+    "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2",
+}
+_FLUX_SINGLE = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
+# diffusers projections that are the i-th hidden-size slice of a fused BFL layer's output.
+_FLUX_DOUBLE_QKV = {
+    "attn.to_q": ("img_attn.qkv", 0), "attn.to_k": ("img_attn.qkv", 1), "attn.to_v": ("img_attn.qkv", 2),
+    "attn.add_q_proj": ("txt_attn.qkv", 0), "attn.add_k_proj": ("txt_attn.qkv", 1),
+    "attn.add_v_proj": ("txt_attn.qkv", 2),
+}
+_FLUX_SINGLE_QKV = ("attn.to_q", "attn.to_k", "attn.to_v")  # then proj_mlp: the rest of linear1
 
 
 
@@ -196,6 +228,51 @@ def unet_name_aliases(unet: nn.Module) -> dict[str, str]:
     return aliases
 
 
+def _has_weight(module: Optional[nn.Module]) -> bool:
+    return getattr(module, "weight", None) is not None
+
+
+def flux_name_aliases(flux: nn.Module) -> dict[str, tuple[str, Optional[OutputSlice]]]:
+    """diffusers name -> (BFL name, output columns or None for the whole layer) for a BFL Flux.
+
+    Empty for anything else. ``norm_out.linear`` maps to ``final_layer.adaLN_modulation.1`` with
+    swapped halves: diffusers orders that output (scale, shift), BFL (shift, scale).
+    """
+    if not (hasattr(flux, "double_blocks") and hasattr(flux, "single_blocks")):
+        return {}
+    modules = dict(flux.named_modules())
+    aliases: dict[str, tuple[str, Optional[OutputSlice]]] = {}
+
+    def add(diffusers: str, bfl: str, columns: Optional[OutputSlice] = None) -> None:
+        if _has_weight(modules.get(bfl)):
+            aliases[diffusers] = (bfl, columns)
+
+    for diffusers, bfl in _FLUX_TOP.items():
+        add(diffusers, bfl)
+    norm_out = "final_layer.adaLN_modulation.1"
+    if _has_weight(modules.get(norm_out)):
+        add("norm_out.linear", norm_out, OutputSlice(0, weight_shape(modules[norm_out])[0], swap_halves=True))
+    for i, _ in _children(flux.double_blocks):
+        for diffusers, bfl in _FLUX_DOUBLE.items():
+            add(f"transformer_blocks.{i}.{diffusers}", f"double_blocks.{i}.{bfl}")
+        for diffusers, (bfl, k) in _FLUX_DOUBLE_QKV.items():
+            qkv = f"double_blocks.{i}.{bfl}"
+            if _has_weight(modules.get(qkv)):
+                h = weight_shape(modules[qkv])[0] // 3
+                add(f"transformer_blocks.{i}.{diffusers}", qkv, OutputSlice(k * h, h))
+    for i, _ in _children(flux.single_blocks):
+        for diffusers, bfl in _FLUX_SINGLE.items():
+            add(f"single_transformer_blocks.{i}.{diffusers}", f"single_blocks.{i}.{bfl}")
+        linear1 = f"single_blocks.{i}.linear1"
+        if not _has_weight(modules.get(linear1)):
+            continue
+        out, h = weight_shape(modules[linear1])[:2]  # linear1: hidden -> 3 * hidden + mlp width
+        for k, diffusers in enumerate(_FLUX_SINGLE_QKV):
+            add(f"single_transformer_blocks.{i}.{diffusers}", linear1, OutputSlice(k * h, h))
+        add(f"single_transformer_blocks.{i}.proj_mlp", linear1, OutputSlice(3 * h, out - 3 * h))
+    return aliases
+
+
 def _text_encoder_aliases(name: str) -> list[str]:
     """HF CLIP names for a text-encoder module: with and without the ``text_model.`` level
     (transformers 5 dropped it from CLIPTextModel), nested in a wrapper, or from open_clip."""
@@ -219,10 +296,14 @@ def _text_encoder_aliases(name: str) -> list[str]:
     return out
 
 
-def _index(component: str, root: nn.Module) -> dict[str, tuple[str, nn.Module]]:
-    """Flattened name (own and alias) -> (own dotted name, module) for weight-bearing modules."""
+# Flattened LoRA name -> (own dotted name, module, output columns it covers or None for all).
+_Index = dict[str, tuple[str, nn.Module, Optional[OutputSlice]]]
+
+
+def _index(component: str, root: nn.Module) -> _Index:
+    """Flattened name (own and alias) -> where a LoRA module of that name applies."""
     aliases = unet_name_aliases(root) if component == "unet" else {}
-    index: dict[str, tuple[str, nn.Module]] = {}
+    index: _Index = {}
     for name, module in root.named_modules():
         if not name or not (hasattr(module, "weight") or isinstance(module, nn.MultiheadAttention)):
             continue
@@ -232,7 +313,10 @@ def _index(component: str, root: nn.Module) -> dict[str, tuple[str, nn.Module]]:
         if component != "unet":
             names += _text_encoder_aliases(name)
         for n in names:
-            index.setdefault(n.replace(".", "_"), (name, module))
+            index.setdefault(n.replace(".", "_"), (name, module, None))
+    if component == "unet":
+        for diffusers, (bfl, columns) in flux_name_aliases(root).items():
+            index.setdefault(diffusers.replace(".", "_"), (bfl, root.get_submodule(bfl), columns))
     return index
 
 
@@ -247,12 +331,31 @@ def _context_dim_of_model(unet: Optional[nn.Module]) -> Optional[int]:
     if unet is None:
         return None
     for name, module in unet.named_modules():
-        if name.endswith("attn2.to_k") and getattr(module, "weight", None) is not None:
-            return int(module.weight.shape[1])
+        if name.endswith("attn2.to_k") and _has_weight(module):
+            return weight_shape(module)[1]
     return None
 
 
+_FLUX_QKV_KEY = re.compile(r"unet:(?:double_blocks_\d+_img_attn_qkv|transformer_blocks_\d+_attn_to_q)$")
+
+
+def _flux_hidden_sizes(lora: LoraFile, unet: Optional[nn.Module]) -> Optional[tuple[int, int]]:
+    """(LoRA's, model's) Flux hidden size, from the input width of the image attention's q/qkv."""
+    try:
+        qkv = unet.get_submodule("double_blocks.0.img_attn.qkv") if unet is not None else None
+    except AttributeError:
+        return None
+    if not _has_weight(qkv):
+        return None
+    widths = [d.shape[1] for k, d in lora.modules.items() if _FLUX_QKV_KEY.match(k) and len(d.shape) == 2]
+    return (widths[0], weight_shape(qkv)[1]) if widths else None
+
+
 def _likely_cause(lora: LoraFile, components: Mapping[str, nn.Module]) -> str:
+    hidden = _flux_hidden_sizes(lora, components.get("unet"))
+    if hidden and hidden[0] != hidden[1]:
+        return (f"the LoRA was trained for a Flux-type model of hidden size {hidden[0]} but the model's "
+                f"is {hidden[1]}: it is for another model of that family")
     lora_ctx = _context_dim_of_lora(lora)
     model_ctx = _context_dim_of_model(components.get("unet"))
     if lora_ctx and model_ctx and lora_ctx != model_ctx:
@@ -266,8 +369,18 @@ def _likely_cause(lora: LoraFile, components: Mapping[str, nn.Module]) -> str:
     return "it was probably trained for another base model (family or size) than the one loaded"
 
 
+def _slice_mismatch(key: str, delta: ModuleDelta, columns: OutputSlice, shape: tuple[int, ...]) -> str:
+    end = columns.start + columns.length
+    return (f"{key}: LoRA {list(delta.shape)} vs output columns {columns.start}:{end} of model layer "
+            f"{list(shape)} (expected {[columns.length, *shape[1:]]})")
+
+
+# DoRA would need the layer's weight rows reordered on every call; no such LoRA is known.
+_SWAPPED_DORA = "DoRA on a layer whose output halves are swapped (diffusers Flux norm_out) is not supported"
+
+
 def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
-    """Match every module of ``lora`` to a live module of ``components`` (``unet``/``te1``/``te2``).
+    """Match every module of ``lora`` to a live module of ``components`` (``unet``/``te1``/``te2``/``te3``).
 
     Raises LoraMismatchError when any matched module has another shape than the LoRA expects,
     or when none of the LoRA's modules for the given components exists in the network.
@@ -278,6 +391,8 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
     attention_of = {id(m.out_proj): m for root in components.values() for m in root.modules()
                     if isinstance(m, nn.MultiheadAttention)}
     fused: dict[int, tuple[str, nn.MultiheadAttention, dict[str, ModuleDelta]]] = {}
+    # Parts of one fused layer's output (diffusers Flux q/k/v on BFL qkv) gather into one delta.
+    sliced: dict[int, tuple[str, nn.Module, list[tuple[OutputSlice, ModuleDelta]]]] = {}
     bound = BoundLora(lora=lora, targets=[])
     mismatched: list[str] = []
     candidates = explained = 0
@@ -292,7 +407,7 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
         if hit is None:
             bound.unmatched.append(key)
             continue
-        name, module = hit
+        name, module, columns = hit
         if isinstance(module, nn.MultiheadAttention) or id(module) in attention_of:
             attention = attention_of.get(id(module), module)
             part = flat.rsplit("_", 2)[-2] if flat.endswith("_proj") else ""
@@ -303,17 +418,29 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
             entry = fused.setdefault(id(attention), (f"{comp}:{name.removesuffix('.out_proj')}", attention, {}))
             entry[2][part] = delta
             continue
-        weight = getattr(module, "weight", None)
-        if weight is None or weight.ndim not in (2, 4):
+        shape = weight_shape(module) if _has_weight(module) else ()
+        if len(shape) not in (2, 4):
             bound.unmatched.append(key)
             bound.reasons[key] = f"LoRA on a {type(module).__name__} layer is not supported"
             explained += 1
             continue
-        if not delta.fits(tuple(weight.shape)):
-            mismatched.append(f"{key}: LoRA {list(delta.shape)} vs model {list(weight.shape)}")
+        if columns is not None:
+            if len(shape) != 2 or not delta.fits((columns.length, shape[1])):
+                mismatched.append(_slice_mismatch(key, delta, columns, shape))
+            elif columns.swap_halves and isinstance(delta, DoRA):
+                bound.unmatched.append(key)
+                bound.reasons[key] = _SWAPPED_DORA
+                explained += 1
+            else:
+                sliced.setdefault(id(module), (f"{comp}:{name}", module, []))[2].append((columns, delta))
+            continue
+        if not delta.fits(shape):
+            mismatched.append(f"{key}: LoRA {list(delta.shape)} vs model {list(shape)}")
             continue
         bound.targets.append((f"{comp}:{name}", module, delta))
     bound.targets += [(name, attention, FusedAttentionDelta(parts)) for name, attention, parts in fused.values()]
+    bound.targets += [(name, module, SlicedOutputDelta(parts, weight_shape(module)))
+                      for name, module, parts in sliced.values()]
     if mismatched:
         raise LoraMismatchError(
             f"LoRA '{lora.name}' does not fit the loaded model: {len(mismatched)} of "

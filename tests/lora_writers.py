@@ -2,8 +2,8 @@
 
 Each writer returns the *expected* change of every targeted module, computed here from the
 tensors it wrote with the formulas of the reference implementations (kohya, LyCORIS, A1111), or,
-for diffusers/PEFT files, by the real ``peft`` library merging its own adapter. Tests compare the
-reader's deltas with these.
+for diffusers/PEFT files (diffusers-format Flux included), by the real ``peft`` library merging
+its own adapter. Tests compare the reader's deltas with these.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -188,4 +189,50 @@ def write_peft(path: str | Path, network: nn.Module, targets: list[str], compone
             cfg = {f"{DIFFUSERS_PREFIX[component]}.{k}": v for k, v in cfg.items()}
         meta["lora_adapter_metadata"] = json.dumps(cfg)
     save_file(tensors, str(path), metadata=meta)
+    return expected
+
+
+# A tiny diffusers FluxTransformer2DModel with the dimensions of tiny_models.TinyBflFlux's defaults.
+TINY_DIFFUSERS_FLUX = dict(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                           num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=20,
+                           guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+# Every Linear of a diffusers Flux, as PEFT target suffixes.
+FLUX_DIFFUSERS_TARGETS = [
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out",
+    "norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear", "x_embedder",
+    "context_embedder", "linear_1", "linear_2",
+]
+
+
+def write_diffusers_flux(path: str | Path, rank: int = 4, alpha: float = 8.0, seed: int = 0,
+                         lora_bias: bool = False, targets: Optional[list[str]] = None) -> Expected:
+    """diffusers-format Flux LoRA (``transformer.<diffusers name>.lora_A.weight``) on every Linear
+    of a tiny diffusers Flux, made and saved by diffusers/PEFT themselves; expected deltas by
+    PEFT merging its own adapter, keyed by diffusers module name."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(**TINY_DIFFUSERS_FLUX)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets or FLUX_DIFFUSERS_TARGETS,
+                        init_lora_weights=False, lora_bias=lora_bias)
+    model.add_adapter(config)
+    with warnings.catch_warnings():  # PEFT takes 1-D lora_B biases for unsharded ZeRO-3 tensors
+        warnings.simplefilter("ignore")
+        state = get_peft_model_state_dict(model)
+    expected: Expected = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, BaseTunerLayer):
+                base = module.get_base_layer()
+                w, b = base.weight.clone(), base.bias.clone()
+                module.merge()
+                expected[name] = (base.weight - w, base.bias - b if lora_bias else None)
+    path = Path(path)
+    FluxLoraLoaderMixin.save_lora_weights(path.parent, transformer_lora_layers=state, weight_name=path.name,
+                                          transformer_lora_adapter_metadata=config.to_dict())
     return expected

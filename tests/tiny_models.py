@@ -1,4 +1,4 @@
-"""Tiny networks with the real module names of SD1.5 / SDXL / CLIP, for tests (no downloads).
+"""Tiny networks with the real module names of SD1.5 / SDXL / CLIP / Flux / T5, for tests (no downloads).
 
 ``ldm_view`` re-exposes a diffusers UNet's leaf modules under the ldm/CompVis names that
 AUTOMATIC1111 and Forge use, so the same weights can be reached under both conventions.
@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 SDXL_TIME_IDS = 6  # original size, crop offset, target size: 2 numbers each
@@ -167,3 +168,125 @@ def tiny_open_clip_text(width: int = 32, layers: int = 2, seed: int = 0) -> nn.M
     wrapper = nn.Module()
     wrapper.model = model
     return wrapper
+
+
+def _timestep_embedding(t: Tensor, dim: int = 256) -> Tensor:
+    half = dim // 2
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half) / half)
+    args = 1000 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _mlp_embedder(in_dim: int, hidden: int) -> nn.Module:
+    m = nn.Module()
+    m.in_layer, m.out_layer = nn.Linear(in_dim, hidden), nn.Linear(hidden, hidden)
+    return m
+
+
+def _embed(m: nn.Module, x: Tensor) -> Tensor:
+    return m.out_layer(F.silu(m.in_layer(x)))
+
+
+def _modulation(hidden: int, n: int) -> nn.Module:
+    m = nn.Module()
+    m.lin = nn.Linear(hidden, n * hidden)
+    return m
+
+
+def _attention_linears(hidden: int) -> nn.Module:
+    m = nn.Module()
+    m.qkv, m.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+    return m
+
+
+def _mlp(hidden: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh"), nn.Linear(width, hidden))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    split = [t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v)]
+    return F.scaled_dot_product_attention(*split).transpose(1, 2).flatten(2)
+
+
+class TinyBflFlux(nn.Module):
+    """A Flux transformer with BFL (Forge) module names from plain ``nn.Linear`` layers.
+
+    The forward follows Flux's structure (modulation, fused qkv, joint attention, single blocks
+    with fused ``linear1``, final (shift, scale) modulation) without RoPE or QK norms: enough
+    for every Linear to run and for LoRA placement errors to show in the output.
+    """
+
+    def __init__(self, in_channels: int = 8, vec_dim: int = 20, context_dim: int = 24, hidden: int = 32,
+                 mlp_ratio: int = 4, heads: int = 2, depth: int = 1, depth_single: int = 1) -> None:
+        super().__init__()
+        self.hidden, self.heads, self.mlp_width = hidden, heads, mlp_ratio * hidden
+        self.img_in, self.txt_in = nn.Linear(in_channels, hidden), nn.Linear(context_dim, hidden)
+        self.time_in, self.vector_in = _mlp_embedder(256, hidden), _mlp_embedder(vec_dim, hidden)
+        self.guidance_in = _mlp_embedder(256, hidden)
+        self.double_blocks = nn.ModuleList()
+        for _ in range(depth):
+            b = nn.Module()
+            b.img_mod, b.txt_mod = _modulation(hidden, 6), _modulation(hidden, 6)
+            b.img_attn, b.txt_attn = _attention_linears(hidden), _attention_linears(hidden)
+            b.img_mlp, b.txt_mlp = _mlp(hidden, self.mlp_width), _mlp(hidden, self.mlp_width)
+            self.double_blocks.append(b)
+        self.single_blocks = nn.ModuleList()
+        for _ in range(depth_single):
+            b = nn.Module()
+            b.modulation = _modulation(hidden, 3)
+            b.linear1 = nn.Linear(hidden, 3 * hidden + self.mlp_width)
+            b.linear2 = nn.Linear(hidden + self.mlp_width, hidden)
+            self.single_blocks.append(b)
+        self.final_layer = nn.Module()
+        self.final_layer.linear = nn.Linear(hidden, in_channels)
+        self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def _norm(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        return (1 + scale) * F.layer_norm(x, (self.hidden,)) + shift
+
+    def _double(self, b: nn.Module, img: Tensor, txt: Tensor, vec: Tensor) -> tuple[Tensor, Tensor]:
+        im = b.img_mod.lin(F.silu(vec))[:, None].chunk(6, -1)
+        tm = b.txt_mod.lin(F.silu(vec))[:, None].chunk(6, -1)
+        iq, ik, iv = b.img_attn.qkv(self._norm(img, im[0], im[1])).chunk(3, -1)
+        tq, tk, tv = b.txt_attn.qkv(self._norm(txt, tm[0], tm[1])).chunk(3, -1)
+        out = _attend(torch.cat([tq, iq], 1), torch.cat([tk, ik], 1), torch.cat([tv, iv], 1), self.heads)
+        t_out, i_out = out[:, :txt.shape[1]], out[:, txt.shape[1]:]
+        img = img + im[2] * b.img_attn.proj(i_out)
+        img = img + im[5] * b.img_mlp(self._norm(img, im[3], im[4]))
+        txt = txt + tm[2] * b.txt_attn.proj(t_out)
+        txt = txt + tm[5] * b.txt_mlp(self._norm(txt, tm[3], tm[4]))
+        return img, txt
+
+    def _single(self, b: nn.Module, x: Tensor, vec: Tensor) -> Tensor:
+        shift, scale, gate = b.modulation.lin(F.silu(vec))[:, None].chunk(3, -1)
+        qkv, mlp = b.linear1(self._norm(x, shift, scale)).split([3 * self.hidden, self.mlp_width], -1)
+        out = _attend(*qkv.chunk(3, -1), self.heads)
+        return x + gate * b.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], -1))
+
+    def forward(self, img: Tensor, txt: Tensor, timesteps: Tensor, y: Tensor, guidance: Tensor) -> Tensor:
+        img, txt = self.img_in(img), self.txt_in(txt)
+        vec = _embed(self.time_in, _timestep_embedding(timesteps)) + _embed(self.vector_in, y)
+        vec = vec + _embed(self.guidance_in, _timestep_embedding(guidance))
+        for b in self.double_blocks:
+            img, txt = self._double(b, img, txt, vec)
+        x = torch.cat([txt, img], 1)
+        for b in self.single_blocks:
+            x = self._single(b, x, vec)
+        shift, scale = self.final_layer.adaLN_modulation(vec)[:, None].chunk(2, -1)
+        return self.final_layer.linear(self._norm(x[:, txt.shape[1]:], shift, scale))
+
+
+def tiny_bfl_flux(seed: int = 0, **dims: int) -> TinyBflFlux:
+    torch.manual_seed(seed)
+    return TinyBflFlux(**dims).eval()
+
+
+def tiny_t5_encoder(d_model: int = 32, layers: int = 2, seed: int = 0) -> nn.Module:
+    """transformers T5EncoderModel (gated-GELU, as Flux's T5-XXL): ``encoder.block.N.layer.0.
+    SelfAttention.{q,k,v,o}``, ``layer.1.DenseReluDense.{wi_0,wi_1,wo}``, the names Forge's T5 has."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=100, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers,
+                   num_heads=4, feed_forward_proj="gated-gelu")
+    return T5EncoderModel(cfg).eval()
