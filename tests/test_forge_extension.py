@@ -306,6 +306,52 @@ def test_another_extensions_wrapper_is_chained(runner):
                for flags, _, opts in spy.calls)
 
 
+def test_controlnet_outputs_follow_their_rows(runner):
+    """A linked ControlNet's per-row outputs reach each branch row from the row it was made for; a
+    one-row output (T2I adapters) passes through."""
+    class FakeControlNet:
+        previous_controlnet = None
+
+        def get_control(self, x, t, c, n_chunks):
+            rows = torch.arange(x.shape[0], dtype=torch.float32)
+            return {"output": [rows.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()], "middle": [torch.full((1, 1, 2, 2), 7.0)]}
+
+    seen = []
+
+    class Recorder(WrapperSpy):
+        def script(self):
+            def pbes(self, p, *args, **kwargs):
+                unet = p.sd_model.forge_objects.unet.clone()
+                unet.controlnet_linked_list = FakeControlNet()
+
+                def wrapper(apply_model, args):
+                    control = args["c"]["control"]
+                    seen.append((args["input"].clone(), control["output"][0][:, 0, 0, 0].tolist(), control["middle"][0].shape[0]))
+                    c = {k: v for k, v in args["c"].items() if k not in ("control", "control_model")}
+                    return apply_model(args["input"], args["timestep"], **c)
+
+                unet.set_model_unet_function_wrapper(wrapper)
+                p.sd_model.forge_objects.unet = unet
+
+            return type("Cn", (W.scripts.Script,), {"title": lambda self: "cn", "ui": lambda self, is_img2img: [],
+                                                    "show": lambda self, is_img2img: W.scripts.AlwaysVisible,
+                                                    "process_before_every_sampling": pbes})
+
+    both = W.scripts.ScriptRunner()
+    both.initialize_scripts(False, [Recorder().script()] + [type(s) for s in runner.alwayson_scripts])
+    both.setup_ui()
+    p = txt2img(both, steps=1, batch_size=2, prompt="a cat <loratorio:alice:0.8>")
+    p.script_args = tuple([0] * both.alwayson_scripts[1].args_from + on())
+    try:
+        W.processing.process_images(p)
+    finally:
+        W.sd15.forge_objects = W.sd15.forge_objects_original.shallow_copy()
+    (x, control_rows, middle_rows), = seen
+    # 4 host rows (uncond images 0, 1, cond images 0, 1) for the base, then the same 4 for the LoRA
+    assert middle_rows == 1 and control_rows == [0.0, 1.0, 2.0, 3.0] * 2
+    assert all(torch.equal(x[j], x[j % 4]) for j in range(8)) and not torch.equal(x[0], x[1])
+
+
 def test_forge_lora_tags_stay_in_the_base_and_its_lora_state_is_untouched(runner):
     patcher = W.sd15.forge_objects_original.unet.clone()     # what Forge's Lora extension does for <lora:>
     key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight"
