@@ -1,6 +1,6 @@
 """Speed of one LoRAtorio sampling step against the alternatives, measured in the same run.
 
-    python -m lib_loratorio.bench [--loras 1 2 4 8] [--width 64] [--latent 32] [--device cpu] [--json]
+    python -m lib_loratorio.bench [--loras 1 2 4 8] [--width 64] [--latent 32] [--device cpu] [--dtype float16] [--json]
 
 A UNet of SD1.5's architecture (diffusers ``UNet2DConditionModel``: same blocks, module names and
 768-wide cross-attention, channels scaled down by ``--width``) gets random weights, and random
@@ -36,7 +36,7 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.n
                 "conv1", "conv2")
 
 
-def build_unet(width: int, device: str):
+def build_unet(width: int, device: str, dtype: torch.dtype = torch.float32):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def build_unet(width: int, device: str):
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=768, attention_head_dim=8, norm_num_groups=min(32, width // 2), sample_size=64,
     )
-    return unet.to(device).eval()
+    return unet.to(device, dtype).eval()
 
 
 def write_random_lora(unet, path: Path, rank: int, seed: int) -> None:
@@ -115,8 +115,9 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, device: str) -> di
 
 def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict:
     g = torch.Generator().manual_seed(n)
-    x = torch.randn(2, 4, latent, latent, generator=g).to(device)
-    ctx = torch.randn(2, 77, 768, generator=g).to(device)
+    dtype = unet.dtype
+    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
+    ctx = torch.randn(2, 77, 768, generator=g).to(device, dtype)
     t = torch.full((2,), 500.0, device=device)
     bound = loras[:n]
     strengths = [0.8] * n
@@ -152,7 +153,7 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
             fn()
             results[f"{label}_peak_mib"] = memory.peak_mib()
         batched, looped = loratorio(0.5)(), loop()
-        results["batched_vs_loop_max_diff"] = float((batched[0] - looped.cond[0]).abs().max())
+        results["batched_vs_loop_max_diff"] = float((batched[0].float() - looped.cond[0].float()).abs().max())
 
     targets = [(module, [(lora, delta) for lora in bound for _, m, delta in lora.targets if m is module])
                for module in {m for lora in bound for _, m, _ in lora.targets}]
@@ -208,9 +209,9 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
 def compose_fraction(unet, repeats: int, device: str, side: int = 128) -> dict:
     """compose() for N=4 on a 4 x side x side latent (128: SDXL) over one UNet forward there."""
     g = torch.Generator().manual_seed(1)
-    base = torch.randn(2, 4, side, side, generator=g).to(device)
-    loras = base + 0.1 * torch.randn(4, 2, 4, side, side, generator=g).to(device)
-    ctx = torch.randn(2, 77, 768, generator=g).to(device)
+    base = torch.randn(2, 4, side, side, generator=g).to(device, unet.dtype)
+    loras = base + 0.1 * torch.randn(4, 2, 4, side, side, generator=g).to(device, unet.dtype)
+    ctx = torch.randn(2, 77, 768, generator=g).to(device, unet.dtype)
     t = torch.full((2,), 500.0, device=device)
     times = timed({"compose": lambda: compose(base[:1], base[1:], loras[:, :1], loras[:, 1:],
                                               patch_size=DEFAULTS.patch_size, temperature=DEFAULTS.temperature),
@@ -228,6 +229,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                    help="model and latent dtype (GPUs: float16 as the WebUIs run)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--compose-latent", type=int, default=128, help="latent side for timing compose() alone")
     ap.add_argument("--json", action="store_true", help="print machine-readable results")
@@ -235,7 +238,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    unet = build_unet(args.width, args.device)
+    unet = build_unet(args.width, args.device, getattr(torch, args.dtype))
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         loras = []
         for i in range(max(args.loras)):
@@ -245,7 +248,7 @@ def main(argv=None) -> dict:
         rows = [{"n": n, **bench_n(unet, loras, n, args.latent, args.repeats, args.device)} for n in args.loras]
         fraction = compose_fraction(unet, args.repeats, args.device, args.compose_latent)
 
-    report = {"device": args.device, "threads": torch.get_num_threads(), "width": args.width,
+    report = {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "width": args.width,
               "latent": args.latent, "rank": args.rank, "rows": rows, **fraction}
     if args.json:
         print(json.dumps(report, indent=1))
@@ -255,7 +258,7 @@ def main(argv=None) -> dict:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"device {report['device']} ({report['threads']} threads), UNet width {report['width']}, "
+    lines = [f"device {report['device']} ({report['threads']} threads), {report['dtype']}, UNet width {report['width']}, "
              f"latent {report['latent']}x{report['latent']}, LoRA rank {report['rank']}",
              "times are ratios to one plain step (cond+uncond, one forward) of the same run",
              "| N | floor N+1 | LoRAtorio | fast (recenter=1) | loop of forwards | merge/unmerge per branch "
