@@ -206,10 +206,12 @@ FLUX_DIFFUSERS_TARGETS = [
 
 
 def write_diffusers_flux(path: str | Path, rank: int = 4, alpha: float = 8.0, seed: int = 0,
-                         lora_bias: bool = False, targets: Optional[list[str]] = None) -> Expected:
+                         lora_bias: bool = False, targets: Optional[list[str]] = None,
+                         dims: Optional[dict] = None) -> Expected:
     """diffusers-format Flux LoRA (``transformer.<diffusers name>.lora_A.weight``) on every Linear
-    of a tiny diffusers Flux, made and saved by diffusers/PEFT themselves; expected deltas by
-    PEFT merging its own adapter, keyed by diffusers module name."""
+    of a tiny diffusers Flux (``dims`` overrides TINY_DIFFUSERS_FLUX), made and saved by
+    diffusers/PEFT themselves; expected deltas by PEFT merging its own adapter, keyed by diffusers
+    module name."""
     from diffusers import FluxTransformer2DModel
     from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
     from peft import LoraConfig
@@ -217,7 +219,7 @@ def write_diffusers_flux(path: str | Path, rank: int = 4, alpha: float = 8.0, se
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(seed)
-    model = FluxTransformer2DModel(**TINY_DIFFUSERS_FLUX)
+    model = FluxTransformer2DModel(**{**TINY_DIFFUSERS_FLUX, **(dims or {})})
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets or FLUX_DIFFUSERS_TARGETS,
                         init_lora_weights=False, lora_bias=lora_bias)
     model.add_adapter(config)

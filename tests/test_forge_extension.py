@@ -13,7 +13,7 @@ import torch
 from lib_loratorio.errors import LoratorioError
 from lib_loratorio.params import LoratorioParams
 from tests import forge_standin
-from tests.lora_writers import write_kohya
+from tests.lora_writers import write_diffusers_flux, write_kohya
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = LoratorioParams.names()
@@ -91,6 +91,11 @@ def make_loras(folder):
     dit = W.flux.forge_objects.unet.model.diffusion_model
     for i, name in enumerate(("flux_a", "flux_b")):
         write_kohya(folder / f"{name}.safetensors", dit, FLUX_TARGETS, seed=20 + i, alpha=8.0)
+    # the stand-in Flux's sizes in diffusers terms (packed 2x2 latent: 64 input channels)
+    write_diffusers_flux(folder / "flux_diffusers.safetensors", seed=22, targets=[
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "proj_mlp", "proj_out"],
+        dims=dict(in_channels=64, num_attention_heads=4, attention_head_dim=8, joint_attention_dim=32,
+                  pooled_projection_dim=32, axes_dims_rope=(2, 2, 4)))
     return folder
 
 
@@ -401,9 +406,23 @@ def test_flux_composes_two_loras_conditionally_without_uncond_rows(runner):
     assert np.isfinite(pixels(single)).all()
 
 
+def test_flux_diffusers_format_lora_binds_to_the_fused_layers(runner):
+    from lib_loratorio.webui import session
+
+    composed = flux_run(runner, on(), prompt="a robot <loratorio:flux_a:1> <loratorio:flux_diffusers:1>")
+    assert np.isfinite(pixels(composed)).all()
+    bound = session.LIBRARY.bind(str(W.lora_dir / "flux_diffusers.safetensors"),
+                                 {"unet": W.flux.forge_objects.unet.model.diffusion_model})
+    assert not bound.unmatched and {name for name, _, _ in bound.targets} >= {
+        "unet:double_blocks.0.img_attn.qkv", "unet:double_blocks.0.txt_attn.qkv", "unet:single_blocks.0.linear1"}
+
+
 def test_flux_with_real_cfg_keeps_the_base_uncond(runner):
-    result = flux_run(runner, on(recenter=0.0), cfg_scale=3.0, negative_prompt="blurry")
-    assert np.isfinite(pixels(result)).all()
+    kw = dict(cfg_scale=3.0, negative_prompt="blurry")
+    base = flux_run(runner, **kw)
+    no_recentring, full_recentring = flux_run(runner, on(recenter=0.0), **kw), flux_run(runner, on(recenter=1.0), **kw)
+    assert np.array_equal(pixels(no_recentring), pixels(full_recentring))      # uncond rows: the base model's
+    assert not np.array_equal(pixels(base), pixels(no_recentring))
 
 
 def test_flux_needs_an_even_patch_size(runner):
