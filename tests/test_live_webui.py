@@ -2,8 +2,11 @@
 
     LORATORIO_WEBUI_URL=http://127.0.0.1:7860 pytest tests/test_live_webui.py
 
-The WebUI must run with --api and have at least two LoRAs (it picks the first two of /sdapi/v1/loras,
-or the names in LORATORIO_TEST_LORAS="a,b"). Small images and two steps keep it usable on a CPU.
+The WebUI (A1111 or Forge) must run with --api and have at least two LoRAs (it picks the first two of
+/sdapi/v1/loras, or the names in LORATORIO_TEST_LORAS="a,b"). Small images and two steps keep it usable
+on a CPU. LORATORIO_TEST_REQUEST, a JSON object, is merged into every request, e.g. for a Flux checkpoint
+on Forge: '{"override_settings": {"sd_model_checkpoint": "flux1-dev"}, "cfg_scale": 1,
+"scheduler": "Simple"}'.
 """
 
 import base64
@@ -16,6 +19,7 @@ import urllib.request
 import pytest
 
 URL = os.environ.get("LORATORIO_WEBUI_URL", "").rstrip("/")
+EXTRA = json.loads(os.environ.get("LORATORIO_TEST_REQUEST", "") or "{}")
 pytestmark = pytest.mark.skipif(not URL, reason="set LORATORIO_WEBUI_URL to test against a running WebUI")
 
 
@@ -44,7 +48,7 @@ def loras():
 def request(loras, **extra):
     a, b = loras
     return {"prompt": f"a cat <loratorio:{a}:0.8> <loratorio:{b}:1>", "negative_prompt": "blurry", "width": 64,
-            "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 1, "cfg_scale": 5, **extra}
+            "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 1, "cfg_scale": 5, **EXTRA, **extra}
 
 
 def decode(image):
