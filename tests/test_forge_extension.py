@@ -2,7 +2,6 @@
 A1111, the model_function_wrapper hook on a UNet patcher clone, SD1.5, SDXL and Flux, and cleanup."""
 
 import copy
-import dataclasses
 import os
 import types
 
@@ -11,34 +10,14 @@ import pytest
 import torch
 
 from lib_loratorio.errors import LoratorioError
-from lib_loratorio.params import LoratorioParams
 from tests import forge_standin
+from tests.extension_helpers import SETTINGS, UNET_TARGETS, hook_ids, make_txt2img, on, pixels
 from tests.lora_writers import write_diffusers_flux, write_kohya
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = LoratorioParams.names()
-UNET_TARGETS = [
-    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
-    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
-    "down_blocks.0.resnets.0.conv1",
-    "down_blocks.1.attentions.0.proj_out",
-    "up_blocks.1.resnets.0.conv2",
-    "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
-]
 FLUX_TARGETS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
                 "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2"]
 W = types.SimpleNamespace()  # the stand-in's modules, imported inside the Forge environment
-
-
-def on(**kw):
-    """Positional script args as the UI sends them: the accordion's bool, then every setting."""
-    values = dataclasses.replace(LoratorioParams(enabled=True, patch_size=4), **kw)
-    return [getattr(values, name) for name in SETTINGS]
-
-
-def hook_ids(model):
-    return {(id(m), kind, key) for m in model.modules()
-            for kind, table in (("post", m._forward_hooks), ("pre", m._forward_pre_hooks)) for key in table}
 
 
 def networks_of(engine):
@@ -133,21 +112,7 @@ def runner(env):
 
 def txt2img(runner, args=None, model=None, **kw):
     W.shared.sd_model = model or W.sd15
-    settings = dict(prompt="a cat <loratorio:alice:0.8> <loratorio:hat:1>", negative_prompt="blurry", steps=3,
-                    width=128, height=128, batch_size=1, sampler_name="Euler", seed=3, cfg_scale=5.0)
-    settings.update(kw)
-    p = W.processing.StableDiffusionProcessingTxt2Img(**settings)
-    p.scripts = runner
-    script = runner.alwayson_scripts[0]
-    script_args = [0] * script.args_to
-    script_args[script.args_from:script.args_to] = on(enabled=False) if args is None else args
-    p.script_args = tuple(script_args)
-    return p
-
-
-def pixels(result, index=None):
-    index = result.index_of_first_image if index is None else index
-    return np.asarray(result.images[index]).astype(np.float32)
+    return make_txt2img(W.processing, runner, args, **kw)
 
 
 def run(runner, args=None, model=None, **kw):

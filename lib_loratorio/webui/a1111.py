@@ -26,7 +26,7 @@ from torch import nn
 from ..composer import BranchComposer
 from ..errors import LoratorioError
 from . import session as common
-from .session import Session, get_session, take_rows
+from .session import Session, take_rows
 
 _TEXT_KEYS = ("c_crossattn", "crossattn", "vector")
 
@@ -233,15 +233,7 @@ def start_session(p, params, error: Optional[BaseException]) -> Session:
     return common.start_session(p, A1111Session(p, params or common.LoratorioParams(), error))
 
 
-def on_cfg_denoiser(params) -> None:
-    session = get_session(getattr(params.denoiser, "p", None))
-    if isinstance(session, A1111Session) and session.runner is not None:
-        session.on_cfg_denoiser(params)
-
-
-def register_callbacks() -> None:
-    common.register_callbacks(on_cfg_denoiser)
-
-
+get_session = common.get_session
+register_callbacks = common.register_callbacks
 xyz_overrides = common.xyz_overrides
 weight_map_images = common.weight_map_images

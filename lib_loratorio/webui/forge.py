@@ -31,7 +31,7 @@ from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..params import LoratorioParams
 from . import session as common
-from .session import Session, get_session, take_rows
+from .session import Session, take_rows
 
 # c key of Forge's model call -> key of the text conditioning dict it was made from
 _TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
@@ -286,15 +286,7 @@ def before_every_sampling(session: Session) -> None:
             session.error = err
 
 
-def on_cfg_denoiser(params) -> None:
-    session = get_session(getattr(params.denoiser, "p", None))
-    if isinstance(session, ForgeSession) and session.runner is not None:
-        session.on_cfg_denoiser(params)
-
-
-def register_callbacks() -> None:
-    common.register_callbacks(on_cfg_denoiser)
-
-
+get_session = common.get_session
+register_callbacks = common.register_callbacks
 xyz_overrides = common.xyz_overrides
 weight_map_images = common.weight_map_images

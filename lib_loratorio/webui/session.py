@@ -128,6 +128,10 @@ class Session:
     def finish_sampling(self) -> None:
         """Host cleanup when ``p.sample`` ends (any exit)."""
 
+    def on_cfg_denoiser(self, params) -> None:
+        """The WebUI's ``on_cfg_denoiser`` callback, once per sampling step of this generation."""
+        raise NotImplementedError
+
     # --- preparation (process_batch) ----------------------------------------------------------
     def wanted(self) -> list[tuple[str, float]]:
         """(name, strength) of every branch: the tags, then the pool."""
@@ -333,7 +337,13 @@ def on_before_ui() -> None:
     add_xyz_axes()
 
 
-def register_callbacks(on_cfg_denoiser: Callable) -> None:
+def on_cfg_denoiser(params) -> None:
+    session = get_session(getattr(params.denoiser, "p", None))
+    if session is not None and session.runner is not None:
+        session.on_cfg_denoiser(params)
+
+
+def register_callbacks() -> None:
     """Register the WebUI callbacks (the WebUI clears them on every script reload)."""
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="loratorio")
     script_callbacks.on_before_ui(on_before_ui, name="loratorio")
