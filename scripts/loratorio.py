@@ -17,15 +17,16 @@ from modules.ui_components import InputAccordion
 from lib_loratorio.errors import LoratorioError
 from lib_loratorio.params import INFOTEXT_PREFIX, LoratorioParams
 from lib_loratorio.webui import HOST, UNSUPPORTED_HOST
+from lib_loratorio.webui import session as common
 
 if HOST == "a1111":
     from lib_loratorio.webui import a1111 as adapter
 elif HOST == "forge":
     from lib_loratorio.webui import forge as adapter
 else:
-    adapter = None
+    adapter = None  # the session then only reports UNSUPPORTED_HOST, from p.sample
 if adapter is not None:
-    adapter.register_callbacks()
+    common.register_callbacks()
 
 # UI ranges where they are narrower than what validation allows (the API may go further).
 _SLIDERS = {
@@ -86,24 +87,24 @@ class LoratorioScript(scripts.Script):
         return [enabled, *controls]
 
     def process(self, p, *args):
+        """Errors found here are raised from p.sample: the WebUI swallows those of script hooks."""
         try:
-            params, error = parse_script_args(args, adapter.xyz_overrides(p) if adapter else {}), None
+            params, error = parse_script_args(args, common.xyz_overrides(p)), None
         except LoratorioError as err:
             params, error = None, err
         if params is not None and not params.enabled:
             return
         if adapter is None:
-            error = LoratorioError(UNSUPPORTED_HOST)
+            common.start_session(p, common.Session(p, params or LoratorioParams(), LoratorioError(UNSUPPORTED_HOST)))
+            return
         if params is not None and params.use_lora_tags:
             p.all_prompts = [re.sub(r"<lora:", "<loratorio:", prompt) for prompt in p.all_prompts]
-        session = adapter.start_session(p, params, error) if adapter else None
+        adapter.start_session(p, params, error)
         if params is not None:
             p.extra_generation_params.update(params.to_infotext())
-        if session is None:
-            raise error
 
     def process_batch(self, p, *args, **kwargs):
-        session = adapter.get_session(p) if adapter else None
+        session = common.get_session(p)
         if session is not None and session.error is None:
             try:
                 session.prepare()
@@ -112,13 +113,13 @@ class LoratorioScript(scripts.Script):
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         """Forge only (A1111 has no such hook): patch the UNet patcher that this sampling run uses."""
-        session = adapter.get_session(p) if adapter else None
-        if session is not None:
+        session = common.get_session(p)
+        if session is not None and HOST == "forge":
             adapter.before_every_sampling(session)
 
     def postprocess(self, p, processed, *args):
-        session = adapter.get_session(p) if adapter else None
+        session = common.get_session(p)
         if session is not None and session.params.show_weight_maps and session.weight_maps:
-            images, infotexts = adapter.weight_map_images(session, processed)
+            images, infotexts = common.weight_map_images(session, processed)
             processed.images.extend(images)
             processed.infotexts.extend(infotexts)

@@ -445,3 +445,28 @@ def test_api_positional_and_named_forms(runner):
     status, body = W.api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 500 and "Unknown LoRA 'nobody'" in body["errors"]
+
+
+def test_the_older_forge_is_refused_with_a_message(runner, monkeypatch):
+    import importlib
+    import importlib.util
+
+    from lib_loratorio import webui
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "ldm_patched" else real(name, *a))
+    try:
+        importlib.reload(webui)
+        assert webui.HOST == "forge-legacy"
+        W.scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
+        old = W.scripts.ScriptRunner()
+        old.initialize_scripts(False)
+        old.setup_ui()
+        assert np.isfinite(pixels(run(old))).all()                       # off: generation untouched
+        with pytest.raises(LoratorioError, match="older Forge"):
+            run(old, on())
+    finally:
+        monkeypatch.undo()
+        importlib.reload(webui)
+        W.scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
+    assert webui.HOST == "forge"

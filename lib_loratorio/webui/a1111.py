@@ -231,9 +231,3 @@ class InnerModelWrapper(nn.Module):
 # --- wiring into the WebUI -------------------------------------------------------------------------
 def start_session(p, params, error: Optional[BaseException]) -> Session:
     return common.start_session(p, A1111Session(p, params or common.LoratorioParams(), error))
-
-
-get_session = common.get_session
-register_callbacks = common.register_callbacks
-xyz_overrides = common.xyz_overrides
-weight_map_images = common.weight_map_images

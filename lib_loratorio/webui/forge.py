@@ -284,9 +284,3 @@ def before_every_sampling(session: Session) -> None:
             session.install()
         except Exception as err:  # noqa: BLE001 - Forge would swallow it here; p.sample re-raises it
             session.error = err
-
-
-get_session = common.get_session
-register_callbacks = common.register_callbacks
-xyz_overrides = common.xyz_overrides
-weight_map_images = common.weight_map_images
