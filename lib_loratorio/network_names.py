@@ -351,11 +351,23 @@ def _flux_hidden_sizes(lora: LoraFile, unet: Optional[nn.Module]) -> Optional[tu
     return (widths[0], weight_shape(qkv)[1]) if widths else None
 
 
+_FLUX_LORA_PREFIXES = ("double_blocks_", "single_blocks_", "transformer_blocks_", "single_transformer_blocks_")
+
+
 def _likely_cause(lora: LoraFile, components: Mapping[str, nn.Module]) -> str:
-    hidden = _flux_hidden_sizes(lora, components.get("unet"))
+    unet = components.get("unet")
+    hidden = _flux_hidden_sizes(lora, unet)
     if hidden and hidden[0] != hidden[1]:
         return (f"the LoRA was trained for a Flux-type model of hidden size {hidden[0]} but the model's "
                 f"is {hidden[1]}: it is for another model of that family")
+    unet_keys = [k.split(":", 1)[1] for k in lora.modules if k.startswith("unet:")]
+    if unet is not None and unet_keys:
+        flux_lora = any(k.startswith(_FLUX_LORA_PREFIXES) for k in unet_keys)
+        flux_model = hasattr(unet, "double_blocks")
+        if flux_lora and not flux_model:
+            return "this looks like a Flux LoRA but the model is not a Flux model"
+        if flux_model and not flux_lora:
+            return "this looks like a LoRA for a UNet model (SD1.x/SDXL) but the model is Flux"
     lora_ctx = _context_dim_of_lora(lora)
     model_ctx = _context_dim_of_model(components.get("unet"))
     if lora_ctx and model_ctx and lora_ctx != model_ctx:

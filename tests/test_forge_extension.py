@@ -399,11 +399,16 @@ def test_flux_needs_an_even_patch_size(runner):
 @pytest.mark.parametrize("prompt, message", [
     ("a cat <loratorio:nobody:1>", "Unknown LoRA 'nobody'"),
     ("a cat <loratorio:alice:strong>", "strength must be a number"),
-    ("a cat <loratorio:flux_a:1>", "matches none of the loaded model's modules"),
+    ("a cat <loratorio:flux_a:1>", "matches none of the loaded model's modules .* looks like a Flux LoRA"),
 ])
 def test_bad_tags_raise_a_clear_error(runner, prompt, message):
     with pytest.raises(LoratorioError, match=message):
         run(runner, on(), prompt=prompt)
+
+
+def test_an_sd_lora_on_flux_is_named_as_such(runner):
+    with pytest.raises(LoratorioError, match="looks like a LoRA for a UNet model \\(SD1.x/SDXL\\) but the model is Flux"):
+        flux_run(runner, on(), prompt="a robot <loratorio:alice:1>")
 
 
 def test_interrupt_leaves_the_model_clean(runner):
