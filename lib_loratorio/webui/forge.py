@@ -10,7 +10,8 @@ How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
   management, dtype casts and predictor) and returns the composed x0 rows. A wrapper another
   extension installed before is chained: each branch evaluation goes through it.
 - Rows come as chunks of B images, one chunk per entry of ``cond_or_uncond`` (0 cond, 1 uncond,
-  uncond usually first); the step comes from ``on_cfg_denoiser``, which Forge still fires.
+  uncond usually first); the step comes from ``on_cfg_denoiser``, which Forge still fires. A
+  pre-CFG function keeps cond and uncond chunks in one call while composing (see _OneCallModel).
 - Branch LoRAs act through forward hooks on Forge's layers (``ForgeOperations.Linear`` is no
   ``nn.Linear``; hooks fire the same), installed around ``p.sample`` only: Forge's weights and its
   own LoRA patches are never touched.
@@ -120,6 +121,7 @@ class ForgeSession(Session):
         clone = before.clone()
         previous = clone.model_options.get("model_function_wrapper")
         clone.set_model_unet_function_wrapper(_wrapper(self, previous))
+        clone.add_sampler_pre_cfg_function(_one_call_pre_cfg(self))
         engine.forge_objects.unet = clone
         self.patched.append((engine, before, clone))
 
@@ -140,6 +142,10 @@ class ForgeSession(Session):
                 # conditional-only composition: uncond rows (CFG > 1) are the base model's
                 composer.params = dataclasses.replace(self.params, recenter=1.0)
         return key, composer
+
+    def composing(self) -> bool:
+        """Whether this step's model calls are composed (not passed through)."""
+        return self.runner is not None and self.error is None and self.in_step_range(self.step, self.total_steps)
 
     def call(self, apply_model: Callable, args: dict, previous: Optional[WrapperFn]) -> torch.Tensor:
         def run(a: dict) -> torch.Tensor:
@@ -262,6 +268,31 @@ def _rows_that_fit(apply_model: Callable, x: torch.Tensor) -> Optional[int]:
 
     per_row = model.memory_required([1, *x.shape[1:]])
     return max(1, int(memory_management.get_free_memory(x.device) // max(per_row, 1)))
+
+
+class _OneCallModel:
+    """Forge's KModel with a memory estimate of zero, so that Forge sends the prompt's and the negative
+    prompt's rows in one wrapper call: the negative prompt's weights come from the same step's prompt
+    rows (Forge would otherwise send the negative prompt first, alone, when memory is short), and
+    LoRAtorio splits its (N+1)x rows by free memory itself."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+
+    def memory_required(self, input_shape) -> int:
+        return 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+def _one_call_pre_cfg(session: ForgeSession) -> Callable:
+    def loratorio_pre_cfg(model, cond, uncond, x, timestep, model_options):
+        if session.composing():
+            model = _OneCallModel(model)
+        return model, cond, uncond, x, timestep, model_options
+
+    return loratorio_pre_cfg
 
 
 def _wrapper(session: ForgeSession, previous: Optional[WrapperFn]) -> WrapperFn:
