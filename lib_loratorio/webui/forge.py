@@ -107,8 +107,9 @@ class ForgeSession(Session):
 
     # --- installing the wrapper (process_before_every_sampling) ------------------------------------
     def install(self) -> None:
-        """Clone the current UNet patcher and set the wrapper on it; idempotent per sampling run
-        (Forge calls the hook twice for a hires pass and resets ``forge_objects`` in between)."""
+        """Clone the current UNet patcher and set the model wrapper and the pre-CFG function on it;
+        idempotent per sampling run (Forge calls the hook twice for a hires pass and resets
+        ``forge_objects`` in between)."""
         engine = self.p.sd_model
         if self.runner is None or not self.loras or engine is not self.bound_model:
             if self.loras and engine is not self.bound_model:
