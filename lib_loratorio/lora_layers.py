@@ -164,6 +164,10 @@ class ModuleDelta:
         """Dense weight change with the shape of ``layer``'s weight (``weight_shape``)."""
         raise NotImplementedError
 
+    def numel(self) -> int:
+        """Elements this delta holds on the model's device once applied (for memory planning)."""
+        return sum(t.numel() for t in self._tensors().values() if t is not None)
+
     # -- helpers for subclasses -------------------------------------------------------------
     def _tensors(self) -> dict[str, Optional[Tensor]]:
         """Attribute name -> tensor for everything ``to`` must move (caches excluded)."""
@@ -258,6 +262,9 @@ class _FactoredDense(ModuleDelta):
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
         return self._cached_dense(layer)
+
+    def numel(self) -> int:
+        return super().numel() + math.prod(self.shape)  # the dense delta built on first use
 
 
 class LoHa(_FactoredDense):
@@ -361,6 +368,9 @@ class DoRA(ModuleDelta):
             return self
         return DoRA(inner, mag, self.per_output)
 
+    def numel(self) -> int:
+        return self.inner.numel() + self.magnitude.numel() + math.prod(self.shape)  # + its dense weight
+
     def _reset_cache(self) -> None:
         self._dense = None
         self._key = None
@@ -407,6 +417,9 @@ class FusedAttentionDelta(ModuleDelta):
         if all(moved[name] is part for name, part in self.parts.items()):
             return self
         return FusedAttentionDelta(moved)
+
+    def numel(self) -> int:
+        return sum(part.numel() for part in self.parts.values())
 
     def weights(self, attention: nn.MultiheadAttention,
                 strength: float) -> tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
@@ -507,6 +520,9 @@ class SlicedOutputDelta(ModuleDelta):
         if all(new is old for (_, new), (_, old) in zip(moved, self.parts)):
             return self
         return SlicedOutputDelta(moved, self.shape)
+
+    def numel(self) -> int:
+        return sum(part.numel() for _, part in self.parts)
 
     def _part_layer(self, layer: nn.Module, s: OutputSlice) -> SimpleNamespace:
         """A stand-in layer for the rows of ``s``: a view of the weight where it is readable

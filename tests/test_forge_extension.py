@@ -321,6 +321,28 @@ def test_controlnet_outputs_follow_their_rows(runner):
     assert all(torch.equal(x[j], x[j % 4]) for j in range(8)) and not torch.equal(x[0], x[1])
 
 
+def test_forge_keeps_room_for_the_lora_deltas(runner):
+    """Forge's loader leaves extra_preserved_memory_during_sampling free on the GPU: LoRAtorio
+    adds the bytes of the UNet deltas it will move there."""
+    seen = []
+
+    def record(self, p, *args, **kwargs):
+        seen.append(p.sd_model.forge_objects.unet.extra_preserved_memory_during_sampling)
+
+    after = type("After", (W.scripts.Script,), {"title": lambda self: "after", "ui": lambda self, is_img2img: [],
+                                                 "show": lambda self, is_img2img: W.scripts.AlwaysVisible,
+                                                 "process_before_every_sampling": record})
+    both = W.scripts.ScriptRunner()
+    both.initialize_scripts(False, [type(s) for s in runner.alwayson_scripts] + [after])
+    both.setup_ui()
+    p = txt2img(both, on(), steps=1)
+    p.script_args = tuple([0] * both.alwayson_scripts[0].args_from + on())
+    W.processing.process_images(p)
+    session = p._loratorio_session
+    expected = sum(d.numel() for lora in session.loras for name, _, d in lora.targets if name.startswith("unet:")) * 4
+    assert seen == [expected] and expected > 0                  # float32 on the CPU stand-in
+
+
 def test_forge_lora_tags_stay_in_the_base_and_its_lora_state_is_untouched(runner):
     patcher = W.sd15.forge_objects_original.unet.clone()     # what Forge's Lora extension does for <lora:>
     key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight"

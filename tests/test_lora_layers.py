@@ -148,3 +148,17 @@ def test_linear_factors_on_1x1_conv_and_back():
     for delta in (LowRank(down, up, 0.5), LowRank(down[:, :, None, None], up[:, :, None, None], 0.5)):
         assert delta.fits(tuple(conv.weight.shape)) and delta.fits(tuple(linear.weight.shape))
         torch.testing.assert_close(delta.output_delta(x, conv), as_linear)
+
+
+def test_numel_counts_what_a_delta_holds_on_the_device():
+    from lib_loratorio.lora_layers import FusedAttentionDelta, LoHa, OutputSlice, SlicedOutputDelta
+
+    low = LowRank(torch.zeros(4, 32), torch.zeros(48, 4), 1.0)
+    assert low.numel() == 4 * 32 + 48 * 4                      # low-rank stays low-rank on the device
+    loha = LoHa(torch.zeros(48, 2), torch.zeros(2, 32), torch.zeros(48, 2), torch.zeros(2, 32), 1.0)
+    assert loha.numel() == 2 * (48 * 2 + 2 * 32) + 48 * 32     # factors + the dense delta built once
+    dora = DoRA(low, torch.ones(48))
+    assert dora.numel() == low.numel() + 48 + 48 * 32
+    assert FusedAttentionDelta({"q": low, "k": low}).numel() == 2 * low.numel()
+    sliced = SlicedOutputDelta([(OutputSlice(0, 48, False), low), (OutputSlice(48, 48, False), low)], (96, 32))
+    assert sliced.numel() == 2 * low.numel()

@@ -123,8 +123,14 @@ class ForgeSession(Session):
         previous = clone.model_options.get("model_function_wrapper")
         clone.set_model_unet_function_wrapper(_wrapper(self, previous))
         clone.add_sampler_pre_cfg_function(_one_call_pre_cfg(self))
+        # room for the LoRA deltas beside the weights Forge keeps on the GPU
+        dtype = getattr(clone.model, "computation_dtype", None) or torch.float32
+        clone.add_extra_preserved_memory_during_sampling(self.unet_delta_numel() * dtype.itemsize)
         engine.forge_objects.unet = clone
         self.patched.append((engine, before, clone))
+
+    def unet_delta_numel(self) -> int:
+        return sum(delta.numel() for lora in self.loras for name, _, delta in lora.targets if name.startswith("unet:"))
 
     # --- the step ------------------------------------------------------------------------------
     def on_cfg_denoiser(self, params) -> None:
