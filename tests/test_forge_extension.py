@@ -215,6 +215,13 @@ def test_cfg_1_and_skip_early_cond_compose_conditional_rows_only(runner):
     assert np.isfinite(pixels(run(runner, on(), steps=4))).all()
 
 
+def test_step_range_with_the_loras_merged_or_left_out_outside_it(runner):
+    full = pixels(run(runner, on(), steps=4))
+    merged = pixels(run(runner, on(step_end=0.5, outside_steps="merge"), steps=4))
+    left_out = pixels(run(runner, on(step_end=0.5, outside_steps="off"), steps=4))
+    assert not np.array_equal(full, merged) and not np.array_equal(merged, left_out)
+
+
 def test_hires_fix_batch_count_and_weight_maps(runner):
     result = run(runner, on(show_weight_maps=True), n_iter=2, batch_size=2, enable_hr=True, hr_scale=1.5,
                  denoising_strength=0.5, hr_second_pass_steps=2, hr_cfg=5.0)

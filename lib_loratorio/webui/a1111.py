@@ -182,12 +182,7 @@ class A1111Session(Session):
         offset = layout.offset_of(x)
         layout.cursor = offset + x.shape[0]
         if not self.in_step_range(layout.step, layout.total_steps):
-            if self.params.outside_steps == "off":
-                return inner(x, sigma, cond=cond)
-            n = x.shape[0]
-            every_lora = torch.ones(n, len(self.loras), dtype=torch.bool)
-            with self.runner.rows(torch.zeros(n, dtype=torch.long), active=every_lora):
-                return inner(x, sigma, cond=cond)
+            return self.call_outside_range(x.shape[0], lambda: inner(x, sigma, cond=cond))
 
         def evaluate(idx: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
             rows = idx.to(x.device)

@@ -84,7 +84,7 @@ class ForgeSession(Session):
         self.step = 0
         self.total_steps = 1
         self.denoiser = None
-        self.base_text: tuple[Any, Any] = (None, None)
+        self.base_cond: Any = None  # the step's text conditioning of the prompt (tensor or dict)
         self._step_cache: dict[Any, Any] = {}
         self.patched: list[tuple[Any, Any, Any]] = []  # (engine, its unet patcher before, our clone)
 
@@ -137,7 +137,7 @@ class ForgeSession(Session):
         denoiser = params.denoiser
         self.denoiser = denoiser
         self.step, self.total_steps = denoiser.step, max(1, denoiser.total_steps)
-        self.base_text = (params.text_cond, params.text_uncond)
+        self.base_cond = params.text_cond
         self._step_cache = {}
 
     def composer_for_pass(self) -> tuple[str, BranchComposer]:
@@ -171,11 +171,7 @@ class ForgeSession(Session):
             self.warn_once("Forge sent a model call LoRAtorio cannot lay out; it ran without LoRAtorio.")
             return run(args)
         if not self.in_step_range(self.step, self.total_steps):
-            if self.params.outside_steps == "off":
-                return run(args)
-            every_lora = torch.ones(rows, len(self.loras), dtype=torch.bool)
-            with self.runner.rows(torch.zeros(rows, dtype=torch.long), active=every_lora):
-                return run(args)
+            return self.call_outside_range(rows, lambda: run(args))
         is_uncond = [flags[r // per_chunk] == 1 for r in range(rows)]
         image_of_row = [r % per_chunk for r in range(rows)]
 
@@ -254,7 +250,7 @@ class ForgeSession(Session):
         parts = [index for index, _ in composition[image]]
         if len(parts) == 1:
             return parts[0]
-        base = self.base_text[0]
+        base = self.base_cond
         base = base.get("crossattn") if isinstance(base, dict) else base
         row_text = c.get("c_crossattn")
         if base is None or row_text is None:

@@ -260,6 +260,15 @@ class Session:
         fraction = step / max(1, total_steps)
         return self.params.step_start <= fraction and (fraction < self.params.step_end or self.params.step_end >= 1.0)
 
+    def call_outside_range(self, rows: int, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A model call of a step outside the composition range: every LoRA merged on every row
+        ("merge"), or none ("off")."""
+        if self.params.outside_steps == "off":
+            return run()
+        every_lora = torch.ones(rows, len(self.loras), dtype=torch.bool)
+        with self.runner.rows(torch.zeros(rows, dtype=torch.long), active=every_lora):
+            return run()
+
     def capture_step_maps(self, key: Any, step: int, total_steps: int, composer: BranchComposer) -> None:
         """Keep this step's maps when it is the first step at or past a requested fraction of the run."""
         taken = self._step_maps.setdefault(key, [])
