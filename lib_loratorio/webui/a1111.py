@@ -17,7 +17,7 @@ How it hooks (read against the WebUI's source, see tests/a1111_standin/README.md
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -60,7 +60,6 @@ class StepLayout:
     step: int
     total_steps: int
     cursor: int = 0
-    branch_text: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
     def offset_of(self, x: torch.Tensor) -> int:
         """Which rows of the layout an inner-model call covers.
@@ -119,12 +118,6 @@ class A1111Session(Session):
         self.layouts.clear()
 
     # --- text conditioning per branch -----------------------------------------------------------
-    def branch_text(self, layout: StepLayout, denoiser, branch: int) -> Optional[tuple[Any, Any]]:
-        """(cond rows, uncond rows) of LoRA ``branch``'s text encoder at this step, or None."""
-        if branch not in layout.branch_text:
-            layout.branch_text[branch] = self.branch_text_at(denoiser.sampler.sampler_extra_args, layout.step, branch)
-        return layout.branch_text[branch]
-
     def cond_rows(self, cond: dict, idx: torch.Tensor, branches: torch.Tensor, layout: StepLayout,
                   offset: int, denoiser) -> dict:
         """The call's conditioning for rows ``idx``, with each LoRA branch's own text rows."""
@@ -132,7 +125,7 @@ class A1111Session(Session):
         for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist())):
             if branch == 0 or not self.has_text_encoder[branch - 1]:
                 continue
-            text = self.branch_text(layout, denoiser, branch)
+            text = self.branch_text_at(denoiser.sampler.sampler_extra_args, layout.step, branch)
             r = offset + row
             source = None if text is None else text[0] if r < layout.n_cond else text[1]
             if source is None:

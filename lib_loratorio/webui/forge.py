@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from modules import prompt_parser
+
 from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..params import LoratorioParams
@@ -37,6 +39,7 @@ from .session import Session, take_rows
 # c key of Forge's model call -> key of the text conditioning dict it was made from
 _TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
 WrapperFn = Callable[[Callable, dict], torch.Tensor]
+_UNKNOWN = object()
 
 
 def is_flux(sd_model) -> bool:
@@ -85,7 +88,7 @@ class ForgeSession(Session):
         self.total_steps = 1
         self.denoiser = None
         self.base_cond: Any = None  # the step's text conditioning of the prompt (tensor or dict)
-        self._step_cache: dict[Any, Any] = {}
+        self._composition: Any = _UNKNOWN  # the step's AND parts per image, found when first needed
         self.patched: list[tuple[Any, Any, Any]] = []  # (engine, its unet patcher before, our clone)
 
     # --- host specifics -----------------------------------------------------------------------
@@ -138,7 +141,7 @@ class ForgeSession(Session):
         self.denoiser = denoiser
         self.step, self.total_steps = denoiser.step, max(1, denoiser.total_steps)
         self.base_cond = params.text_cond
-        self._step_cache = {}
+        self._composition = _UNKNOWN
 
     def composer_for_pass(self) -> tuple[str, BranchComposer]:
         key = "hires" if getattr(self.p, "is_hr_pass", False) else "first"
@@ -210,11 +213,8 @@ class ForgeSession(Session):
 
     def _branch_text_into(self, sub_c: dict, j: int, c: dict, row: int, branch: int, uncond: bool,
                           per_chunk: int) -> None:
-        key = ("text", branch)
-        if key not in self._step_cache:
-            args = self.denoiser.sampler.sampler_extra_args if self.denoiser is not None else {}
-            self._step_cache[key] = self.branch_text_at(args, self.step, branch)
-        text = self._step_cache[key]
+        args = self.denoiser.sampler.sampler_extra_args if self.denoiser is not None else {}
+        text = self.branch_text_at(args, self.step, branch)
         source = None if text is None else text[1] if uncond else text[0]
         if source is None:
             return
@@ -238,13 +238,10 @@ class ForgeSession(Session):
 
     def _cond_text_row(self, c: dict, row: int, image: int) -> Optional[int]:
         """Which row of the step's text conditioning a cond row was made from (its AND part)."""
-        if "composition" not in self._step_cache:
-            from modules import prompt_parser
-
+        if self._composition is _UNKNOWN:
             cond = self.denoiser.sampler.sampler_extra_args.get("cond") if self.denoiser is not None else None
-            self._step_cache["composition"] = (
-                prompt_parser.reconstruct_multicond_batch(cond, self.step)[0] if cond is not None else None)
-        composition = self._step_cache["composition"]
+            self._composition = None if cond is None else prompt_parser.reconstruct_multicond_batch(cond, self.step)[0]
+        composition = self._composition
         if composition is None or image >= len(composition):
             return None
         parts = [index for index, _ in composition[image]]

@@ -106,6 +106,7 @@ class Session:
         self.bound_model = None
         self._prepared_key: Any = None
         self.branch_conds: dict[int, list] = {}
+        self._branch_text: dict[tuple, Optional[tuple[Any, Any]]] = {}
         self.runner: Optional[BranchRunner] = None
         self.composers: dict[Any, BranchComposer] = {}
         self.weight_maps: dict[int, list[tuple[str, torch.Tensor]]] = {}
@@ -228,7 +229,14 @@ class Session:
 
         ``sampler_args`` is the sampler's ``sampler_extra_args`` (its cond and uncond objects are
         the ones the WebUI computed, by identity). The uncond is None when the WebUI skipped it.
+        Kept for the sampling run: a step's model calls (chunks, separate uncond) share it.
         """
+        key = (id(sampler_args.get("cond")), id(sampler_args.get("uncond")), step, branch)
+        if key not in self._branch_text:
+            self._branch_text[key] = self._reconstruct_branch_text(sampler_args, step, branch)
+        return self._branch_text[key]
+
+    def _reconstruct_branch_text(self, sampler_args: dict, step: int, branch: int) -> Optional[tuple[Any, Any]]:
         conds = self.branch_conds.get(id(sampler_args.get("cond")))
         if conds is None or conds[branch - 1] is None:
             return None
@@ -248,6 +256,7 @@ class Session:
                 yield
         finally:
             self.runner = None
+            self._branch_text.clear()
             self.finish_sampling()
             self._collect_weight_maps()
             self.composers.clear()
