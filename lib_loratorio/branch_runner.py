@@ -5,7 +5,8 @@ that belong to branch i; other rows pass through unchanged. Rows are assigned pe
 :meth:`BranchRunner.rows`; outside that block the hooks do nothing, so any other call of the
 network (a ControlNet, the host's own passes) is untouched. Hooks are removed on exit, whatever
 ended the block (exception, interrupt), which is the extension's promise that nothing is left
-behind.
+behind. The deltas' copies on the model's device and what they build to be applied (a
+:class:`DeltaCache` bounded by ``cache_bytes``) live as long as the runner and are freed on exit.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .delta_cache import DeltaCache
 from .errors import LoratorioError
 from .lora_layers import FusedAttentionDelta, ModuleDelta
 from .network_names import BoundLora
 
 RowSelector = Union[slice, torch.Tensor]
+DEFAULT_CACHE_BYTES = 1 << 30
 
 
 def _selector(mask: torch.Tensor) -> Optional[RowSelector]:
@@ -41,9 +44,8 @@ class BranchRunner:
     """
 
     def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
-                 device_copies: Optional[dict] = None) -> None:
-        """``device_copies``: a cache of deltas moved to a device/dtype, shared between runs
-        (LoraLibrary.device_copies); by default each runner keeps its own."""
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        """``cache_bytes``: the most that LyCORIS/DoRA deltas may keep built between forwards."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)
@@ -53,7 +55,8 @@ class BranchRunner:
             for _name, module, delta in lora.targets:
                 self._by_module.setdefault(module, []).append((i, delta))
         self._handles: list = []
-        self._device_copies: dict = {} if device_copies is None else device_copies
+        self._device_copies: dict = {}
+        self.cache = DeltaCache(cache_bytes)
         self._n_rows: Optional[int] = 0
         self._selectors: list[Optional[RowSelector]] = []
 
@@ -71,10 +74,12 @@ class BranchRunner:
         self.remove()
 
     def remove(self) -> None:
-        """Remove every hook this runner installed; safe to call more than once."""
+        """Remove every hook this runner installed and free its device copies; safe to call more than once."""
         while self._handles:
             self._handles.pop().remove()
         self._selectors = []
+        self._device_copies.clear()
+        self.cache.clear()
 
     @property
     def installed(self) -> bool:
@@ -141,7 +146,7 @@ class BranchRunner:
                 out = _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
                                        self.strengths[i])
                 continue
-            d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module)
+            d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module, self.cache)
             d = d.to(out.dtype) * self.strengths[i]
             if torch.is_grad_enabled() and out.requires_grad:
                 out = out.index_add(0, _as_index(sel, out.shape[0], out.device), d)

@@ -302,7 +302,7 @@ def test_nan_in_a_branch_is_named_and_the_model_stays_clean(runner, lora_dir):
 
     tensors = load_file(str(lora_dir / "alice.safetensors"))
     key = next(k for k in tensors if k.endswith("lora_up.weight"))
-    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    tensors[key] = torch.full_like(tensors[key], 3e38)  # finite in the file, inf in the branch's prediction
     save_file(tensors, str(lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
     with pytest.raises(LoratorioError, match="LoRA branch 2 \\(conditional\\) produced NaN"):

@@ -459,7 +459,7 @@ def test_nan_in_a_branch_is_named(runner):
 
     tensors = load_file(str(W.lora_dir / "alice.safetensors"))
     key = next(k for k in tensors if k.endswith("lora_up.weight"))
-    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    tensors[key] = torch.full_like(tensors[key], 3e38)  # finite in the file, inf in the branch's prediction
     save_file(tensors, str(W.lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
     with pytest.raises(LoratorioError, match="LoRA branch 2 \\(conditional\\) produced NaN"):

@@ -182,3 +182,16 @@ def test_peft_metadata_alpha_pattern_and_rslora(tmp_path):
     prefix = "unet:mid_block_attentions_0_transformer_blocks_0_attn1_"
     assert modules[prefix + "to_q"].scale == pytest.approx(8 / 2)  # alpha / sqrt(r)
     assert modules[prefix + "to_k"].scale == pytest.approx(2 / 2)
+
+
+def test_a_file_holding_nan_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file
+
+    path = tmp_path / "diverged.safetensors"
+    write_kohya(path, torch.nn.ModuleDict({"proj": torch.nn.Linear(8, 8)}), ["proj"])
+    tensors = load_file(str(path))
+    tensors["lora_unet_proj.lora_up.weight"][0, 0] = float("inf")
+    save_file(tensors, str(path))
+    with pytest.raises(LoraFileError, match="'diverged.safetensors' holds NaN or infinite values in 1 of its 3 "
+                       "tensors \\(e.g. lora_unet_proj.lora_up.weight\\)"):
+        read_lora_file(path)

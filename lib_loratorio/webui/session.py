@@ -9,6 +9,7 @@ during sampling, which each adapter handles (``a1111.py``, ``forge.py``).
 from __future__ import annotations
 
 import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any, Callable, Iterator, Optional
@@ -26,8 +27,10 @@ from ..network_names import BoundLora
 from ..params import LoratorioParams
 
 EXTRA_NETWORK_NAME = "loratorio"
+TEXT_ENCODERS = ("te1", "te2", "te3")
 LIBRARY = LoraLibrary()
-_REPORTED: set[int] = set()  # ids of bindings (kept alive by LIBRARY) whose unmatched keys were logged
+# bindings whose left-out modules were logged: id -> weak reference (ids are reused once freed)
+_REPORTED: dict[int, weakref.ref] = {}
 
 
 def log(message: str) -> None:
@@ -181,16 +184,20 @@ class Session:
         loras, hashes = [], {}
         for name, _ in wanted:
             entry = resolve_lora(name)
-            loras.append(LIBRARY.bind(entry.filename, components))
+            loras.append(LIBRARY.bind(entry.filename, components, left_out=TEXT_ENCODERS if unet_only else ()))
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
             hashes[name] = getattr(entry, "shorthash", "") or ""
-        for bound in loras:
-            # text-encoder keys left out on purpose ("UNet only") are not worth a note
-            missed = [k for k in bound.unmatched if not (unet_only and not k.startswith("unet:"))]
-            if missed and id(bound) not in _REPORTED:  # once per file and model
-                _REPORTED.add(id(bound))
-                log(bound.summary())
+        partial = {}
+        for name, bound in zip(self._names(wanted), loras):
+            missing = len(bound.not_applied())
+            if not missing:
+                continue
+            partial[name] = f"{missing} of {missing + bound.applied}"
+            seen = _REPORTED.get(id(bound))
+            if seen is None or seen() is not bound:  # once per file and model
+                _REPORTED[id(bound)] = weakref.ref(bound)
+                log(f"not every module of a LoRA applies: {bound.summary()}")
         self.loras, self.bound_model = loras, sd_model
         self.names = [n for n, _ in wanted]
         self.strengths = [s for _, s in wanted]
@@ -198,7 +205,15 @@ class Session:
         self._prepared_key = key
         if hashes:
             self.p.extra_generation_params["LoRAtorio hashes"] = ", ".join(
-                f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in hashes.items() if h)
+                f"{n}: {h}" for n, h in zip(self._names(wanted), hashes.values()) if h)
+        if partial:  # modules not applied, per LoRA, as "name: k of n"
+            self.p.extra_generation_params["LoRAtorio modules not applied"] = ", ".join(
+                f"{n}: {v}" for n, v in partial.items())
+
+    @staticmethod
+    def _names(wanted: list[tuple[str, float]]) -> list[str]:
+        """LoRA names as infotext values can hold them (no ':' or ',')."""
+        return [n.replace(":", "").replace(",", "") for n, _ in wanted]
 
     # --- text conditioning per branch (p.get_conds_with_caching) ------------------------------------
     def record_conds(self, original: Callable) -> Callable:
@@ -215,7 +230,7 @@ class Session:
                     if not has_te:
                         per_branch.append(None)
                         continue
-                    with BranchRunner([self.loras[i]], [self.strengths[i]], LIBRARY.device_copies) as runner, \
+                    with BranchRunner([self.loras[i]], [self.strengths[i]]) as runner, \
                             runner.whole_batch(1):
                         per_branch.append(original(function, required_prompts, steps, [[None, None]],
                                                    extra_network_data, hires_steps))
@@ -250,7 +265,7 @@ class Session:
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Hooks and wrappers live only while ``p.sample`` runs; removed on every exit path."""
-        self.runner = BranchRunner(self.loras, self.strengths, LIBRARY.device_copies)
+        self.runner = BranchRunner(self.loras, self.strengths)
         try:
             with self.runner:
                 yield
@@ -365,7 +380,6 @@ def register_callbacks() -> None:
     """Register the WebUI callbacks (the WebUI clears them on every script reload)."""
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="loratorio")
     script_callbacks.on_before_ui(on_before_ui, name="loratorio")
-    script_callbacks.on_model_loaded(lambda _model: LIBRARY.device_copies.clear(), name="loratorio")
 
 
 # --- X/Y/Z plot --------------------------------------------------------------------------------------
