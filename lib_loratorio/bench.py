@@ -258,8 +258,8 @@ def main(argv=None) -> dict:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"device {report['device']} ({report['threads']} threads), {report['dtype']}, UNet width {report['width']}, "
-             f"latent {report['latent']}x{report['latent']}, LoRA rank {report['rank']}",
+    lines = [f"device {report['device']} ({report['threads']} threads), {report['dtype']}, "
+             f"UNet width {report['width']}, latent {report['latent']}x{report['latent']}, LoRA rank {report['rank']}",
              "times are ratios to one plain step (cond+uncond, one forward) of the same run",
              "| N | floor N+1 | LoRAtorio | fast (recenter=1) | loop of forwards | merge/unmerge per branch "
              "| merged step | merge once | peak MiB plain / LoRAtorio / loop |",
