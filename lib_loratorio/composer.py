@@ -163,7 +163,7 @@ class BranchComposer:
     # --- helpers ------------------------------------------------------------------------------
     def _check(self, preds: torch.Tensor, branches: Sequence[int], uncond: bool) -> None:
         kind = "unconditional" if uncond else "conditional"
-        for pred, b in zip(preds, branches):
+        for pred, b in zip(preds, branches, strict=True):
             check_finite(pred, f"The base model ({kind})" if b == 0 else f"LoRA branch {b} ({kind})")
 
     def _weights(self, x: torch.Tensor, base: torch.Tensor, loras: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,9 @@ The normalized key is ``"<component>:<flat_name>"``: ``component`` is ``unet`` (
 UNet, Flux transformer), ``te1`` (SD1.5's text encoder, SDXL's and Flux's CLIP), ``te2`` (SDXL's
 second; Flux's T5 as OneTrainer and diffusers name it) or ``te3`` (T5 as kohya's sd-scripts names
 it), and ``flat_name`` is the module path with '.' replaced by '_' as kohya writes it. Which live
-network a component means is the caller's business (network_names.bind_lora). Flattening loses the information of where the dots were,
-so the key is matched later against the *live* network's flattened names (network_names.py)
-instead of being turned back into a dotted path here.
+network a component means is the caller's business (network_names.bind_lora). Flattening loses the
+information of where the dots were, so the key is matched later against the *live* network's
+flattened names (network_names.py) instead of being turned back into a dotted path here.
 
 Only safetensors is read: pickled checkpoints can run arbitrary code when loaded.
 """

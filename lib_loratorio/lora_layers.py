@@ -536,7 +536,7 @@ class FusedAttentionDelta(ModuleDelta):
         """The module's attention output for this call, with the LoRA merged at ``strength``."""
         names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
                  "average_attn_weights", "is_causal")
-        call = {**dict(zip(names, args)), **kwargs}
+        call = {**dict(zip(names, args, strict=False)), **kwargs}
         q, k, v = call["query"], call["key"], call["value"]
         if attention.batch_first:
             q, k, v = (t.transpose(0, 1) for t in (q, k, v))
@@ -583,7 +583,8 @@ class SlicedOutputDelta(ModuleDelta):
         super().__init__(shape, self._gather_bias(shape[0]))
         ends = [0] + [s.start + s.length for s, _ in self.parts]
         # Parts that tile the output exactly are concatenated instead of added into zeros.
-        self._tiles = ends[-1] == shape[0] and all(s.start == e for (s, _), e in zip(self.parts, ends))
+        self._tiles = ends[-1] == shape[0] and all(
+            s.start == e for (s, _), e in zip(self.parts, ends[:-1], strict=True))
 
     def _gather_bias(self, out_features: int) -> Optional[Tensor]:
         biased = [(s, part.bias) for s, part in self.parts if part.bias is not None]
@@ -599,7 +600,7 @@ class SlicedOutputDelta(ModuleDelta):
 
     def to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "SlicedOutputDelta":
         moved = [(s, part.to(device, dtype)) for s, part in self.parts]
-        if all(new is old for (_, new), (_, old) in zip(moved, self.parts)):
+        if all(new is old for (_, new), (_, old) in zip(moved, self.parts, strict=True)):
             return self
         return SlicedOutputDelta(moved, self.shape)
 

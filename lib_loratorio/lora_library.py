@@ -71,7 +71,8 @@ class LoraLibrary:
         key = (id(lora), tuple((name, id(module)) for name, module in sorted(components.items())),
                tuple(sorted(left_out)))
         cached = self._bound.get(key)
-        if cached is not None and all(ref() is module for ref, module in zip(cached[0], components.values())):
+        if cached is not None and all(
+                ref() is module for ref, module in zip(cached[0], components.values(), strict=True)):
             return cached[1]
         bound = bind_lora(lora, components, left_out)
         self._bound[key] = ([weakref.ref(module) for module in components.values()], bound)

@@ -82,7 +82,7 @@ class LoratorioScript(scripts.Script):
         keys = [INFOTEXT_PREFIX] + [LoratorioParams.infotext_key(f.name) for f in settings]
         kinds = [bool] + [type(f.default) for f in settings]
         self.infotext_fields = [(c, _boolean(key) if kind is bool else key)
-                                for c, key, kind in zip([enabled, *controls], keys, kinds)]
+                                for c, key, kind in zip([enabled, *controls], keys, kinds, strict=True)]
         self.paste_field_names = keys
         return [enabled, *controls]
 

@@ -14,15 +14,14 @@ if STANDIN not in sys.path:
     sys.path.insert(0, STANDIN)
 
 import standin_models  # noqa: E402
-from modules import (  # noqa: E402
-    extra_networks, infotext_utils, processing, script_callbacks, scripts, shared,
-)
+from modules import extra_networks, infotext_utils, processing, script_callbacks, scripts, shared  # noqa: E402
 from modules.api import api  # noqa: E402
 
 from lib_loratorio.errors import LoratorioError  # noqa: E402
 from lib_loratorio.params import LoratorioParams  # noqa: E402
 from tests.extension_helpers import SETTINGS, UNET_TARGETS, hook_ids, make_txt2img, on, pixels  # noqa: E402
 from tests.lora_writers import write_kohya  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def sd15(one_thread):
@@ -131,7 +130,7 @@ def test_infotext_pastes_back_into_the_accordion(runner):
     script = runner.alwayson_scripts[0]
     controls = runner.inputs[script.args_from:script.args_to]
     pasted = infotext_utils.paste_values(script.infotext_fields, result.infotexts[0])
-    values = [update.get("value", control.value) for update, control in zip(pasted, controls)]
+    values = [update.get("value", control.value) for update, control in zip(pasted, controls, strict=True)]
     assert LoratorioParams.from_args(values) == LoratorioParams.from_args(on(**wanted))
 
 

@@ -72,7 +72,7 @@ def test_each_branch_equals_the_merged_model_and_base_rows_are_exact(setup):
         plain = unet(x, t, ctx).sample
         with BranchRunner(bound, STRENGTHS) as runner, runner.rows(torch.tensor([0, 1, 2])):
             out = unet(x, t, ctx).sample
-        for i, (b, s) in enumerate(zip(bound, STRENGTHS), start=1):
+        for i, (b, s) in enumerate(zip(bound, STRENGTHS, strict=True), start=1):
             ref = merged_copy(unet, b, s)(x[:1], t[:1], ctx[:1]).sample
             assert torch.allclose(out[i:i + 1], ref, atol=1e-5), i
     assert torch.equal(out[0], plain[0])
@@ -170,7 +170,8 @@ def test_fused_attention_equals_merged_weights(tmp_path, batch_first):
     for part in ("q", "k", "v", "out"):
         key = f"lora_te2_text_model_encoder_layers_0_self_attn_{part}_proj"
         down, up = torch.randn(2, e) * 0.3, torch.randn(e, 2) * 0.3
-        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)})
+        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                        f"{key}.alpha": torch.tensor(2.0)})
         deltas[part] = up @ down
     save_file(tensors, str(tmp_path / "te2.safetensors"))
     bound = bind_lora(read_lora_file(tmp_path / "te2.safetensors"), {"te2": te2})

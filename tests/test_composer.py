@@ -30,7 +30,7 @@ class FakeModel:
 
     def __call__(self, rows, branches):
         self.calls.append((rows.tolist(), branches.tolist()))
-        return torch.stack([self.predict(int(r), int(b)) for r, b in zip(rows, branches)])
+        return torch.stack([self.predict(int(r), int(b)) for r, b in zip(rows, branches, strict=True)])
 
 
 def params(**kw):
@@ -54,7 +54,7 @@ def test_batch_of_images_cond_and_uncond_in_one_call():
     p = params()
     comp = BranchComposer(p, N, model, prediction="eps")
     out = comp(x, [False, False, True, True], [0, 1, 0, 1], step=0)
-    for image, (c, u) in enumerate([(0, 2), (1, 3)]):
+    for c, u in [(0, 2), (1, 3)]:
         ref = expected(model, c, u, p)
         assert torch.allclose(out[c], ref.cond[0], atol=1e-6)
         assert torch.allclose(out[u], ref.uncond[0], atol=1e-6)
@@ -140,7 +140,8 @@ def test_recenter_one_skips_the_lora_uncond_evaluations():
 
 def test_chunks_give_the_same_result():
     x = torch.randn(4, C, H, W)
-    full = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, [False, False, True, True], [0, 1, 0, 1], step=0)
+    full = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, [False, False, True, True], [0, 1, 0, 1],
+                                                                       step=0)
     model = FakeModel(x)
     chunked = BranchComposer(params(max_batch=3), N, model, prediction="eps")(
         x, [False, False, True, True], [0, 1, 0, 1], step=0)

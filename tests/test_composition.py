@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from lib_loratorio.composition import (
-    blend, compose, composite, patch_similarity, patch_weights, recentred_uncond, softmin_weights,
+    blend,
+    compose,
+    composite,
+    patch_similarity,
+    patch_weights,
+    recentred_uncond,
+    softmin_weights,
     switch_branch,
 )
 from lib_loratorio.errors import InvalidParameterError, NonFiniteError

@@ -102,7 +102,8 @@ def test_missing_alpha_means_scale_one(tmp_path):
 @pytest.mark.parametrize("key, expected", [
     ("lora_unet_input_blocks_4_1_proj_in.lora_up.weight", ("unet", "input_blocks_4_1_proj_in", "up")),
     ("lora_te_text_model_encoder_layers_0_mlp_fc1.alpha", ("te1", "text_model_encoder_layers_0_mlp_fc1", "alpha")),
-    ("lora_te2_text_model_encoder_layers_0_mlp_fc1.hada_w1_a", ("te2", "text_model_encoder_layers_0_mlp_fc1", "hada_w1_a")),
+    ("lora_te2_text_model_encoder_layers_0_mlp_fc1.hada_w1_a",
+     ("te2", "text_model_encoder_layers_0_mlp_fc1", "hada_w1_a")),
     ("text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
      ("te2", "text_model_encoder_layers_0_mlp_fc1", "down")),
     ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight",

@@ -106,7 +106,7 @@ def test_text_encoder_keys_bind_to_clip_and_wrapped_clip(tmp_path):
     # Files always say "text_model.encoder..."; transformers 5 dropped "text_model." from the model.
     file_names = ["text_model." + n[n.index("encoder."):] for n in names]
     fake = nn.Module()
-    for file_name, module in zip(file_names, names.values()):
+    for file_name, module in zip(file_names, names.values(), strict=True):
         fake.add_module(file_name.replace(".", "_"), module)
     write_kohya(path, fake, [f.replace(".", "_") for f in file_names], "loha", component="te1")
     lora = read_lora_file(path)
@@ -132,7 +132,8 @@ def test_sdxl_te2_binds_to_open_clip_including_its_fused_attention(tmp_path):
     bound = bind_lora(read_lora_file(tmp_path / "xl.safetensors"), {"te2": te2})
     names = {n for n, _, _ in bound.targets}
     # q and out of one attention gather into one fused delta on the nn.MultiheadAttention
-    assert names == {f"te2:model.transformer.resblocks.{i}.{p}" for i in range(2) for p in ("attn", "mlp.c_fc", "mlp.c_proj")}
+    assert names == {f"te2:model.transformer.resblocks.{i}.{p}"
+                     for i in range(2) for p in ("attn", "mlp.c_fc", "mlp.c_proj")}
     fused = [d for n, _, d in bound.targets if n.endswith(".attn")]
     assert all(sorted(d.parts) == ["out", "q"] for d in fused) and not bound.unmatched
 

@@ -164,7 +164,7 @@ class Session:
         for item in self.params.pool:
             folder = item if os.path.isabs(item) else os.path.join(shared.cmd_opts.lora_dir, item)
             if os.path.isdir(folder):
-                for root, _, files in os.walk(folder):
+                for _, _, files in os.walk(folder):
                     names += sorted(os.path.splitext(f)[0] for f in files if f.endswith(".safetensors"))
             else:
                 names.append(item)
@@ -425,7 +425,7 @@ def weight_map_images(session: Session, processed) -> tuple[list, list[str]]:
             continue
         picture = torch.from_numpy(np.asarray(processed.images[position].convert("RGB")).copy())
         for label, maps in labelled:
-            for name, weights in zip(session.names, maps):
+            for name, weights in zip(session.names, maps, strict=False):
                 heat = Image.fromarray(overlay(weights, picture).numpy())
                 ImageDraw.Draw(heat).text((4, 4), f"{name}, {label}, image {index + 1}", fill=(255, 255, 255))
                 images.append(heat)

@@ -2,11 +2,11 @@
 
 import json
 
-from lib_loratorio import bench
+from composbench import speed
 
 
-def test_bench_reports_every_ratio(capsys, one_thread):
-    report = bench.main(["--loras", "1", "2", "--width", "16", "--latent", "8", "--repeats", "1",
+def test_speed_bench_reports_every_ratio(capsys, one_thread):
+    report = speed.main(["--loras", "1", "2", "--width", "16", "--latent", "8", "--repeats", "1",
                          "--compose-latent", "16", "--json"])
     assert json.loads(capsys.readouterr().out)["rows"][1]["n"] == 2
     for row in report["rows"]:
@@ -14,4 +14,4 @@ def test_bench_reports_every_ratio(capsys, one_thread):
                     "merged_step_ratio", "merge_once_ratio"):
             assert row[key] > 0
         assert row["batched_vs_loop_max_diff"] < 1e-4      # one batched forward == separate forwards
-    assert "| 2 | 3 |" in bench.format_table(report)
+    assert "| 2 | 3 |" in speed.format_table(report)
