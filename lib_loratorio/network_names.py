@@ -343,7 +343,8 @@ _ATTN2_KV = re.compile(r"attn2_to_[kv]$")
 # blocks per attention (SD1.x/2.x have exactly one).
 _SDXL_UNET_KEY = re.compile(r"(label_emb|add_embedding|transformer_blocks_[1-9])")
 # SD1.x/2.x have attention at the first level, SDXL has none there.
-_SD1_UNET_KEY = re.compile(r"^(down_blocks_0_attentions|input_blocks_[12]_1_|up_blocks_3_attentions|output_blocks_(9|10|11)_1_)")
+_SD1_UNET_KEY = re.compile(
+    r"^(down_blocks_0_attentions|input_blocks_[12]_1_|up_blocks_3_attentions|output_blocks_(9|10|11)_1_)")
 
 
 def _context_dim_of_lora(lora: LoraFile) -> Optional[int]:

@@ -181,15 +181,15 @@ class Session:
             self.check_model(sd_model)
         unet_only = self.params.text_encoder == "UNet only"
         components = self.model_components(sd_model, unet_only=unet_only)
-        loras, hashes = [], {}
+        loras, hashes = [], []
         for name, _ in wanted:
             entry = resolve_lora(name)
             loras.append(LIBRARY.bind(entry.filename, components, left_out=TEXT_ENCODERS if unet_only else ()))
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
-            hashes[name] = getattr(entry, "shorthash", "") or ""
+            hashes.append(getattr(entry, "shorthash", "") or "")
         partial = {}
-        for name, bound in zip(self._names(wanted), loras):
+        for name, bound in zip(self._names(wanted), loras, strict=True):
             missing = len(bound.not_applied())
             if not missing:
                 continue
@@ -203,9 +203,9 @@ class Session:
         self.strengths = [s for _, s in wanted]
         self.has_text_encoder = [any(not t[0].startswith("unet:") for t in b.targets) for b in loras]
         self._prepared_key = key
-        if hashes:
+        if any(hashes):
             self.p.extra_generation_params["LoRAtorio hashes"] = ", ".join(
-                f"{n}: {h}" for n, h in zip(self._names(wanted), hashes.values()) if h)
+                f"{n}: {h}" for n, h in zip(self._names(wanted), hashes, strict=True) if h)
         if partial:  # modules not applied, per LoRA, as "name: k of n"
             self.p.extra_generation_params["LoRAtorio modules not applied"] = ", ".join(
                 f"{n}: {v}" for n, v in partial.items())
