@@ -1,6 +1,7 @@
 """Speed of one LoRAtorio sampling step against the alternatives, measured in the same run.
 
     python -m composbench.speed [--loras 1 2 4 8] [--width 64] [--latent 32] [--device cpu] [--dtype float16] [--json]
+    python -m composbench.speed --memory --width 320      # + memory per LoRA type at SD1.5 size
 
 A UNet of SD1.5's architecture (diffusers ``UNet2DConditionModel``: same blocks, module names and
 768-wide cross-attention, channels scaled down by ``--width``) gets random weights, and random
@@ -32,6 +33,8 @@ from lib_loratorio.composition import compose
 from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
 from lib_loratorio.params import LoratorioParams
+
+from .memory import format_memory, memory_by_type
 
 DEFAULTS = LoratorioParams(enabled=True)  # the extension's defaults, for every timed composition
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
@@ -235,6 +238,9 @@ def main(argv=None) -> dict:
                     help="model and latent dtype (GPUs: float16 as the WebUIs run)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--compose-latent", type=int, default=128, help="latent side for timing compose() alone")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure memory per LoRA type (LoRA, LoCon, LoHa, LoKr), two branches each")
+    ap.add_argument("--memory-latent", type=int, default=16, help="latent side of the memory runs")
     ap.add_argument("--json", action="store_true", help="print machine-readable results")
     args = ap.parse_args(argv)
     if args.threads:
@@ -252,10 +258,14 @@ def main(argv=None) -> dict:
 
     report = {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "width": args.width,
               "latent": args.latent, "rank": args.rank, "rows": rows, **fraction}
+    if args.memory:
+        report["memory"] = memory_by_type(unet, rank=args.rank, latent=args.memory_latent, device=args.device)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(format_table(report))
+        if args.memory:
+            print(format_memory(report["memory"], args.device))
     return report
 
 
