@@ -40,7 +40,7 @@ def clean_state(sd15):
 
 
 class Spy(torch.nn.Module):
-    """Wraps ``denoiser.model_wrap`` (the recipe of notes §1.8) and records every inner call."""
+    """Wraps ``denoiser.model_wrap`` (the recipe of docs/research/a1111-1.10.1.md §1.8) and records every inner call."""
 
     def __init__(self, inner, log, fail=False):
         super().__init__()

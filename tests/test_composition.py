@@ -1,4 +1,4 @@
-"""The method math (METHOD.md steps 2-7) against hand-computed cases and an independent reference."""
+"""The method math (docs/METHOD.md, steps 3-7) against hand-computed cases and an independent reference."""
 
 import math
 
