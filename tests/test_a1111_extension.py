@@ -305,7 +305,8 @@ def test_nan_in_a_branch_is_named_and_the_model_stays_clean(runner, lora_dir):
     tensors[key] = torch.full_like(tensors[key], float("nan"))
     save_file(tensors, str(lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
-    with pytest.raises(LoratorioError, match="LoRA branch 2 \\(conditional\\) produced NaN"):
+    with pytest.raises(LoratorioError, match="^LoRA 'nan_lora' \\(nan_lora.safetensors, <loratorio:nan_lora:1>\\) "
+                                            "produced NaN or inf in its conditional prediction. Lower its strength"):
         run(runner, on(), prompt="a cat <loratorio:alice:1> <loratorio:nan_lora:1>")
 
 

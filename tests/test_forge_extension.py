@@ -462,7 +462,8 @@ def test_nan_in_a_branch_is_named(runner):
     tensors[key] = torch.full_like(tensors[key], float("nan"))
     save_file(tensors, str(W.lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
-    with pytest.raises(LoratorioError, match="LoRA branch 2 \\(conditional\\) produced NaN"):
+    with pytest.raises(LoratorioError, match="^LoRA 'nan_lora' \\(nan_lora.safetensors, <loratorio:nan_lora:1>\\) "
+                                            "produced NaN or inf in its conditional prediction. Lower its strength"):
         run(runner, on(), prompt="a cat <loratorio:alice:1> <loratorio:nan_lora:1>")
 
 

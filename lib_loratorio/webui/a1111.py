@@ -184,9 +184,8 @@ class A1111Session(Session):
                 return inner(x[rows], sigma[rows], cond=sub)
 
         composer = self.composer_for(denoiser)
-        composer.evaluate = evaluate
         rows = slice(offset, offset + x.shape[0])
-        out = composer(x, layout.is_uncond[rows], layout.image_of_row[rows], step=layout.step)
+        out = composer(x, layout.is_uncond[rows], layout.image_of_row[rows], step=layout.step, evaluate=evaluate)
         if self.params.show_weight_maps and not all(layout.is_uncond[rows]):
             self.capture_step_maps(id(denoiser), layout.step, layout.total_steps, composer)
         return out

@@ -22,7 +22,6 @@ How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
@@ -148,9 +147,6 @@ class ForgeSession(Session):
         composer = self.composers.get(key)
         if composer is None:
             composer = self.composers[key] = self.new_composer("x0")  # Forge's apply_model returns x0
-            if is_flux(self.p.sd_model):
-                # conditional-only composition: uncond rows (CFG > 1) are the base model's
-                composer.params = dataclasses.replace(self.params, recenter=1.0)
         return key, composer
 
     def composing(self) -> bool:
@@ -184,11 +180,9 @@ class ForgeSession(Session):
                 return run(sub)
 
         key, composer = self.composer_for_pass()
-        composer.evaluate = evaluate
-        fit = _rows_that_fit(apply_model, x)
-        if fit is not None:
-            composer.batch_limit = min(fit, composer.batch_limit or fit)
-        out = composer(x, is_uncond, image_of_row, step=self.step)
+        # Flux: conditional-only composition, its uncond rows (CFG > 1) are the base model's
+        out = composer(x, is_uncond, image_of_row, step=self.step, evaluate=evaluate,
+                       batch_limit=_rows_that_fit(apply_model, x), recenter=1.0 if is_flux(self.p.sd_model) else None)
         if self.params.show_weight_maps and not all(is_uncond):
             self.capture_step_maps(key, self.step, self.total_steps, composer)
         return out

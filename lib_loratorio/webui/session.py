@@ -101,6 +101,7 @@ class Session:
         self.tags: list = []
         self.loras: list[BoundLora] = []
         self.names: list[str] = []
+        self.labels: list[str] = []  # each LoRA as error messages name it: name, file and tag
         self.strengths: list[float] = []
         self.has_text_encoder: list[bool] = []
         self.bound_model = None
@@ -134,9 +135,9 @@ class Session:
         raise NotImplementedError
 
     # --- preparation (process_batch) ----------------------------------------------------------
-    def wanted(self) -> list[tuple[str, float]]:
-        """(name, strength) of every branch: the tags, then the pool."""
-        out: list[tuple[str, float]] = []
+    def wanted(self) -> list[tuple[str, float, str]]:
+        """(name, strength, where it was asked for) of every branch: the tags, then the pool."""
+        out: list[tuple[str, float, str]] = []
         for tag in self.tags:
             if not tag.positional:
                 raise LoratorioError(f"<{EXTRA_NETWORK_NAME}:...> without a LoRA name: "
@@ -148,11 +149,11 @@ class Session:
             except ValueError:
                 raise LoratorioError(f"<{EXTRA_NETWORK_NAME}:{name}:{raw}>: the strength must be a number, "
                                      f"e.g. <{EXTRA_NETWORK_NAME}:{name}:0.8>.") from None
-            out.append((name, strength))
-        named = {n for n, _ in out}
+            out.append((name, strength, f"<{EXTRA_NETWORK_NAME}:{':'.join(map(str, tag.items))}>"))
+        named = {n for n, _, _ in out}
         for name in self._pool_names():
             if name not in named:
-                out.append((name, self.params.default_strength))
+                out.append((name, self.params.default_strength, "the pool"))
                 named.add(name)
         return out
 
@@ -178,10 +179,11 @@ class Session:
             self.check_model(sd_model)
         unet_only = self.params.text_encoder == "UNet only"
         components = self.model_components(sd_model, unet_only=unet_only)
-        loras, hashes = [], {}
-        for name, _ in wanted:
+        loras, hashes, labels = [], {}, []
+        for name, _, source in wanted:
             entry = resolve_lora(name)
             loras.append(LIBRARY.bind(entry.filename, components))
+            labels.append(f"LoRA '{name}' ({os.path.basename(entry.filename)}, {source})")
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
             hashes[name] = getattr(entry, "shorthash", "") or ""
@@ -192,8 +194,9 @@ class Session:
                 _REPORTED.add(id(bound))
                 log(bound.summary())
         self.loras, self.bound_model = loras, sd_model
-        self.names = [n for n, _ in wanted]
-        self.strengths = [s for _, s in wanted]
+        self.names = [n for n, _, _ in wanted]
+        self.strengths = [s for _, s, _ in wanted]
+        self.labels = labels
         self.has_text_encoder = [any(not t[0].startswith("unet:") for t in b.targets) for b in loras]
         self._prepared_key = key
         if hashes:
@@ -262,7 +265,7 @@ class Session:
             self.composers.clear()
 
     def new_composer(self, prediction: str) -> BranchComposer:
-        return BranchComposer(self.params, len(self.loras), lambda rows, branches: None, prediction=prediction,
+        return BranchComposer(self.params, self.labels, prediction=prediction,
                               keep_weight_maps=self.params.show_weight_maps)
 
     def in_step_range(self, step: int, total_steps: int) -> bool:
