@@ -32,8 +32,9 @@ from modules import prompt_parser
 from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..params import LoratorioParams
-from . import session as common
-from .session import Session, take_rows
+from .adapter import HostAdapter
+from .conditioning import take_rows
+from .session import Session
 
 # c key of Forge's model call -> key of the text conditioning dict it was made from
 _TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
@@ -159,8 +160,7 @@ class ForgeSession(Session):
                 return previous(apply_model, a)
             return apply_model(a["input"], a["timestep"], **a["c"])
 
-        if self.error is not None:
-            raise self.error
+        self.raise_error()
         if self.runner is None:  # a model call outside LoRAtorio's sampling run
             return run(args)
         x, flags = args["input"], list(args["cond_or_uncond"])
@@ -298,14 +298,13 @@ def _wrapper(session: ForgeSession, previous: Optional[WrapperFn]) -> WrapperFn:
     return loratorio_model_function_wrapper
 
 
-# --- wiring into the WebUI -------------------------------------------------------------------------
-def start_session(p, params: Optional[LoratorioParams], error: Optional[BaseException]) -> Session:
-    return common.start_session(p, ForgeSession(p, params or LoratorioParams(), error))
+class ForgeAdapter(HostAdapter):
+    session_class = ForgeSession
 
-
-def before_every_sampling(session: Session) -> None:
-    if isinstance(session, ForgeSession) and session.error is None:
-        try:
+    def before_every_sampling(self, session: Session) -> None:
+        """Set LoRAtorio's model wrapper on the UNet patcher of this sampler run."""
+        if isinstance(session, ForgeSession):
             session.install()
-        except Exception as err:  # noqa: BLE001 - Forge would swallow it here; p.sample re-raises it
-            session.error = err
+
+
+ADAPTER = ForgeAdapter()
