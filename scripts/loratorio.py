@@ -16,6 +16,7 @@ from modules.ui_components import InputAccordion
 
 from lib_loratorio.errors import LoratorioError
 from lib_loratorio.params import INFOTEXT_PREFIX, LoratorioParams
+from lib_loratorio.script_args import SCRIPT_TITLE, parse_script_args
 from lib_loratorio.webui import load_adapter
 from lib_loratorio.webui.session import get_session
 from lib_loratorio.webui.weight_map_images import weight_map_images
@@ -51,18 +52,9 @@ def _boolean(key: str):
     return lambda params: None if key not in params else str(params[key]).strip() == "True"
 
 
-def parse_script_args(args, overrides: dict) -> LoratorioParams:
-    """UI/API args: the positional list, or a single dict of named settings (the API's friendly form)."""
-    if args and isinstance(args[0], dict):
-        params = LoratorioParams.from_dict({"enabled": True, **args[0]})
-    else:
-        params = LoratorioParams.from_args(args)
-    return dataclasses.replace(params, **overrides) if overrides else params
-
-
 class LoratorioScript(scripts.Script):
     def title(self):
-        return "LoRAtorio"
+        return SCRIPT_TITLE
 
     def show(self, is_img2img):
         return scripts.AlwaysVisible

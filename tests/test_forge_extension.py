@@ -93,6 +93,7 @@ def runner(env):
     W.scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
     W.extra_networks.initialize()
     W.script_callbacks.before_ui_callback()
+    W.script_callbacks.app_started_callback(None, None)
     import networks
     networks.list_available_networks()
     runner = W.scripts.ScriptRunner()
@@ -479,6 +480,11 @@ def test_api_positional_and_named_forms(runner):
     status, body = W.api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 500 and "Unknown LoRA 'nobody'" in body["errors"]
+    status, body = W.api.run_txt2img_api({**request, "alwayson_scripts": {"LoRAtorio": {"args": "patch_size=4"}}}, runner)
+    assert status == 500 and body["errors"].startswith("LoRAtorio's API args must be a list with one dict")
+    status, body = W.api.run_txt2img_api(
+        {**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {"args": [{}]}}}, runner)
+    assert status == 500 and 'cannot read the tag "<loratorio:>"' in body["errors"]
 
 
 def test_the_older_forge_is_refused_with_a_message(runner, monkeypatch):

@@ -24,7 +24,7 @@ from ..network_names import BoundLora
 from ..params import LoratorioParams
 from .console import log, note_once
 from .lora_lookup import pool_names, resolve_lora
-from .tags import RequestedLora, read_tags
+from .tags import EXTRA_NETWORK_NAME, RequestedLora, check_stray_tags, read_tags
 
 LIBRARY = LoraLibrary()
 _REPORTED: set[int] = set()  # ids of bindings (kept alive by LIBRARY) whose unmatched keys were logged
@@ -116,6 +116,7 @@ class Session:
         """Resolve, read and bind the LoRAs of this batch (cached while tags and model are unchanged)."""
         if self.error is not None:  # p.sample raises it
             return
+        check_stray_tags([*self.p.prompts, *(getattr(self.p, "hr_prompts", None) or [])])
         sd_model = shared.sd_model
         requested = self.requested()
         key = (tuple(requested), id(sd_model), self.params.text_encoder)
@@ -123,6 +124,12 @@ class Session:
             return
         if requested:
             self.check_model(sd_model)
+        else:
+            # A clean no-op, not an error: the accordion stays enabled while it is open, and the cells
+            # of an X/Y/Z grid or the lines of a prompts file may have tags in some prompts only.
+            # Nothing is hooked, so the image is the WebUI's own.
+            self.warn_once(f"LoRAtorio is on but the prompt has no <{EXTRA_NETWORK_NAME}:NAME:STRENGTH> tag and "
+                           "the pool is empty: generating without it.")
         unet_only = self.params.text_encoder == "UNet only"
         components = self.model_components(sd_model, unet_only=unet_only)
         loras, hashes, labels = [], {}, []

@@ -7,6 +7,7 @@ The WebUI's extra-network parser splits a tag at ``:`` into ``ExtraNetworkParams
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from ..errors import LoratorioError
 EXTRA_NETWORK_NAME = "loratorio"
 _RIGHT_FORM = (f"write <{EXTRA_NETWORK_NAME}:NAME:STRENGTH>, e.g. <{EXTRA_NETWORK_NAME}:alice:0.8> "
                "(without a strength the Default strength setting applies)")
+# What the WebUI's extra-network parser leaves in a prompt: it needs a name and a closing '>'.
+_STRAY_TAG = re.compile(rf"<{EXTRA_NETWORK_NAME}:[^<>]*>?")
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,12 @@ def read_tags(tags: Iterable, default_strength: float) -> list[RequestedLora]:
             raise LoratorioError(f'In the tag "{text}" the strength must be a number: {_RIGHT_FORM}.')
         out.append(RequestedLora(name, strength, text))
     return out
+
+
+def check_stray_tags(prompts: Iterable[str]) -> None:
+    """Raise for ``<loratorio:`` text the WebUI's parser left in a prompt (an empty or unclosed tag), which
+    would otherwise stay in the prompt as words while LoRAtorio composes nothing for it."""
+    for prompt in prompts:
+        stray = _STRAY_TAG.search(prompt or "")
+        if stray:
+            raise LoratorioError(f'LoRAtorio cannot read the tag "{stray.group(0)}" in the prompt: {_RIGHT_FORM}.')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from modules import extra_networks, script_callbacks
 
+from .api_args import guard_api_args
 from .extra_network import ExtraNetworkLoratorio
 from .session import LIBRARY, Session, get_session
 from .xyz_axes import add_xyz_axes
@@ -51,3 +52,4 @@ def register_callbacks() -> None:
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="loratorio")
     script_callbacks.on_before_ui(on_before_ui, name="loratorio")
     script_callbacks.on_model_loaded(lambda _model: LIBRARY.device_copies.clear(), name="loratorio")
+    script_callbacks.on_app_started(lambda _demo, _app: guard_api_args(), name="loratorio")
