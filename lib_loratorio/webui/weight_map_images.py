@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..heatmaps import overlay
+from ..image_label import draw_label
 from .session import Session
 
 
@@ -22,7 +23,7 @@ def weight_map_images(session: Session, processed) -> tuple[list[Image.Image], l
         for label, maps in labelled:
             for name, weights in zip(session.names, maps):
                 heat = Image.fromarray(overlay(weights, picture).numpy())
-                ImageDraw.Draw(heat).text((4, 4), f"{name}, {label}, image {index + 1}", fill=(255, 255, 255))
+                draw_label(heat, f"{name}, {label}, image {index + 1}")
                 images.append(heat)
                 infotexts.append(processed.infotexts[position] if position < len(processed.infotexts) else "")
     return images, infotexts
