@@ -117,7 +117,8 @@ def _one_step(unet, loras: list, latent: int, device: str) -> Callable[[], Tenso
                 with runner.rows(branches):
                     return unet(x[rows], t[rows], ctx[rows]).sample
 
-            return BranchComposer(params, len(loras), evaluate, prediction="eps")(x, [False, True], [0, 0], step=0)
+            composer = BranchComposer(params, [f"LoRA {i + 1}" for i in range(len(loras))], prediction="eps")
+            return composer(x, [False, True], [0, 0], step=0, evaluate=evaluate)
 
     return step
 

@@ -128,14 +128,14 @@ class Bench:
                 with runner.rows(branches):
                     return self._unet(self.unet, state["x"][rows], state["t"], ctx[rows])
 
-            composer = BranchComposer(method.params(len(concepts)), len(loras), evaluate, prediction="eps",
+            composer = BranchComposer(method.params(len(concepts)), [f"LoRA '{c}'" for c in names], prediction="eps",
                                       keep_weight_maps=keep_weight_maps)
             is_uncond = [False] * b + [True] * b
             image_of_row = list(range(b)) * 2
 
             def eps_fn(x, i, t):
                 state["x"], state["t"] = torch.cat([x, x]), t
-                e = composer(state["x"], is_uncond, image_of_row, step=i)
+                e = composer(state["x"], is_uncond, image_of_row, step=i, evaluate=evaluate)
                 return e[:b], e[b:]
             with BranchRunner(loras, [strength] * len(loras)) as runner:
                 x = self._ddim(x, ts, eps_fn, cfg, progress)

@@ -139,8 +139,9 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
                 return unet(x[rows], t[rows], ctx[rows]).sample
 
         def loratorio(recenter):
-            composer = BranchComposer(dataclasses.replace(DEFAULTS, recenter=recenter), n, evaluate, prediction="eps")
-            return lambda: composer(x, row_kinds, images, step=0)
+            composer = BranchComposer(dataclasses.replace(DEFAULTS, recenter=recenter),
+                                      [f"LoRA {i + 1}" for i in range(n)], prediction="eps")
+            return lambda: composer(x, row_kinds, images, step=0, evaluate=evaluate)
 
         def loop():
             preds = []

@@ -13,11 +13,21 @@ blended with the weights of their image's cond rows (docs/METHOD.md, step 7: W c
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 
-from .composition import blend, check_finite, composite, patch_weights, recentred_uncond, switch_branch
+from .composition import (
+    BASE_MODEL,
+    blend,
+    check_branches_finite,
+    check_finite,
+    composite,
+    patch_weights,
+    recentred_uncond,
+    switch_branch,
+)
 from .errors import LoratorioError
 from .params import LoratorioParams
 
@@ -33,6 +43,7 @@ _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
 class BranchComposer:
     """Composes N LoRA branches with the base model, one host model call at a time.
 
+    ``labels[i]`` names LoRA i+1 in error messages (e.g. "LoRA 'alice' (alice.safetensors)").
     ``prediction="x0"`` for hosts whose model returns denoised x0 (k-diffusion): similarities are
     then computed on ``x - denoised``, which is proportional to eps for a given row.
     """
@@ -40,21 +51,21 @@ class BranchComposer:
     def __init__(
         self,
         params: LoratorioParams,
-        n_loras: int,
-        evaluate: BranchEvaluator,
+        labels: Sequence[str],
         *,
         prediction: Prediction = "x0",
         keep_weight_maps: bool = False,
     ) -> None:
-        if n_loras < 1:
+        if not labels:
             raise LoratorioError("LoRAtorio needs at least one LoRA: add a <loratorio:NAME:STRENGTH> tag.")
         self.params = params
-        self.n_loras = n_loras
-        self.evaluate = evaluate
+        self.labels = list(labels)
+        self.n_loras = len(self.labels)
         self.prediction = prediction
         self.keep_weight_maps = keep_weight_maps
-        self.batch_limit: Optional[int] = params.max_batch or None
-        self._step: Optional[int] = None
+        # rows per evaluation after an out-of-memory error, kept for the rest of the run
+        self.oom_batch_limit: int | None = None
+        self._step: int | None = None
         self._step_weights: dict[int, torch.Tensor] = {}
         self.uncond_fallbacks = 0
         self.weight_map_sums: dict[int, torch.Tensor] = {}
@@ -62,17 +73,17 @@ class BranchComposer:
         self.last_weight_maps: dict[int, torch.Tensor] = {}
 
     # --- planning ---------------------------------------------------------------------------
-    def _branches_for(self, is_uncond: bool, step: int) -> list[int]:
+    def _branches_for(self, is_uncond: bool, step: int, recenter: float) -> list[int]:
         n, mode = self.n_loras, self.params.mode
         if mode == "Switch":
             return [switch_branch(step, n, self.params.switch_every) + 1]
         if mode == "Composite":
             return list(range(1, n + 1))
-        if is_uncond and self.params.recenter == 1.0:
+        if is_uncond and recenter == 1.0:
             return [0]
         return list(range(n + 1))
 
-    def _run(self, plan: list[tuple[int, int]]) -> torch.Tensor:
+    def _run(self, plan: list[tuple[int, int]], evaluate: BranchEvaluator, batch_limit: int | None) -> torch.Tensor:
         """Evaluate (row, branch) pairs grouped by branch, halving the chunk on out-of-memory.
 
         Chunks never cross a branch boundary in "per branch" evaluation.
@@ -81,17 +92,17 @@ class BranchComposer:
         branches = torch.tensor([b for _, b in plan], dtype=torch.long)
         outputs, start = [], 0
         while start < len(plan):
-            size = self.batch_limit or len(plan)
+            size = min((n for n in (batch_limit, self.oom_batch_limit) if n), default=len(plan))
             if self.params.evaluation == "per branch":
                 size = min(size, int((branches[start:] == branches[start]).sum()))
             try:
-                outputs.append(self.evaluate(rows[start:start + size], branches[start:start + size]))
+                outputs.append(evaluate(rows[start:start + size], branches[start:start + size]))
             except _OOM_ERRORS as err:
                 if size == 1:
                     raise LoratorioError(
                         "Out of memory even when evaluating one branch row at a time: use fewer LoRAs, a "
                         "smaller image, or the re-centring weight 1 (fewer evaluations).") from err
-                self.batch_limit = max(1, size // 2)
+                self.oom_batch_limit = max(1, size // 2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
@@ -106,23 +117,31 @@ class BranchComposer:
         image_of_row: Sequence[int],
         *,
         step: int,
+        evaluate: BranchEvaluator,
+        batch_limit: int | None = None,
+        recenter: float | None = None,
     ) -> torch.Tensor:
         """Composed predictions for the host's rows x [R, C, H, W] (one model call of one step).
 
         is_uncond[r]: row r is an unconditional (negative prompt) row; image_of_row[r]: which image
         of the batch it belongs to. step: the sampling step, used to tie uncond rows to the weights
-        of the same step's cond rows and by the Switch mode.
+        of the same step's cond rows and by the Switch mode. evaluate: the branch evaluator of this
+        call's rows. batch_limit: at most this many rows per evaluation in this call (with the
+        *Max batch* setting, the smaller one wins). recenter: a re-centring the host forces over the
+        setting (1.0 on guidance-distilled models: the uncond rows are the base model's).
         """
         if len(is_uncond) != x.shape[0] or len(image_of_row) != x.shape[0]:
             raise LoratorioError(
                 f"Row layout has {len(is_uncond)} / {len(image_of_row)} entries for {x.shape[0]} rows.")
         if step != self._step:
             self._step, self._step_weights = step, {}
+        recenter = self.params.recenter if recenter is None else recenter
+        limit = min((n for n in (batch_limit, self.params.max_batch) if n), default=None)
 
-        plan_rows = {r: self._branches_for(bool(is_uncond[r]), step) for r in range(x.shape[0])}
+        plan_rows = {r: self._branches_for(bool(is_uncond[r]), step, recenter) for r in range(x.shape[0])}
         n_branches = self.n_loras + 1
         plan = [(r, b) for b in range(n_branches) for r in range(x.shape[0]) if b in plan_rows[r]]
-        flat = self._run(plan)
+        flat = self._run(plan, evaluate, limit)
         table: dict[tuple[int, int], torch.Tensor] = {key: flat[i] for i, key in enumerate(plan)}
 
         out = torch.empty_like(flat[: x.shape[0]])
@@ -145,15 +164,15 @@ class BranchComposer:
             if not rows:
                 continue
             base = torch.stack([table[(r, 0)] for r in rows])
-            check_finite(base, f"The base model ({'unconditional' if uncond else 'conditional'})")
-            if uncond and self.params.recenter == 1.0:
+            check_finite(base, BASE_MODEL, _kind(uncond))
+            if uncond and recenter == 1.0:
                 out[rows] = base
                 continue
             loras = torch.stack([torch.stack([table[(r, b)] for r in rows]) for b in range(1, n_branches)])
-            self._check(loras, list(range(1, n_branches)), uncond)
+            check_branches_finite(loras, self.labels, _kind(uncond))
             if uncond:
                 weights = self._uncond_weights(rows, image_of_row, x, base, loras)
-                out[rows] = recentred_uncond(weights, base, loras, self.params.recenter).to(out.dtype)
+                out[rows] = recentred_uncond(weights, base, loras, recenter).to(out.dtype)
             else:
                 weights = self._weights(x[rows], base, loras)
                 out[rows] = blend(weights, loras).to(out.dtype)
@@ -162,9 +181,8 @@ class BranchComposer:
 
     # --- helpers ------------------------------------------------------------------------------
     def _check(self, preds: torch.Tensor, branches: Sequence[int], uncond: bool) -> None:
-        kind = "unconditional" if uncond else "conditional"
         for pred, b in zip(preds, branches, strict=True):
-            check_finite(pred, f"The base model ({kind})" if b == 0 else f"LoRA branch {b} ({kind})")
+            check_finite(pred, BASE_MODEL if b == 0 else self.labels[b - 1], _kind(uncond))
 
     def _weights(self, x: torch.Tensor, base: torch.Tensor, loras: torch.Tensor) -> torch.Tensor:
         if self.prediction == "x0":
@@ -204,3 +222,7 @@ class BranchComposer:
     def mean_weight_maps(self) -> dict[int, torch.Tensor]:
         """Per image, the weight maps [N, H, W] averaged over the steps seen (needs keep_weight_maps)."""
         return {k: v / self.weight_map_counts[k] for k, v in self.weight_map_sums.items()}
+
+
+def _kind(uncond: bool) -> str:
+    return "unconditional" if uncond else "conditional"

@@ -17,6 +17,7 @@ Shapes: base [B, C, H, W]; branches stacked [N, B, C, H, W]; weights [N, B, H, W
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -40,25 +41,34 @@ class CompositionResult:
     weights: torch.Tensor
 
 
-def check_finite(tensor: Optional[torch.Tensor], what: str) -> None:
-    """Raise NonFiniteError naming the branch instead of letting NaN become a black image."""
+BASE_MODEL = "The base model"
+
+
+def check_finite(tensor: torch.Tensor | None, who: str, kind: str) -> None:
+    """Raise NonFiniteError naming the branch instead of letting NaN become a black image.
+
+    who: the branch as a message names it (``BASE_MODEL`` or a LoRA's label); kind: "conditional"
+    or "unconditional".
+    """
     if tensor is not None and not bool(torch.isfinite(tensor).all()):
-        raise NonFiniteError(
-            f"{what} produced NaN or inf. Lower that LoRA's strength, check the file, or run the "
-            "model in a higher precision (e.g. --no-half / fp32 VAE)."
-        )
+        raise _non_finite(who, kind)
 
 
-def _check_finite_branches(stack: Optional[torch.Tensor], kind: str) -> None:
+def check_branches_finite(stack: torch.Tensor | None, labels: Sequence[str], kind: str) -> None:
+    """check_finite for LoRA branches stacked [N, ...]; ``labels[i]`` names branch i in the message."""
     if stack is None:
         return
     finite = torch.isfinite(stack).flatten(1).all(dim=1)
     if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        raise NonFiniteError(
-            f"LoRA branch {bad + 1} ({kind}) produced NaN or inf. Lower that LoRA's strength, "
-            "check the file, or run the model in a higher precision (e.g. --no-half)."
-        )
+        raise _non_finite(labels[int((~finite).nonzero()[0])], kind)
+
+
+def _non_finite(who: str, kind: str) -> NonFiniteError:
+    if who == BASE_MODEL:
+        fix = "Run the model in a higher precision (e.g. --no-half) or check the LoRAs merged into it."
+    else:
+        fix = "Lower its strength, check the file, or run the model in a higher precision (e.g. --no-half)."
+    return NonFiniteError(f"{who} produced NaN or inf in its {kind} prediction. {fix}")
 
 
 def patch_similarity(branches: torch.Tensor, base: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -182,11 +192,12 @@ def compose(
             f"lora_cond must be [N, *base_cond.shape] = [N, {', '.join(map(str, base_cond.shape))}], "
             f"got {list(lora_cond.shape)}."
         )
-    check_finite(base_cond, "The base model (conditional)")
-    check_finite(base_uncond, "The base model (unconditional)")
-    _check_finite_branches(lora_cond, "conditional")
+    labels = [f"LoRA branch {i + 1}" for i in range(lora_cond.shape[0])]
+    check_finite(base_cond, BASE_MODEL, "conditional")
+    check_finite(base_uncond, BASE_MODEL, "unconditional")
+    check_branches_finite(lora_cond, labels, "conditional")
     if base_uncond is not None and recenter < 1.0:
-        _check_finite_branches(lora_uncond, "unconditional")
+        check_branches_finite(lora_uncond, labels, "unconditional")
     weights = patch_weights(
         lora_cond, base_cond, patch_size=patch_size, temperature=temperature, top_k=top_k, selection=selection
     )

@@ -16,17 +16,14 @@ from modules.ui_components import InputAccordion
 
 from lib_loratorio.errors import LoratorioError
 from lib_loratorio.params import INFOTEXT_PREFIX, LoratorioParams
-from lib_loratorio.webui import HOST, UNSUPPORTED_HOST
-from lib_loratorio.webui import session as common
+from lib_loratorio.script_args import SCRIPT_TITLE, parse_script_args
+from lib_loratorio.webui import load_adapter
+from lib_loratorio.webui.session import get_session
+from lib_loratorio.webui.weight_map_images import weight_map_images
+from lib_loratorio.webui.xyz_axes import xyz_overrides
 
-if HOST == "a1111":
-    from lib_loratorio.webui import a1111 as adapter
-elif HOST == "forge":
-    from lib_loratorio.webui import forge as adapter
-else:
-    adapter = None  # the session then only reports UNSUPPORTED_HOST, from p.sample
-if adapter is not None:
-    common.register_callbacks()
+ADAPTER = load_adapter()
+ADAPTER.register_callbacks()
 
 # UI ranges where they are narrower than what validation allows (the API may go further).
 _SLIDERS = {
@@ -55,18 +52,9 @@ def _boolean(key: str):
     return lambda params: None if key not in params else str(params[key]).strip() == "True"
 
 
-def parse_script_args(args, overrides: dict) -> LoratorioParams:
-    """UI/API args: the positional list, or a single dict of named settings (the API's friendly form)."""
-    if args and isinstance(args[0], dict):
-        params = LoratorioParams.from_dict({"enabled": True, **args[0]})
-    else:
-        params = LoratorioParams.from_args(args)
-    return dataclasses.replace(params, **overrides) if overrides else params
-
-
 class LoratorioScript(scripts.Script):
     def title(self):
-        return "LoRAtorio"
+        return SCRIPT_TITLE
 
     def show(self, is_img2img):
         return scripts.AlwaysVisible
@@ -87,39 +75,34 @@ class LoratorioScript(scripts.Script):
         return [enabled, *controls]
 
     def process(self, p, *args):
-        """Errors found here are raised from p.sample: the WebUI swallows those of script hooks."""
+        """Errors of the hooks are kept on the session and raised from p.sample (Session.capture_errors)."""
         try:
-            params, error = parse_script_args(args, common.xyz_overrides(p)), None
-        except LoratorioError as err:
-            params, error = None, err
-        if params is not None and not params.enabled:
+            params = parse_script_args(args, xyz_overrides(p))
+        except LoratorioError as err:  # unusable settings: the generation fails with the message
+            ADAPTER.start_session(p, LoratorioParams(enabled=True), err)
             return
-        if adapter is None:
-            common.start_session(p, common.Session(p, params or LoratorioParams(), LoratorioError(UNSUPPORTED_HOST)))
+        if not params.enabled:
             return
-        if params is not None and params.use_lora_tags:
+        if params.use_lora_tags:
             p.all_prompts = [re.sub(r"<lora:", "<loratorio:", prompt) for prompt in p.all_prompts]
-        adapter.start_session(p, params, error)
-        if params is not None:
-            p.extra_generation_params.update(params.to_infotext())
+        ADAPTER.start_session(p, params)
+        p.extra_generation_params.update(params.to_infotext())
 
     def process_batch(self, p, *args, **kwargs):
-        session = common.get_session(p)
-        if session is not None and session.error is None:
-            try:
+        session = get_session(p)
+        if session is not None:
+            with session.capture_errors():
                 session.prepare()
-            except Exception as err:  # noqa: BLE001 - the WebUI would swallow it here; p.sample re-raises it
-                session.error = err
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        """Forge only (A1111 has no such hook): patch the UNet patcher that this sampling run uses."""
-        session = common.get_session(p)
-        if session is not None and HOST == "forge":
-            adapter.before_every_sampling(session)
+        session = get_session(p)
+        if session is not None:
+            with session.capture_errors():
+                ADAPTER.before_every_sampling(session)
 
     def postprocess(self, p, processed, *args):
-        session = common.get_session(p)
+        session = get_session(p)
         if session is not None and session.params.show_weight_maps and session.weight_maps:
-            images, infotexts = common.weight_map_images(session, processed)
+            images, infotexts = weight_map_images(session, processed)
             processed.images.extend(images)
             processed.infotexts.extend(infotexts)

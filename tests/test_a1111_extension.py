@@ -2,6 +2,7 @@
 
 import copy
 import os
+import re
 import sys
 
 import numpy as np
@@ -56,6 +57,7 @@ def runner(sd15, lora_dir):
     scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
     extra_networks.initialize()
     script_callbacks.before_ui_callback()
+    script_callbacks.app_started_callback(None, None)
     import networks
     networks.list_available_networks()
     runner = scripts.ScriptRunner()
@@ -106,10 +108,19 @@ def test_disabled_is_bit_identical_to_the_webui_without_the_extension(runner, sd
     assert "LoRAtorio" not in with_ext.infotexts[0]
 
 
-def test_enabled_without_tags_changes_nothing(runner):
+def test_enabled_without_tags_changes_nothing_and_says_so_once(runner, capsys):
     base = run(runner, prompt="a cat")
-    enabled = run(runner, on(), prompt="a cat")
+    enabled = run(runner, on(), prompt="a cat", batch_size=2, n_iter=2)
     assert np.array_equal(pixels(base), pixels(enabled))
+    assert capsys.readouterr().out.count("LoRAtorio is on but the prompt has no <loratorio:NAME:STRENGTH> tag") == 1
+
+
+def test_ignored_tags_are_noted_once_per_request(runner, capsys):
+    hires = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5, "hr_second_pass_steps": 1, "steps": 2}
+    run(runner, batch_size=2, n_iter=2, **hires)        # LoRAtorio off: activate runs 2 x (first pass + hires)
+    assert capsys.readouterr().out.count("tags are ignored while LoRAtorio is off") == 1
+    run(runner, steps=1)
+    assert capsys.readouterr().out.count("tags are ignored while LoRAtorio is off") == 1   # a new request, a new note
 
 
 # --- on -----------------------------------------------------------------------------------------------
@@ -264,10 +275,21 @@ def test_sdxl_model(runner, sd15):
 
 
 # --- failures leave nothing behind -----------------------------------------------------------------------
+RIGHT_FORM = re.escape("write <loratorio:NAME:STRENGTH>, e.g. <loratorio:alice:0.8>")
+
+
 @pytest.mark.parametrize("prompt, message", [
-    ("a cat <loratorio:nobody:1>", "Unknown LoRA 'nobody'"),
+    ("a cat <loratorio:nobody:1>", "Unknown LoRA 'nobody' in <loratorio:nobody:1>"),
     ("a cat <loratorio:broken:1>", "broken.safetensors"),
-    ("a cat <loratorio:alice:strong>", "strength must be a number"),
+    ("a cat <loratorio:alice:strong>",
+     'In the tag "<loratorio:alice:strong>" the strength must be a number: ' + RIGHT_FORM),
+    ("a cat <loratorio:alice:nan>", 'In the tag "<loratorio:alice:nan>" the strength must be a number'),
+    ("a cat <loratorio::0.8>", 'The tag "<loratorio::0.8>" names no LoRA: ' + RIGHT_FORM),
+    ("a cat <loratorio:w=0.8>", 'The tag "<loratorio:w=0.8>" names no LoRA'),
+    # left in the prompt by the WebUI's parser, which needs a name and a closing '>'
+    ("a cat <loratorio:>", 'LoRAtorio cannot read the tag "<loratorio:>" in the prompt: ' + RIGHT_FORM),
+    ("a cat <loratorio:alice:0.8 in a hat", 'cannot read the tag "<loratorio:alice:0.8 in a hat"'),
+    ("a cat <loratorio:alice:1> <loratorio:>", 'cannot read the tag "<loratorio:>"'),
 ])
 def test_bad_tags_raise_a_clear_error(runner, prompt, message):
     with pytest.raises(LoratorioError, match=message):
@@ -304,7 +326,8 @@ def test_nan_in_a_branch_is_named_and_the_model_stays_clean(runner, lora_dir):
     tensors[key] = torch.full_like(tensors[key], 3e38)  # finite in the file, inf in the branch's prediction
     save_file(tensors, str(lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
-    with pytest.raises(LoratorioError, match="LoRA branch 2 \\(conditional\\) produced NaN"):
+    with pytest.raises(LoratorioError, match="^LoRA 'nan_lora' \\(nan_lora.safetensors, <loratorio:nan_lora:1>\\) "
+                                            "produced NaN or inf in its conditional prediction. Lower its strength"):
         run(runner, on(), prompt="a cat <loratorio:alice:1> <loratorio:nan_lora:1>")
 
 
@@ -323,3 +346,25 @@ def test_api_positional_and_named_forms(runner):
     status, body = api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 500 and "Unknown LoRA 'nobody'" in body["errors"]
+    status, body = api.run_txt2img_api(
+        {**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {}}}, runner)
+    assert status == 200                                                      # off: the text is the user's
+    status, body = api.run_txt2img_api(
+        {**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {"args": [{}]}}}, runner)
+    assert status == 500 and 'cannot read the tag "<loratorio:>"' in body["errors"]
+
+
+@pytest.mark.parametrize("args, got", [
+    ("patch_size=4", 'got the string "patch_size=4".'),
+    (4, "got the number 4."),
+    ([[True, "LoRAtorio", 4]], "got a list inside the list: drop the outer brackets."),
+    ([{"patch_size": 4}, True], "got a dict followed by 1 more element(s): put every named setting in the one dict."),
+    ({"patch_size": 4}, 'got the dict {"patch_size": 4}: put it in a list.'),
+])
+def test_api_args_of_the_wrong_shape_name_both_forms(runner, args, got):
+    request = {"prompt": "a cat <loratorio:alice:0.8>", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler",
+               "alwayson_scripts": {"loratorio": {"args": args}}}
+    status, body = api.run_txt2img_api(request, runner)
+    assert status == 500 and body["errors"].startswith(
+        "LoRAtorio's API args must be a list with one dict of named settings, e.g. [{\"patch_size\": 4}], or the "
+        "positional list [true, \"LoRAtorio\", 4, ...]") and body["errors"].endswith(got)

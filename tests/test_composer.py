@@ -33,8 +33,20 @@ class FakeModel:
         return torch.stack([self.predict(int(r), int(b)) for r, b in zip(rows, branches, strict=True)])
 
 
+LABELS = [f"LoRA '{name}'" for name in ("alice", "hat", "forest")]
+
+
 def params(**kw):
     return LoratorioParams(enabled=True, patch_size=4, temperature=0.05, **kw)
+
+
+def composer(p=None, **kw):
+    return BranchComposer(p or params(), LABELS, prediction=kw.pop("prediction", "eps"), **kw)
+
+
+def run(model, x, is_uncond, image_of_row, p=None, step=0, **call):
+    """One composed call of a fresh composer (eps host)."""
+    return composer(p)(x, is_uncond, image_of_row, step=step, evaluate=model, **call)
 
 
 def expected(model, cond_row, uncond_row, p, cond_rows_of_image=None):
@@ -52,8 +64,7 @@ def test_batch_of_images_cond_and_uncond_in_one_call():
     x = torch.randn(4, C, H, W)
     model = FakeModel(x)
     p = params()
-    comp = BranchComposer(p, N, model, prediction="eps")
-    out = comp(x, [False, False, True, True], [0, 1, 0, 1], step=0)
+    out = run(model, x, [False, False, True, True], [0, 1, 0, 1], p)
     for c, u in [(0, 2), (1, 3)]:
         ref = expected(model, c, u, p)
         assert torch.allclose(out[c], ref.cond[0], atol=1e-6)
@@ -65,8 +76,8 @@ def test_batch_of_images_cond_and_uncond_in_one_call():
 
 def test_the_routing_follows_the_divergent_lora():
     x = torch.randn(2, C, H, W)
-    comp = BranchComposer(params(), N, FakeModel(x), prediction="eps", keep_weight_maps=True)
-    comp(x, [False, True], [0, 0], step=0)
+    comp = composer(keep_weight_maps=True)
+    comp(x, [False, True], [0, 0], step=0, evaluate=FakeModel(x))
     w = comp.last_weight_maps[0]
     assert w.shape == (N, H, W)
     assert w[0, :8, :8].mean() > 0.9 and w[1, :8, 8:].mean() > 0.9 and w[2, 8:, :8].mean() > 0.9
@@ -76,8 +87,7 @@ def test_several_cond_rows_per_image_and_uncond_weights_are_their_mean():
     x = torch.randn(3, C, H, W)
     model = FakeModel(x)
     p = params()
-    comp = BranchComposer(p, N, model, prediction="eps")
-    out = comp(x, [False, False, True], [0, 0, 0], step=3)   # prompt "a AND b": two cond rows
+    out = run(model, x, [False, False, True], [0, 0, 0], p, step=3)   # prompt "a AND b": two cond rows
     w0 = expected(model, 0, 2, p).weights
     w1 = expected(model, 1, 2, p).weights
     mean_w = (w0 + w1) / 2
@@ -90,14 +100,12 @@ def test_several_cond_rows_per_image_and_uncond_weights_are_their_mean():
 def test_cond_and_uncond_in_separate_calls_reuse_the_step_weights():
     x = torch.randn(2, C, H, W)
     model = FakeModel(x)
-    p = params()
-    together = BranchComposer(p, N, model, prediction="eps")(x, [False, True], [0, 0], step=5)
-    split = BranchComposer(p, N, model, prediction="eps")
-    cond = split(x[:1], [False], [0], step=5)
-    # the host's second call sees only the uncond row; rebuild the model's view of that row
+    together = run(model, x, [False, True], [0, 0], step=5)
+    split = composer()
+    cond = split(x[:1], [False], [0], step=5, evaluate=model)
+    # the host's second call sees only the uncond row: its evaluator is that call's own
     model_u = FakeModel(x)
-    split.evaluate = lambda rows, branches: model_u(rows + 1, branches)
-    uncond = split(x[1:], [True], [0], step=5)
+    uncond = split(x[1:], [True], [0], step=5, evaluate=lambda rows, branches: model_u(rows + 1, branches))
     assert torch.allclose(cond[0], together[0], atol=1e-6)
     assert torch.allclose(uncond[0], together[1], atol=1e-6)
     assert split.uncond_fallbacks == 0
@@ -105,17 +113,16 @@ def test_cond_and_uncond_in_separate_calls_reuse_the_step_weights():
 
 def test_weights_from_an_earlier_step_are_not_reused():
     x = torch.randn(2, C, H, W)
-    comp = BranchComposer(params(), N, FakeModel(x), prediction="eps")
-    comp(x[:1], [False], [0], step=0)
-    comp.evaluate = lambda rows, branches: FakeModel(x)(rows + 1, branches)
-    comp(x[1:], [True], [0], step=1)
+    comp = composer()
+    comp(x[:1], [False], [0], step=0, evaluate=FakeModel(x))
+    comp(x[1:], [True], [0], step=1, evaluate=lambda rows, branches: FakeModel(x)(rows + 1, branches))
     assert comp.uncond_fallbacks == 1
 
 
 def test_skipped_uncond_and_distilled_hosts_send_only_cond_rows():
     x = torch.randn(2, C, H, W)
     model = FakeModel(x)
-    out = BranchComposer(params(), N, model, prediction="eps")(x, [False, False], [0, 1], step=0)
+    out = run(model, x, [False, False], [0, 1])
     assert torch.allclose(out[1], expected(model, 1, 1, params()).cond[0], atol=1e-6)
 
 
@@ -124,38 +131,52 @@ def test_x0_host_equals_eps_host():
     sigma = 3.0
     eps_model = FakeModel(x)
     x0_model = lambda rows, branches: x[rows] - sigma * eps_model(rows, branches)  # noqa: E731
-    eps = BranchComposer(params(), N, eps_model, prediction="eps")(x, [False, True], [0, 0], step=0)
-    x0 = BranchComposer(params(), N, x0_model, prediction="x0")(x, [False, True], [0, 0], step=0)
+    eps = run(eps_model, x, [False, True], [0, 0])
+    x0 = composer(prediction="x0")(x, [False, True], [0, 0], step=0, evaluate=x0_model)
     assert torch.allclose(x0, x - sigma * eps, atol=1e-5)
 
 
 def test_recenter_one_skips_the_lora_uncond_evaluations():
     x = torch.randn(2, C, H, W)
     model = FakeModel(x)
-    out = BranchComposer(params(recenter=1.0), N, model, prediction="eps")(x, [False, True], [0, 0], step=0)
+    out = run(model, x, [False, True], [0, 0], params(recenter=1.0))
     rows, branches = model.calls[0]
     assert len(rows) == N + 2 and branches.count(0) == 2
     assert torch.equal(out[1], model.predict(1, 0))
 
 
+def test_a_host_forced_recentring_overrides_the_setting_for_that_call_only():
+    x = torch.randn(2, C, H, W)
+    forced, free = FakeModel(x), FakeModel(x)
+    comp = composer(params(recenter=0.0))
+    out = comp(x, [False, True], [0, 0], step=0, evaluate=forced, recenter=1.0)
+    assert torch.equal(out[1], forced.predict(1, 0)) and len(forced.calls[0][0]) == N + 2
+    comp(x, [False, True], [0, 0], step=1, evaluate=free)
+    assert len(free.calls[0][0]) == 2 * (N + 1)
+
+
 def test_chunks_give_the_same_result():
     x = torch.randn(4, C, H, W)
-    full = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, [False, False, True, True], [0, 1, 0, 1],
-                                                                       step=0)
+    layout = ([False, False, True, True], [0, 1, 0, 1])
+    full = run(FakeModel(x), x, *layout)
     model = FakeModel(x)
-    chunked = BranchComposer(params(max_batch=3), N, model, prediction="eps")(
-        x, [False, False, True, True], [0, 1, 0, 1], step=0)
-    assert torch.allclose(full, chunked)
+    assert torch.allclose(full, run(model, x, *layout, params(max_batch=3)))
     assert [len(r) for r, _ in model.calls] == [3, 3, 3, 3, 3, 1]
+    # a host's limit for one call (e.g. Forge's free-memory estimate); the smaller limit wins
+    model = FakeModel(x)
+    assert torch.allclose(full, run(model, x, *layout, params(max_batch=3), batch_limit=7))
+    assert [len(r) for r, _ in model.calls] == [3, 3, 3, 3, 3, 1]
+    model = FakeModel(x)
+    assert torch.allclose(full, run(model, x, *layout, batch_limit=7))
+    assert [len(r) for r, _ in model.calls] == [7, 7, 2]
 
 
 def test_per_branch_evaluation_makes_one_call_per_branch():
     x = torch.randn(4, C, H, W)
     model = FakeModel(x)
     layout = ([False, False, True, True], [0, 1, 0, 1])
-    out = BranchComposer(params(evaluation="per branch"), N, model, prediction="eps")(x, *layout, step=0)
-    ref = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, *layout, step=0)
-    assert torch.allclose(out, ref)
+    out = run(model, x, *layout, params(evaluation="per branch"))
+    assert torch.allclose(out, run(FakeModel(x), x, *layout))
     assert [sorted(set(b)) for _, b in model.calls] == [[0], [1], [2], [3]]
 
 
@@ -168,23 +189,25 @@ def test_out_of_memory_halves_the_chunk_and_remembers_it():
             raise torch.OutOfMemoryError("CUDA out of memory (fake)")
         return model(rows, branches)
 
-    comp = BranchComposer(params(), N, tight, prediction="eps")
-    out = comp(x, [False, True], [0, 0], step=0)
-    ref = BranchComposer(params(), N, FakeModel(x), prediction="eps")(x, [False, True], [0, 0], step=0)
-    assert torch.allclose(out, ref) and comp.batch_limit == 2
+    comp = composer()
+    out = comp(x, [False, True], [0, 0], step=0, evaluate=tight)
+    assert torch.allclose(out, run(FakeModel(x), x, [False, True], [0, 0])) and comp.oom_batch_limit == 2
+    model.calls.clear()
+    comp(x, [False, True], [0, 0], step=1, evaluate=tight)       # the next call starts at the halved size
+    assert [len(r) for r, _ in model.calls] == [2, 2, 2, 2]
 
     def hopeless(rows, branches):
         raise torch.OutOfMemoryError("CUDA out of memory (fake)")
 
     with pytest.raises(LoratorioError, match="Out of memory even when evaluating one branch row"):
-        BranchComposer(params(), N, hopeless, prediction="eps")(x, [False, True], [0, 0], step=0)
+        run(hopeless, x, [False, True], [0, 0])
 
 
 def test_switch_mode_runs_one_branch_per_row():
     x = torch.randn(2, C, H, W)
     for step in (0, 5, 10, 15):
         model = FakeModel(x)
-        out = BranchComposer(params(mode="Switch"), N, model, prediction="eps")(x, [False, True], [0, 0], step=step)
+        out = run(model, x, [False, True], [0, 0], params(mode="Switch"), step=step)
         b = switch_branch(step, N, 5) + 1
         assert model.calls[0][1] == [b, b]
         assert torch.equal(out[0], model.predict(0, b)) and torch.equal(out[1], model.predict(1, b))
@@ -193,24 +216,30 @@ def test_switch_mode_runs_one_branch_per_row():
 def test_composite_mode_averages_the_loras_without_the_base():
     x = torch.randn(2, C, H, W)
     model = FakeModel(x)
-    out = BranchComposer(params(mode="Composite"), N, model, prediction="eps")(x, [False, True], [0, 0], step=0)
+    out = run(model, x, [False, True], [0, 0], params(mode="Composite"))
     assert 0 not in model.calls[0][1]
     assert torch.allclose(out[1], torch.stack([model.predict(1, b) for b in range(1, N + 1)]).mean(0), atol=1e-6)
 
 
-def test_nan_in_a_branch_is_named():
+@pytest.mark.parametrize("mode", ["LoRAtorio", "Composite", "Switch"])
+def test_nan_in_a_branch_is_named_by_its_label(mode):
     x = torch.randn(2, C, H, W)
     model = FakeModel(x)
-    model.bumps[2, 0, 0, 0] = float("nan")
-    with pytest.raises(NonFiniteError, match="LoRA branch 2"):
-        BranchComposer(params(), N, model, prediction="eps")(x, [False, True], [0, 0], step=0)
+    model.bumps[1, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="^LoRA 'alice' produced NaN or inf in its conditional prediction. "
+                                             "Lower its strength"):
+        run(model, x, [False, True], [0, 0], params(mode=mode))
+    model = FakeModel(x)
+    model.row_term[1, 0, 0, 0] = float("inf")                     # every branch of the uncond row
+    with pytest.raises(NonFiniteError, match="^The base model produced NaN or inf in its unconditional prediction"):
+        run(model, x, [False, True], [0, 0])
 
 
 def test_mean_weight_maps_over_steps():
     x = torch.randn(4, C, H, W)
-    comp = BranchComposer(params(), N, FakeModel(x), prediction="eps", keep_weight_maps=True)
+    comp = composer(keep_weight_maps=True)
     for step in range(3):
-        comp(x, [False, False, True, True], [0, 1, 0, 1], step=step)
+        comp(x, [False, False, True, True], [0, 1, 0, 1], step=step, evaluate=FakeModel(x))
     maps = comp.mean_weight_maps()
     assert sorted(maps) == [0, 1] and comp.weight_map_counts == {0: 3, 1: 3}
     assert torch.allclose(maps[0].sum(0), torch.ones(H, W), atol=1e-6)
@@ -219,6 +248,6 @@ def test_mean_weight_maps_over_steps():
 def test_layout_mismatch_and_no_lora_are_errors():
     x = torch.randn(2, C, H, W)
     with pytest.raises(LoratorioError, match="Row layout"):
-        BranchComposer(params(), N, FakeModel(x))(x, [False], [0], step=0)
+        composer()(x, [False], [0], step=0, evaluate=FakeModel(x))
     with pytest.raises(LoratorioError, match="at least one LoRA"):
-        BranchComposer(params(), 0, FakeModel(x))
+        BranchComposer(params(), [])

@@ -95,6 +95,7 @@ def runner(env):
     W.scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
     W.extra_networks.initialize()
     W.script_callbacks.before_ui_callback()
+    W.script_callbacks.app_started_callback(None, None)
     import networks
     networks.list_available_networks()
     runner = W.scripts.ScriptRunner()
@@ -472,7 +473,8 @@ def test_nan_in_a_branch_is_named(runner):
     tensors[key] = torch.full_like(tensors[key], 3e38)  # finite in the file, inf in the branch's prediction
     save_file(tensors, str(W.lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
-    with pytest.raises(LoratorioError, match="LoRA branch 2 \\(conditional\\) produced NaN"):
+    with pytest.raises(LoratorioError, match="^LoRA 'nan_lora' \\(nan_lora.safetensors, <loratorio:nan_lora:1>\\) "
+                                            "produced NaN or inf in its conditional prediction. Lower its strength"):
         run(runner, on(), prompt="a cat <loratorio:alice:1> <loratorio:nan_lora:1>")
 
 
@@ -488,6 +490,12 @@ def test_api_positional_and_named_forms(runner):
     status, body = W.api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 500 and "Unknown LoRA 'nobody'" in body["errors"]
+    status, body = W.api.run_txt2img_api(
+        {**request, "alwayson_scripts": {"LoRAtorio": {"args": "patch_size=4"}}}, runner)
+    assert status == 500 and body["errors"].startswith("LoRAtorio's API args must be a list with one dict")
+    status, body = W.api.run_txt2img_api(
+        {**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {"args": [{}]}}}, runner)
+    assert status == 500 and 'cannot read the tag "<loratorio:>"' in body["errors"]
 
 
 def test_the_older_forge_is_refused_with_a_message(runner, monkeypatch):

@@ -8,6 +8,10 @@ built on it, such as reForge) still carry: LoRAtorio hooks the current one only.
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .adapter import HostAdapter
 
 
 def _detect() -> str:
@@ -21,3 +25,14 @@ def _detect() -> str:
 HOST = _detect()
 UNSUPPORTED_HOST = ("LoRAtorio supports AUTOMATIC1111 1.10 and Forge's current backend (since August 2024); this "
                     "WebUI is an older Forge (ldm_patched) or a fork of it. Update Forge, or disable LoRAtorio here.")
+
+
+def load_adapter() -> HostAdapter:
+    """The adapter of the detected host (each imports its own host's modules, so only one is imported)."""
+    if HOST == "a1111":
+        from .a1111 import ADAPTER
+    elif HOST == "forge":
+        from .forge import ADAPTER
+    else:
+        from .adapter import UNSUPPORTED as ADAPTER
+    return ADAPTER

@@ -1,8 +1,6 @@
-"""AUTOMATIC1111 (1.10.x) adapter: tags, per-generation session, the sampling hook, weight maps.
+"""AUTOMATIC1111 (1.10.x) adapter: the sampling hook through the CFG denoiser's inner model.
 
 How it hooks (read against the WebUI's source, see tests/a1111_standin/README.md):
-- ``<loratorio:NAME:STRENGTH>`` is an extra-network type of its own, so the built-in Lora extension
-  never merges these files; its ``activate`` only records the tags on ``p``.
 - Every call of ``CFGDenoiser.forward`` fires ``on_cfg_denoiser`` with the step's full row tensor
   and text conditioning. There the denoiser's inner model is wrapped (lazily: the WebUI builds a
   new denoiser per batch and hires pass and drops the wrapper on refiner switches) and the row
@@ -12,7 +10,7 @@ How it hooks (read against the WebUI's source, see tests/a1111_standin/README.md
 - Branch LoRAs act through forward hooks installed around ``p.sample`` only, removed in a
   ``finally``; the model's weights are never written.
 - Errors are raised from inside ``p.sample`` so that they reach the UI and the API (the WebUI
-  swallows exceptions raised in script hooks and callbacks).
+  swallows exceptions raised in script hooks and callbacks; see ``Session.capture_errors``).
 """
 
 from __future__ import annotations
@@ -25,8 +23,9 @@ from torch import nn
 
 from ..composer import BranchComposer
 from ..errors import LoratorioError
-from . import session as common
-from .session import Session, take_rows
+from .adapter import HostAdapter
+from .conditioning import take_rows
+from .session import Session
 
 _TEXT_KEYS = ("c_crossattn", "crossattn", "vector")
 
@@ -145,16 +144,12 @@ class A1111Session(Session):
     # --- sampling ------------------------------------------------------------------------------
     def on_cfg_denoiser(self, params) -> None:
         denoiser = params.denoiser
-        try:
-            self.layouts[id(denoiser)] = layout_from_callback(params)
-        except LoratorioError as err:
-            self.layouts.pop(id(denoiser), None)
-            self.error = err
         inner = denoiser.inner_model
         if not isinstance(inner, InnerModelWrapper):
             wrapper = InnerModelWrapper(inner, self, denoiser)
             denoiser.model_wrap = wrapper
             self.wrapped.append((denoiser, wrapper))
+        self.layouts[id(denoiser)] = layout_from_callback(params)  # an error here is raised by the wrapper
 
     def composer_for(self, denoiser) -> BranchComposer:
         composer = self.composers.get(id(denoiser))
@@ -166,8 +161,7 @@ class A1111Session(Session):
         return composer
 
     def call(self, inner: nn.Module, denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
-        if self.error is not None:
-            raise self.error
+        self.raise_error()
         layout = self.layouts.get(id(denoiser))
         if layout is None or self.runner is None or getattr(inner, "inner_model", None) is not self.bound_model:
             # Not a step LoRAtorio laid out, or the refiner / a hires checkpoint replaced the model.
@@ -184,9 +178,8 @@ class A1111Session(Session):
                 return inner(x[rows], sigma[rows], cond=sub)
 
         composer = self.composer_for(denoiser)
-        composer.evaluate = evaluate
         rows = slice(offset, offset + x.shape[0])
-        out = composer(x, layout.is_uncond[rows], layout.image_of_row[rows], step=layout.step)
+        out = composer(x, layout.is_uncond[rows], layout.image_of_row[rows], step=layout.step, evaluate=evaluate)
         if self.params.show_weight_maps and not all(layout.is_uncond[rows]):
             self.capture_step_maps(id(denoiser), layout.step, layout.total_steps, composer)
         return out
@@ -216,6 +209,8 @@ class InnerModelWrapper(nn.Module):
             return getattr(object.__getattribute__(self, "inner"), name)
 
 
-# --- wiring into the WebUI -------------------------------------------------------------------------
-def start_session(p, params, error: Optional[BaseException]) -> Session:
-    return common.start_session(p, A1111Session(p, params or common.LoratorioParams(), error))
+class A1111Adapter(HostAdapter):
+    session_class = A1111Session
+
+
+ADAPTER = A1111Adapter()

@@ -22,7 +22,6 @@ How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
@@ -33,8 +32,9 @@ from modules import prompt_parser
 from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..params import LoratorioParams
-from . import session as common
-from .session import Session, take_rows
+from .adapter import HostAdapter
+from .conditioning import take_rows
+from .session import Session
 
 # c key of Forge's model call -> key of the text conditioning dict it was made from
 _TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
@@ -148,9 +148,6 @@ class ForgeSession(Session):
         composer = self.composers.get(key)
         if composer is None:
             composer = self.composers[key] = self.new_composer("x0")  # Forge's apply_model returns x0
-            if is_flux(self.p.sd_model):
-                # conditional-only composition: uncond rows (CFG > 1) are the base model's
-                composer.params = dataclasses.replace(self.params, recenter=1.0)
         return key, composer
 
     def composing(self) -> bool:
@@ -163,8 +160,7 @@ class ForgeSession(Session):
                 return previous(apply_model, a)
             return apply_model(a["input"], a["timestep"], **a["c"])
 
-        if self.error is not None:
-            raise self.error
+        self.raise_error()
         if self.runner is None:  # a model call outside LoRAtorio's sampling run
             return run(args)
         x, flags = args["input"], list(args["cond_or_uncond"])
@@ -184,11 +180,9 @@ class ForgeSession(Session):
                 return run(sub)
 
         key, composer = self.composer_for_pass()
-        composer.evaluate = evaluate
-        fit = _rows_that_fit(apply_model, x)
-        if fit is not None:
-            composer.batch_limit = min(fit, composer.batch_limit or fit)
-        out = composer(x, is_uncond, image_of_row, step=self.step)
+        # Flux: conditional-only composition, its uncond rows (CFG > 1) are the base model's
+        out = composer(x, is_uncond, image_of_row, step=self.step, evaluate=evaluate,
+                       batch_limit=_rows_that_fit(apply_model, x), recenter=1.0 if is_flux(self.p.sd_model) else None)
         if self.params.show_weight_maps and not all(is_uncond):
             self.capture_step_maps(key, self.step, self.total_steps, composer)
         return out
@@ -304,14 +298,13 @@ def _wrapper(session: ForgeSession, previous: Optional[WrapperFn]) -> WrapperFn:
     return loratorio_model_function_wrapper
 
 
-# --- wiring into the WebUI -------------------------------------------------------------------------
-def start_session(p, params: Optional[LoratorioParams], error: Optional[BaseException]) -> Session:
-    return common.start_session(p, ForgeSession(p, params or LoratorioParams(), error))
+class ForgeAdapter(HostAdapter):
+    session_class = ForgeSession
 
-
-def before_every_sampling(session: Session) -> None:
-    if isinstance(session, ForgeSession) and session.error is None:
-        try:
+    def before_every_sampling(self, session: Session) -> None:
+        """Set LoRAtorio's model wrapper on the UNet patcher of this sampler run."""
+        if isinstance(session, ForgeSession):
             session.install()
-        except Exception as err:  # noqa: BLE001 - Forge would swallow it here; p.sample re-raises it
-            session.error = err
+
+
+ADAPTER = ForgeAdapter()

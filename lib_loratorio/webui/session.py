@@ -1,125 +1,93 @@
-"""What the A1111 and Forge adapters share: tags, LoRA look-up, the per-generation session, the
-``p.sample`` wrapper, per-branch text conditioning, the X/Y/Z axes and the weight-map images.
+"""The per-generation session: everything LoRAtorio holds for one ``p``, and its cleanup.
 
 Both WebUIs keep A1111 1.10's ``modules`` for scripts, extra networks, prompt parsing, processing
-and the built-in Lora extension's ``networks`` module; they differ in how the model is called
-during sampling, which each adapter handles (``a1111.py``, ``forge.py``).
+and the built-in Lora extension; they differ in how the model is called during sampling, which a
+subclass per host handles (``a1111.A1111Session``, ``forge.ForgeSession``).
 """
 
 from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
-from modules import extra_networks, prompt_parser, script_callbacks, shared
+from modules import prompt_parser, shared
 
 from ..branch_runner import BranchRunner
 from ..composer import BranchComposer
-from ..errors import LoratorioError
 from ..lora_library import LoraLibrary
 from ..network_names import BoundLora
 from ..params import LoratorioParams
+from .console import log, note_once
+from .lora_lookup import pool_names, resolve_lora
+from .tags import EXTRA_NETWORK_NAME, RequestedLora, check_stray_tags, read_tags
 
-EXTRA_NETWORK_NAME = "loratorio"
 TEXT_ENCODERS = ("te1", "te2", "te3")
 LIBRARY = LoraLibrary()
 # bindings whose left-out modules were logged: id -> weak reference (ids are reused once freed)
 _REPORTED: dict[int, weakref.ref] = {}
+_SESSION_ATTR = "_loratorio_session"
 
 
-def log(message: str) -> None:
-    print(f"[LoRAtorio] {message}")
+def get_session(p) -> Session | None:
+    """The session of a generation LoRAtorio is enabled for (set by ``wiring.start_session``)."""
+    return getattr(p, _SESSION_ATTR, None)
 
 
-# --- LoRA names, as the Lora cards resolve them ----------------------------------------------------
-def _lora_module():
-    try:
-        import networks  # the built-in Lora extension's module (A1111: Lora, Forge: sd_forge_lora)
-    except ImportError:
-        raise LoratorioError("LoRAtorio finds LoRA files through the built-in Lora extension, which is not "
-                             "loaded: enable 'Lora' in the Extensions tab and restart.") from None
-    return networks
-
-
-def resolve_lora(name: str):
-    """The built-in Lora extension's entry for NAME (alias, file name, or a subfolder path)."""
-    networks = _lora_module()
-
-    def lookup():
-        if name.lower() in networks.forbidden_network_aliases:
-            entry = networks.available_networks.get(name)
-        else:
-            entry = networks.available_network_aliases.get(name)
-        if entry is None and ("/" in name or "\\" in name):
-            wanted = os.path.normcase(os.path.normpath(name))
-            entry = next((e for e in networks.available_networks.values()
-                          if os.path.normcase(os.path.splitext(e.filename)[0]).endswith(wanted)), None)
-        return entry
-
-    entry = lookup()
-    if entry is None:
-        networks.list_available_networks()  # a file added since start-up
-        entry = lookup()
-    if entry is None:
-        raise LoratorioError(
-            f"Unknown LoRA '{name}' in <{EXTRA_NETWORK_NAME}:{name}:...>: no LoRA file or alias of that name in "
-            "the Lora folder. Use the name shown on its Lora card (names are case-sensitive).")
-    return entry
-
-
-def take_rows(value: Any, idx: torch.Tensor, n_rows: Optional[int] = None) -> Any:
-    """Rows ``idx`` of every tensor in a (nested) conditioning structure.
-
-    With ``n_rows``, only tensors that have that many rows are taken from (others, such as a
-    ControlNet hint with one row for all, pass through).
-    """
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 0 or (n_rows is not None and value.shape[0] != n_rows):
-            return value
-        return value[idx.to(value.device)]
-    if isinstance(value, list):
-        return [take_rows(v, idx, n_rows) for v in value]
-    if isinstance(value, dict):
-        return {k: take_rows(v, idx, n_rows) for k, v in value.items()}
-    return value
-
-
-# --- the per-generation session --------------------------------------------------------------------
 class Session:
     """Everything LoRAtorio holds for one ``p`` (one generation), and its cleanup.
 
-    Hosts subclass it for the sampling hook; see ``a1111.A1111Session`` and ``forge.ForgeSession``.
+    ``error``: raised from ``p.sample`` instead of composing (see :meth:`capture_errors`).
     """
 
-    def __init__(self, p, params: LoratorioParams, error: Optional[BaseException] = None) -> None:
+    def __init__(self, p, params: LoratorioParams, error: BaseException | None = None) -> None:
         self.p = p
         self.params = params
         self.error = error
         self.tags: list = []
         self.loras: list[BoundLora] = []
         self.names: list[str] = []
+        self.labels: list[str] = []  # each LoRA as error messages name it: name, file and tag
         self.strengths: list[float] = []
         self.has_text_encoder: list[bool] = []
         self.bound_model = None
         self._prepared_key: Any = None
         self.branch_conds: dict[int, list] = {}
-        self._branch_text: dict[tuple, Optional[tuple[Any, Any]]] = {}
-        self.runner: Optional[BranchRunner] = None
+        self._branch_text: dict[tuple, tuple[Any, Any] | None] = {}
+        self.runner: BranchRunner | None = None
         self.composers: dict[Any, BranchComposer] = {}
         self.weight_maps: dict[int, list[tuple[str, torch.Tensor]]] = {}
         self._step_maps: dict[Any, list[tuple[str, dict[int, torch.Tensor]]]] = {}
-        self.warned: set[str] = set()
+
+    def attach(self) -> None:
+        setattr(self.p, _SESSION_ATTR, self)
 
     def warn_once(self, message: str) -> None:
-        if message not in self.warned:
-            self.warned.add(message)
-            log(message)
+        note_once(self.p, message)
+
+    # --- errors -------------------------------------------------------------------------------
+    @contextmanager
+    def capture_errors(self) -> Iterator[None]:
+        """Keep what the block raises, for ``p.sample`` to raise (the first error wins).
+
+        The WebUIs only print errors raised in script hooks, callbacks and extra networks and go on
+        generating; raised from ``p.sample`` they stop the generation and reach the UI and the API.
+        """
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - kept, and raised from p.sample
+            if self.error is None:
+                self.error = err
+
+    def raise_error(self) -> None:
+        """Raise the error kept for this generation (from ``p.sample`` and the model calls inside it)."""
+        if self.error is not None:
+            raise self.error
 
     # --- host specifics -----------------------------------------------------------------------
     def model_components(self, sd_model, unet_only: bool) -> dict[str, nn.Module]:
@@ -129,67 +97,56 @@ class Session:
     def check_model(self, sd_model) -> None:
         """Raise LoratorioError when the settings cannot work on this model."""
 
-    def finish_sampling(self) -> None:
-        """Host cleanup when ``p.sample`` ends (any exit)."""
-
     def on_cfg_denoiser(self, params) -> None:
         """The WebUI's ``on_cfg_denoiser`` callback, once per sampling step of this generation."""
         raise NotImplementedError
 
+    def finish_sampling(self) -> None:
+        """Host cleanup when ``p.sample`` ends (any exit)."""
+
     # --- preparation (process_batch) ----------------------------------------------------------
-    def wanted(self) -> list[tuple[str, float]]:
-        """(name, strength) of every branch: the tags, then the pool."""
-        out: list[tuple[str, float]] = []
-        for tag in self.tags:
-            if not tag.positional:
-                raise LoratorioError(f"<{EXTRA_NETWORK_NAME}:...> without a LoRA name: "
-                                     f"write <{EXTRA_NETWORK_NAME}:NAME:STRENGTH>.")
-            name = tag.positional[0]
-            raw = tag.positional[1] if len(tag.positional) > 1 else tag.named.get("w", self.params.default_strength)
-            try:
-                strength = float(raw)
-            except ValueError:
-                raise LoratorioError(f"<{EXTRA_NETWORK_NAME}:{name}:{raw}>: the strength must be a number, "
-                                     f"e.g. <{EXTRA_NETWORK_NAME}:{name}:0.8>.") from None
-            out.append((name, strength))
-        named = {n for n, _ in out}
-        for name in self._pool_names():
+    def requested(self) -> list[RequestedLora]:
+        """The LoRAs to compose: the tags, then the pool's LoRAs not already tagged."""
+        out = read_tags(self.tags, self.params.default_strength)
+        named = {lora.name for lora in out}
+        for name in pool_names(self.params.pool):
             if name not in named:
-                out.append((name, self.params.default_strength))
+                out.append(RequestedLora(name, self.params.default_strength, "the pool"))
                 named.add(name)
         return out
 
-    def _pool_names(self) -> list[str]:
-        names: list[str] = []
-        for item in self.params.pool:
-            folder = item if os.path.isabs(item) else os.path.join(shared.cmd_opts.lora_dir, item)
-            if os.path.isdir(folder):
-                for _, _, files in os.walk(folder):
-                    names += sorted(os.path.splitext(f)[0] for f in files if f.endswith(".safetensors"))
-            else:
-                names.append(item)
-        return names
-
     def prepare(self) -> None:
         """Resolve, read and bind the LoRAs of this batch (cached while tags and model are unchanged)."""
+        if self.error is not None:  # p.sample raises it
+            return
+        check_stray_tags([*self.p.prompts, *(getattr(self.p, "hr_prompts", None) or [])])
         sd_model = shared.sd_model
-        wanted = self.wanted()
-        key = (tuple(wanted), id(sd_model), self.params.text_encoder)
+        requested = self.requested()
+        key = (tuple(requested), id(sd_model), self.params.text_encoder)
         if key == self._prepared_key:
             return
-        if wanted:
+        if requested:
             self.check_model(sd_model)
+        else:
+            # A clean no-op, not an error: the accordion stays enabled while it is open, and the cells
+            # of an X/Y/Z grid or the lines of a prompts file may have tags in some prompts only.
+            # Nothing is hooked, so the image is the WebUI's own.
+            self.warn_once(f"LoRAtorio is on but the prompt has no <{EXTRA_NETWORK_NAME}:NAME:STRENGTH> tag and "
+                           "the pool is empty: generating without it.")
         unet_only = self.params.text_encoder == "UNet only"
         components = self.model_components(sd_model, unet_only=unet_only)
-        loras, hashes = [], []
-        for name, _ in wanted:
-            entry = resolve_lora(name)
-            loras.append(LIBRARY.bind(entry.filename, components, left_out=TEXT_ENCODERS if unet_only else ()))
+        loras, hashes, labels = [], [], []
+        left_out = TEXT_ENCODERS if unet_only else ()
+        for lora in requested:
+            entry = resolve_lora(lora.name, lora.source)
+            loras.append(LIBRARY.bind(entry.filename, components, left_out=left_out))
+            labels.append(f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})")
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
             hashes.append(getattr(entry, "shorthash", "") or "")
+        names = [lora.name.replace(":", "").replace(",", "") for lora in requested]  # as infotext values hold them
         partial = {}
-        for name, bound in zip(self._names(wanted), loras, strict=True):
+        for name, bound in zip(names, loras, strict=True):
             missing = len(bound.not_applied())
             if not missing:
                 continue
@@ -198,22 +155,17 @@ class Session:
             if seen is None or seen() is not bound:  # once per file and model
                 _REPORTED[id(bound)] = weakref.ref(bound)
                 log(f"not every module of a LoRA applies: {bound.summary()}")
-        self.loras, self.bound_model = loras, sd_model
-        self.names = [n for n, _ in wanted]
-        self.strengths = [s for _, s in wanted]
+        self.loras, self.bound_model, self.labels = loras, sd_model, labels
+        self.names = [lora.name for lora in requested]
+        self.strengths = [lora.strength for lora in requested]
         self.has_text_encoder = [any(not t[0].startswith("unet:") for t in b.targets) for b in loras]
         self._prepared_key = key
         if any(hashes):
             self.p.extra_generation_params["LoRAtorio hashes"] = ", ".join(
-                f"{n}: {h}" for n, h in zip(self._names(wanted), hashes, strict=True) if h)
+                f"{n}: {h}" for n, h in zip(names, hashes, strict=True) if h)
         if partial:  # modules not applied, per LoRA, as "name: k of n"
             self.p.extra_generation_params["LoRAtorio modules not applied"] = ", ".join(
                 f"{n}: {v}" for n, v in partial.items())
-
-    @staticmethod
-    def _names(wanted: list[tuple[str, float]]) -> list[str]:
-        """LoRA names as infotext values can hold them (no ':' or ',')."""
-        return [n.replace(":", "").replace(",", "") for n, _ in wanted]
 
     # --- text conditioning per branch (p.get_conds_with_caching) ------------------------------------
     def record_conds(self, original: Callable) -> Callable:
@@ -239,7 +191,7 @@ class Session:
 
         return get_conds_with_caching
 
-    def branch_text_at(self, sampler_args: dict, step: int, branch: int) -> Optional[tuple[Any, Any]]:
+    def branch_text_at(self, sampler_args: dict, step: int, branch: int) -> tuple[Any, Any] | None:
         """(cond, uncond) text conditioning of LoRA ``branch``'s text encoder at ``step``, or None.
 
         ``sampler_args`` is the sampler's ``sampler_extra_args`` (its cond and uncond objects are
@@ -251,7 +203,7 @@ class Session:
             self._branch_text[key] = self._reconstruct_branch_text(sampler_args, step, branch)
         return self._branch_text[key]
 
-    def _reconstruct_branch_text(self, sampler_args: dict, step: int, branch: int) -> Optional[tuple[Any, Any]]:
+    def _reconstruct_branch_text(self, sampler_args: dict, step: int, branch: int) -> tuple[Any, Any] | None:
         conds = self.branch_conds.get(id(sampler_args.get("cond")))
         if conds is None or conds[branch - 1] is None:
             return None
@@ -277,7 +229,7 @@ class Session:
             self.composers.clear()
 
     def new_composer(self, prediction: str) -> BranchComposer:
-        return BranchComposer(self.params, len(self.loras), lambda rows, branches: None, prediction=prediction,
+        return BranchComposer(self.params, self.labels, prediction=prediction,
                               keep_weight_maps=self.params.show_weight_maps)
 
     def in_step_range(self, step: int, total_steps: int) -> bool:
@@ -313,121 +265,3 @@ class Session:
             self.weight_maps[base + image] = [("mean", maps)] + steps
         self._step_maps.clear()
 
-
-# --- wiring into the WebUI -------------------------------------------------------------------------
-def get_session(p) -> Optional[Session]:
-    return getattr(p, "_loratorio_session", None)
-
-
-def start_session(p, session: Session) -> Session:
-    """Attach ``session`` to ``p`` and wrap ``p.sample`` / ``p.get_conds_with_caching`` on the instance.
-
-    ``p.sample`` encloses every sampler run of a batch (first pass, hires, a refiner switch), so
-    the hooks live exactly that long, and an error raised there reaches the UI and the API (the
-    WebUI swallows exceptions raised in script hooks).
-    """
-    p._loratorio_session = session
-    original_sample = p.sample
-    p.get_conds_with_caching = session.record_conds(p.get_conds_with_caching)
-
-    def sample(*args, **kwargs):
-        if session.error is not None:
-            raise session.error
-        if not session.loras:
-            return original_sample(*args, **kwargs)
-        with session.sampling():
-            result = original_sample(*args, **kwargs)
-        if session.error is not None:
-            raise session.error
-        return result
-
-    p.sample = sample
-    return session
-
-
-class ExtraNetworkLoratorio(extra_networks.ExtraNetwork):
-    """``<loratorio:NAME:STRENGTH>``: records the tags; LoRAtorio, not the Lora extension, applies them."""
-
-    def __init__(self) -> None:
-        super().__init__(EXTRA_NETWORK_NAME)
-
-    def activate(self, p, params_list) -> None:
-        session = get_session(p)
-        if session is not None:
-            if not getattr(p, "is_hr_pass", False):
-                session.tags = list(params_list)
-        elif params_list:
-            log(f"{len(params_list)} <{EXTRA_NETWORK_NAME}:...> tag(s) ignored: enable LoRAtorio in its accordion "
-                "(or with alwayson_scripts in the API) to compose them.")
-
-    def deactivate(self, p) -> None:
-        pass
-
-
-def on_before_ui() -> None:
-    """The extra-network registry is reset after scripts load, so register here (as Lora does)."""
-    extra_networks.register_extra_network(ExtraNetworkLoratorio())
-    add_xyz_axes()
-
-
-def on_cfg_denoiser(params) -> None:
-    session = get_session(getattr(params.denoiser, "p", None))
-    if session is not None and session.runner is not None:
-        session.on_cfg_denoiser(params)
-
-
-def register_callbacks() -> None:
-    """Register the WebUI callbacks (the WebUI clears them on every script reload)."""
-    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="loratorio")
-    script_callbacks.on_before_ui(on_before_ui, name="loratorio")
-
-
-# --- X/Y/Z plot --------------------------------------------------------------------------------------
-XYZ_FIELDS = ("mode", "patch_size", "temperature", "recenter", "top_k")
-
-
-def add_xyz_axes() -> None:
-    """Add LoRAtorio axes to the X/Y/Z plot script; each cell's value travels as ``p.loratorio_<field>``."""
-    from modules import scripts
-
-    xyz = next((d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
-    if xyz is None:
-        return
-    labels = {opt.label for opt in xyz.axis_options}
-    for name in XYZ_FIELDS:
-        f = next(f for f in fields(LoratorioParams) if f.name == name)
-        label = f"LoRAtorio {f.metadata['label'].lower()}"
-        if label in labels:
-            continue
-        kind = str if f.metadata["choices"] else type(f.default)
-        choices = (lambda c=f.metadata["choices"]: list(c)) if f.metadata["choices"] else None
-        xyz.axis_options.append(xyz.AxisOption(
-            label, kind, lambda p, x, xs, name=name: setattr(p, f"loratorio_{name}", x), choices=choices))
-
-
-def xyz_overrides(p) -> dict[str, Any]:
-    return {name: getattr(p, f"loratorio_{name}") for name in XYZ_FIELDS if hasattr(p, f"loratorio_{name}")}
-
-
-# --- weight maps as result images -------------------------------------------------------------------
-def weight_map_images(session: Session, processed) -> tuple[list, list[str]]:
-    """Per generated image, one heatmap per LoRA over the image, with the LoRA's name as label."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from ..heatmaps import overlay
-
-    images, infotexts = [], []
-    first = getattr(processed, "index_of_first_image", 0)
-    for index, labelled in sorted(session.weight_maps.items()):
-        position = first + index
-        if position >= len(processed.images):
-            continue
-        picture = torch.from_numpy(np.asarray(processed.images[position].convert("RGB")).copy())
-        for label, maps in labelled:
-            for name, weights in zip(session.names, maps, strict=False):
-                heat = Image.fromarray(overlay(weights, picture).numpy())
-                ImageDraw.Draw(heat).text((4, 4), f"{name}, {label}, image {index + 1}", fill=(255, 255, 255))
-                images.append(heat)
-                infotexts.append(processed.infotexts[position] if position < len(processed.infotexts) else "")
-    return images, infotexts
