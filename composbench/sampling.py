@@ -39,11 +39,14 @@ class Method:
     temperature: float = 0.05
     recenter: float = 0.5
     pool: bool = False  # dynamic selection over the whole pool with top_k = N
+    refresh_first: int = 2   # LoRAtorio Fast's schedule
+    refresh_every: int = 5
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
                                temperature=self.temperature, recenter=self.recenter,
-                               top_k=n if self.pool else 0, switch_every=5)
+                               top_k=n if self.pool else 0, switch_every=5, refresh_first=self.refresh_first,
+                               refresh_every=self.refresh_every)
 
 
 def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
@@ -53,6 +56,7 @@ def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: f
         Method("Switch", "composer", mode="Switch"),
         Method("Composite", "composer", mode="Composite"),
         Method("LoRAtorio", "composer", patch_size=patch_size, temperature=temperature, recenter=recenter),
+        Method("LoRAtorio Fast", "composer", mode="LoRAtorio Fast", patch_size=patch_size, temperature=temperature),
         Method("LoRAtorio dyn (k=N of 11)", "composer", patch_size=patch_size, temperature=temperature,
                recenter=recenter, pool=True),
         # controls: routing vs guidance change
@@ -124,8 +128,8 @@ class Bench:
             loras = [self.bound[c] for c in names]
             state = {}
 
-            def evaluate(rows, branches):
-                with runner.rows(branches):
+            def evaluate(rows, branches, maps=None):
+                with runner.rows(branches, maps=maps):
                     return self._unet(self.unet, state["x"][rows], state["t"], ctx[rows])
 
             composer = BranchComposer(method.params(len(concepts)), [f"LoRA '{c}'" for c in names], prediction="eps",

@@ -21,6 +21,7 @@ from .delta_cache import DeltaCache
 from .errors import LoratorioError
 from .layer_maps import LayerMaps, is_text_side
 from .lora_layers import FusedAttentionDelta, ModuleDelta
+from .low_rank_stack import LowRankStack, stackable
 from .network_names import BoundLora
 
 RowSelector = Union[slice, torch.Tensor]
@@ -61,6 +62,7 @@ class BranchRunner:
                 self._text_side[module] = is_text_side(name.split(":", 1)[-1])
         self._handles: list = []
         self._device_copies: dict = {}
+        self._stacks: dict = {}  # (module, device, dtype, active LoRAs) -> (LowRankStack or None, other deltas)
         self.cache = DeltaCache(cache_bytes)
         self._n_rows: Optional[int] = 0
         self._selectors: list[Optional[RowSelector]] = []
@@ -86,6 +88,7 @@ class BranchRunner:
             self._handles.pop().remove()
         self._selectors = []
         self._device_copies.clear()
+        self._stacks.clear()
         self.cache.clear()
 
     @property
@@ -179,15 +182,13 @@ class BranchRunner:
 
     def _add_mixed(self, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Rows of branch MIXED: every LoRA's change, each scaled by its weight map at this layer."""
-        sel = self._mixed
+        sel, maps = self._mixed, self._layer_maps
         x_rows, out_rows = x[sel], out[sel]
-        weights = self._layer_maps.weights_for(out_rows, self._text_side[module]).to(out.device, out.dtype)
-        total = None
-        for i, delta in self._by_module[module]:
-            if self.strengths[i] == 0 or isinstance(delta, FusedAttentionDelta):
-                continue  # nn.MultiheadAttention only appears in text encoders, which mixed rows never run
-            d = self._delta_on(delta, out.device, x.dtype).output_delta(x_rows, module, self.cache).to(out.dtype)
-            d = d * (weights[i] * self.strengths[i])
+        weights = maps.weights_for(out_rows, self._text_side[module]).to(out.device, out.dtype)
+        stack, others = self._mixed_plan(module, out.device, x.dtype, maps.active)
+        total = None if stack is None else stack.apply(x_rows, module, weights).to(out.dtype)
+        for i, delta in others:
+            d = delta.output_delta(x_rows, module, self.cache).to(out.dtype) * (weights[i] * self.strengths[i])
             total = d if total is None else total + d
         if total is None:
             return out
@@ -198,6 +199,24 @@ class BranchRunner:
         else:
             out.index_add_(0, sel.to(out.device), total)
         return out
+
+    def _mixed_plan(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
+                    active: tuple[bool, ...]) -> tuple[LowRankStack | None, list[tuple[int, ModuleDelta]]]:
+        """This layer's LoRAs for mixed rows: plain low-rank ones stacked, the rest one by one (kept per run)."""
+        key = (module, device, dtype, active)
+        if key not in self._stacks:
+            stacked, others = [], []
+            for i, delta in self._by_module[module]:
+                if self.strengths[i] == 0 or not active[i] or isinstance(delta, FusedAttentionDelta):
+                    continue  # nn.MultiheadAttention only appears in text encoders, which mixed rows never run
+                moved = self._delta_on(delta, device, dtype)
+                (stacked if stackable(moved, module) else others).append((i, moved))
+            stack = None
+            if stacked:
+                stack = LowRankStack([i for i, _ in stacked], [d for _, d in stacked],
+                                     [self.strengths[i] for i, _ in stacked], module)
+            self._stacks[key] = (stack, others)
+        return self._stacks[key]
 
 
 def _fused_attention(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor, sel: RowSelector,

@@ -6,9 +6,16 @@ it asks ``evaluate`` for every (row, branch) pair the mode needs, in one batched
 and returns one composed prediction per host row, in the host's own row order and shapes.
 
 The row layout is passed with every call and never cached: hosts chunk, split cond from uncond,
-skip the uncond or add ``AND`` rows from call to call. What is carried between calls is only the
+skip the uncond or add ``AND`` rows from call to call. What is carried between calls is the
 weight map of the current step, so that uncond rows arriving in a later call of the same step are
-blended with the weights of their image's cond rows (docs/METHOD.md, step 7: W comes from the cond predictions).
+blended with the weights of their image's cond rows (docs/METHOD.md, step 7: W comes from the cond predictions),
+and, for the fast mode, the maps of the last refresh step.
+
+Fast mode ("LoRAtorio Fast"): on refresh steps every branch is evaluated as in LoRAtorio (with the
+uncond rows the base model's, re-centring 1); on the steps between, every row is evaluated once:
+prompt rows as branch MIXED (every LoRA, each scaled by its image's last weight maps, see
+branch_runner and layer_maps), negative-prompt rows as the base model. The evaluator then receives
+the maps of its MIXED rows as a third argument.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from .branch_runner import MIXED
 from .composition import (
     BASE_MODEL,
     blend,
@@ -31,8 +39,9 @@ from .composition import (
 from .errors import LoratorioError
 from .params import LoratorioParams
 
-# evaluate(host_rows, branches) -> predictions [len(host_rows), C, H, W]; branch 0 = base, i = LoRA i.
-BranchEvaluator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# evaluate(host_rows, branches[, maps]) -> predictions [len(host_rows), C, H, W]; branch 0 = base, i = LoRA i,
+# MIXED = every LoRA by its weight map (fast mode; maps [MIXED rows, N, H, W] then come as a third argument).
+BranchEvaluator = Callable[..., torch.Tensor]
 Prediction = Literal["x0", "eps"]
 
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
@@ -71,6 +80,8 @@ class BranchComposer:
         self.weight_map_sums: dict[int, torch.Tensor] = {}
         self.weight_map_counts: dict[int, int] = {}
         self.last_weight_maps: dict[int, torch.Tensor] = {}
+        self._refresh_maps: dict[int, torch.Tensor] = {}  # fast mode: image -> maps of the last refresh
+        self.refresh_steps: set[int] = set()  # fast mode: the steps that evaluated every branch
 
     # --- planning ---------------------------------------------------------------------------
     def _branches_for(self, is_uncond: bool, step: int, recenter: float) -> list[int]:
@@ -83,10 +94,12 @@ class BranchComposer:
             return [0]
         return list(range(n + 1))
 
-    def _run(self, plan: list[tuple[int, int]], evaluate: BranchEvaluator, batch_limit: int | None) -> torch.Tensor:
+    def _run(self, plan: list[tuple[int, int]], evaluate: BranchEvaluator, batch_limit: int | None,
+             maps: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate (row, branch) pairs grouped by branch, halving the chunk on out-of-memory.
 
-        Chunks never cross a branch boundary in "per branch" evaluation.
+        Chunks never cross a branch boundary in "per branch" evaluation. ``maps`` [len(plan), N, H, W]:
+        the weight maps of the MIXED entries (other entries' are ignored).
         """
         rows = torch.tensor([r for r, _ in plan], dtype=torch.long)
         branches = torch.tensor([b for _, b in plan], dtype=torch.long)
@@ -96,7 +109,13 @@ class BranchComposer:
             if self.params.evaluation == "per branch":
                 size = min(size, int((branches[start:] == branches[start]).sum()))
             try:
-                outputs.append(evaluate(rows[start:start + size], branches[start:start + size]))
+                chunk = slice(start, start + size)
+                if maps is None:
+                    outputs.append(evaluate(rows[chunk], branches[chunk]))
+                else:
+                    mixed = branches[chunk] == MIXED
+                    chunk_maps = maps[chunk][mixed] if bool(mixed.any()) else None
+                    outputs.append(evaluate(rows[chunk], branches[chunk], chunk_maps))
             except _OOM_ERRORS as err:
                 if size == 1:
                     raise LoratorioError(
@@ -137,6 +156,13 @@ class BranchComposer:
             self._step, self._step_weights = step, {}
         recenter = self.params.recenter if recenter is None else recenter
         limit = min((n for n in (batch_limit, self.params.max_batch) if n), default=None)
+        if self.params.mode == "LoRAtorio Fast":
+            recenter = 1.0  # the uncond rows are the base model's on every step of the fast mode
+            if not self._is_refresh(step):
+                out = self._between_refreshes(x, is_uncond, image_of_row, evaluate, limit)
+                if out is not None:
+                    return out
+            self.refresh_steps.add(step)
 
         plan_rows = {r: self._branches_for(bool(is_uncond[r]), step, recenter) for r in range(x.shape[0])}
         n_branches = self.n_loras + 1
@@ -179,6 +205,39 @@ class BranchComposer:
                 self._remember(rows, image_of_row, weights)
         return out
 
+    # --- fast mode ------------------------------------------------------------------------------
+    def _is_refresh(self, step: int) -> bool:
+        p = self.params
+        return step < p.refresh_first or step % p.refresh_every == 0
+
+    def _between_refreshes(self, x: torch.Tensor, is_uncond: Sequence[bool], image_of_row: Sequence[int],
+                           evaluate: BranchEvaluator, limit: int | None) -> torch.Tensor | None:
+        """One evaluation per row: prompt rows MIXED by their image's last maps, negative rows the base
+        model. None when an image has no maps yet (the host's first call of it came after the refresh)."""
+        maps_of_row = []
+        for r in range(x.shape[0]):
+            maps = self._refresh_maps.get(int(image_of_row[r]))
+            if maps is None and not is_uncond[r]:
+                return None
+            maps_of_row.append(maps)
+        plan = [(r, 0 if is_uncond[r] else MIXED) for r in range(x.shape[0])]
+        template = next(m for m in maps_of_row if m is not None) if any(m is not None for m in maps_of_row) else None
+        maps = None
+        if template is not None:
+            maps = torch.stack([m if m is not None else torch.zeros_like(template) for m in maps_of_row])
+        order = sorted(range(len(plan)), key=lambda i: plan[i][1])  # base rows, then mixed rows: two slices
+        plan = [plan[i] for i in order]
+        flat = self._run(plan, evaluate, limit, None if maps is None else maps[order])
+        out = torch.empty_like(flat)
+        out[order] = flat
+        for r in range(x.shape[0]):
+            check_finite(out[r], BASE_MODEL if is_uncond[r] else "The LoRAs applied by their weight maps",
+                         _kind(bool(is_uncond[r])))
+        if self.keep_weight_maps:  # the maps in use on this step are the last refresh's
+            for image in {int(image_of_row[r]) for r in range(x.shape[0]) if not is_uncond[r]}:
+                self._accumulate(image, self._refresh_maps[image])
+        return out
+
     # --- helpers ------------------------------------------------------------------------------
     def _check(self, preds: torch.Tensor, branches: Sequence[int], uncond: bool) -> None:
         for pred, b in zip(preds, branches, strict=True):
@@ -198,12 +257,15 @@ class BranchComposer:
             per_image.setdefault(int(image_of_row[r]), []).append(weights[:, i])
         for image, maps in per_image.items():
             mean = torch.stack(maps).mean(dim=0)
-            self._step_weights[image] = mean
+            self._step_weights[image] = self._refresh_maps[image] = mean
             if self.keep_weight_maps:
-                mean_cpu = mean.detach().float().cpu()
-                self.last_weight_maps[image] = mean_cpu
-                self.weight_map_sums[image] = self.weight_map_sums.get(image, 0) + mean_cpu
-                self.weight_map_counts[image] = self.weight_map_counts.get(image, 0) + 1
+                self._accumulate(image, mean)
+
+    def _accumulate(self, image: int, maps: torch.Tensor) -> None:
+        mean_cpu = maps.detach().float().cpu()
+        self.last_weight_maps[image] = mean_cpu
+        self.weight_map_sums[image] = self.weight_map_sums.get(image, 0) + mean_cpu
+        self.weight_map_counts[image] = self.weight_map_counts.get(image, 0) + 1
 
     def _uncond_weights(self, rows: list[int], image_of_row: Sequence[int], x: torch.Tensor,
                         base: torch.Tensor, loras: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,8 @@ class LayerMaps:
             self._grids.setdefault(h * w, (h, w))
         self._resized: dict[tuple[int, int], Tensor] = {}
         self.mean = self.maps.mean(dim=(-2, -1))  # [rows, N]
+        #: LoRAs with any weight in these rows (top-k selection leaves the others at 0 everywhere)
+        self.active = tuple(bool(a) for a in self.maps.flatten(2).amax(dim=(0, 2)) > 0)
 
     def at(self, size: tuple[int, int]) -> Tensor:
         """Maps area-averaged to ``size``: [rows, N, h, w]."""

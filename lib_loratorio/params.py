@@ -13,7 +13,9 @@ from typing import Any, Iterable, Mapping, Optional
 
 from .errors import InvalidParameterError
 
-MODES: tuple[str, ...] = ("LoRAtorio", "Composite", "Switch")
+MODES: tuple[str, ...] = ("LoRAtorio", "LoRAtorio Fast", "Composite", "Switch")
+#: Modes that route LoRAs by LoRAtorio's weight maps (and use its patch, temperature and top-k settings).
+ROUTING_MODES: tuple[str, ...] = ("LoRAtorio", "LoRAtorio Fast")
 SELECTIONS: tuple[str, ...] = ("patch", "global")
 TEXT_ENCODER_MODES: tuple[str, ...] = ("per branch", "UNet only")
 OUTSIDE_STEPS: tuple[str, ...] = ("merge", "off")
@@ -34,8 +36,10 @@ class LoratorioParams:
     enabled: bool = _setting(False, "Enable", "Compose the <loratorio:...> LoRAs at sampling time.")
     mode: str = _setting(
         "LoRAtorio", "Mode",
-        "LoRAtorio: patch-wise SoftMin routing. Composite: plain average of LoRA branches. "
-        "Switch: one LoRA at a time, rotating.", choices=MODES)
+        "LoRAtorio: patch-wise SoftMin routing, every branch every step. LoRAtorio Fast: the same maps, "
+        "refreshed on a schedule; in between one forward with every LoRA applied where its map says "
+        "(close to a plain step's cost). Composite: plain average of LoRA branches. Switch: one LoRA at a "
+        "time, rotating.", choices=MODES)
     patch_size: int = _setting(
         4, "Patch size", "Side of a comparison patch in latent pixels (4 latent px = 32 image px).",
         minimum=1, maximum=64)
@@ -78,6 +82,12 @@ class LoratorioParams:
     weight_map_steps: list = _setting(
         [], "Weight maps at", "Also show the maps of single steps, as fractions of the run, e.g. 0.25, 0.5.",
         minimum=0.0, maximum=1.0)
+    refresh_first: int = _setting(
+        2, "Refresh first", "LoRAtorio Fast: the first steps that compute the weight maps (every branch).",
+        minimum=1, maximum=1000)
+    refresh_every: int = _setting(
+        5, "Refresh every", "LoRAtorio Fast: after those, the maps are computed again every k-th step.",
+        minimum=1, maximum=1000)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lib_loratorio.branch_runner import MIXED
 from lib_loratorio.composer import BranchComposer
 from lib_loratorio.composition import compose, switch_branch
 from lib_loratorio.errors import LoratorioError, NonFiniteError
@@ -251,3 +252,62 @@ def test_layout_mismatch_and_no_lora_are_errors():
         composer()(x, [False], [0], step=0, evaluate=FakeModel(x))
     with pytest.raises(LoratorioError, match="at least one LoRA"):
         BranchComposer(params(), [])
+
+
+# --- LoRAtorio Fast ---------------------------------------------------------------------------------------
+class MixingModel(FakeModel):
+    """Also answers MIXED rows: base + sum_i map_i * bump_i, as a network whose LoRAs act linearly would."""
+
+    def __call__(self, rows, branches, maps=None):
+        self.calls.append((rows.tolist(), branches.tolist(), None if maps is None else maps.clone()))
+        out, m = [], 0
+        for r, b in zip(rows.tolist(), branches.tolist(), strict=True):
+            if b == MIXED:
+                out.append(self.predict(r, 0) + (maps[m].unsqueeze(1) * self.bumps[1:]).sum(0))
+                m += 1
+            else:
+                out.append(self.predict(r, b))
+        return torch.stack(out)
+
+
+def test_fast_mode_refreshes_on_its_schedule_and_mixes_by_the_last_maps_between():
+    x = torch.randn(2, C, H, W)
+    model = MixingModel(x)
+    p = params(mode="LoRAtorio Fast", refresh_first=2, refresh_every=3, recenter=0.5)
+    comp = composer(p)
+    outs = [comp(x, [False, True], [0, 0], step=s, evaluate=model) for s in range(7)]
+    assert comp.refresh_steps == {0, 1, 3, 6}
+    refresh_maps = {}
+    for step, (rows, branches, maps) in enumerate(model.calls):
+        if step in comp.refresh_steps:     # every branch on the prompt row, the base on the negative row
+            assert sorted(zip(rows, branches, strict=True)) == [(0, b) for b in range(N + 1)] + [(1, 0)]
+            assert maps is None
+            ref = compose(*(model.predict(0, 0)[None], model.predict(1, 0)[None],
+                            torch.stack([model.predict(0, b)[None] for b in range(1, N + 1)]),
+                            torch.stack([model.predict(1, b)[None] for b in range(1, N + 1)])),
+                          patch_size=4, temperature=0.05, recenter=1.0)   # re-centring 1 in the fast mode
+            torch.testing.assert_close(outs[step][0], ref.cond[0])
+            torch.testing.assert_close(outs[step][1], ref.uncond[0])
+            refresh_maps = ref.weights[:, 0]
+        else:                              # one row each: the prompt MIXED by the last refresh's maps
+            assert sorted(zip(rows, branches, strict=True)) == [(0, MIXED), (1, 0)]
+            torch.testing.assert_close(maps[0], refresh_maps)
+            torch.testing.assert_close(outs[step][1], model.predict(1, 0))
+            torch.testing.assert_close(outs[step][0], model.predict(0, 0) + (refresh_maps.unsqueeze(1)
+                                                                             * model.bumps[1:]).sum(0))
+
+
+def test_fast_mode_separate_calls_and_weight_maps_of_every_step():
+    """A host that sends the negative rows in a call of their own, and two images: each prompt row gets
+    its own image's maps; the weight maps shown average the refresh maps over every step."""
+    x = torch.randn(4, C, H, W)
+    model = MixingModel(x)
+    comp = composer(params(mode="LoRAtorio Fast", refresh_first=1, refresh_every=10), keep_weight_maps=True)
+    for step in range(3):
+        comp(x[:2], [False, False], [0, 1], step=step, evaluate=model)
+        comp(x[2:], [True, True], [0, 1], step=step, evaluate=model)
+    rows, branches, maps = model.calls[2]          # step 1, prompt rows
+    assert branches == [MIXED, MIXED] and not torch.allclose(maps[0], maps[1])
+    assert model.calls[3][1] == [0, 0]             # step 1, negative rows: the base model
+    assert comp.weight_map_counts == {0: 3, 1: 3}
+    torch.testing.assert_close(comp.mean_weight_maps()[0], comp.last_weight_maps[0])

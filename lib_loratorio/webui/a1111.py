@@ -122,7 +122,7 @@ class A1111Session(Session):
         """The call's conditioning for rows ``idx``, with each LoRA branch's own text rows."""
         out = take_rows(cond, idx)
         for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
-            if branch == 0 or not self.has_text_encoder[branch - 1]:
+            if branch <= 0 or not self.has_text_encoder[branch - 1]:  # base, or MIXED (base text)
                 continue
             text = self.branch_text_at(denoiser.sampler.sampler_extra_args, layout.step, branch)
             r = offset + row
@@ -171,10 +171,10 @@ class A1111Session(Session):
         if not self.in_step_range(layout.step, layout.total_steps):
             return self.call_outside_range(x.shape[0], lambda: inner(x, sigma, cond=cond))
 
-        def evaluate(idx: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+        def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
             rows = idx.to(x.device)
             sub = self.cond_rows(cond, idx, branches, layout, offset, denoiser)
-            with self.runner.rows(branches):
+            with self.runner.rows(branches, maps=maps):
                 return inner(x[rows], sigma[rows], cond=sub)
 
         composer = self.composer_for(denoiser)

@@ -174,15 +174,17 @@ class ForgeSession(Session):
         is_uncond = [flags[r // per_chunk] == 1 for r in range(rows)]
         image_of_row = [r % per_chunk for r in range(rows)]
 
-        def evaluate(idx: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+        flux = is_flux(self.p.sd_model)
+
+        def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
             sub = self.sub_args(args, idx, branches, is_uncond, per_chunk)
-            with self.runner.rows(branches):
+            with self.runner.rows(branches, maps=maps, prefix_tokens=_text_tokens(sub) if flux else 0):
                 return run(sub)
 
         key, composer = self.composer_for_pass()
         # Flux: conditional-only composition, its uncond rows (CFG > 1) are the base model's
         out = composer(x, is_uncond, image_of_row, step=self.step, evaluate=evaluate,
-                       batch_limit=_rows_that_fit(apply_model, x), recenter=1.0 if is_flux(self.p.sd_model) else None)
+                       batch_limit=_rows_that_fit(apply_model, x), recenter=1.0 if flux else None)
         if self.params.show_weight_maps and not all(is_uncond):
             self.capture_step_maps(key, self.step, self.total_steps, composer)
         return out
@@ -251,6 +253,12 @@ class ForgeSession(Session):
             if torch.equal(row_text[row, :candidate.shape[0]], candidate):
                 return index
         return None
+
+
+def _text_tokens(args: dict) -> int:
+    """Text tokens ahead of the image tokens in Flux's joint (single-block) sequences."""
+    text = args["c"].get("c_crossattn")
+    return int(text.shape[1]) if text is not None and text.dim() == 3 else 0
 
 
 def _rows_that_fit(apply_model: Callable, x: torch.Tensor) -> Optional[int]:
