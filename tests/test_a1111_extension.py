@@ -22,7 +22,9 @@ from modules.api import api  # noqa: E402
 
 from lib_loratorio.errors import LoratorioError  # noqa: E402
 from lib_loratorio.params import LoratorioParams  # noqa: E402
-from tests.extension_helpers import SETTINGS, UNET_TARGETS, hook_ids, make_txt2img, on, pixels  # noqa: E402
+from tests.extension_helpers import (  # noqa: E402
+    SETTINGS, UNET_TARGETS, check_accordion_layout, hook_ids, make_txt2img, on, pixels,
+)
 from tests.lora_writers import write_kohya  # noqa: E402
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,10 @@ def test_accordion_holds_every_setting_with_its_default(runner):
                                                 defaults.recenter, defaults.top_k]
     assert controls[0].value is False                        # closed accordion = disabled
     assert set(script.paste_field_names) >= {"LoRAtorio", "LoRAtorio patch size", "LoRAtorio temperature"}
+
+
+def test_the_accordion_is_compact_and_shows_the_settings_of_the_mode(runner):
+    check_accordion_layout(runner)
 
 
 # --- off = untouched -----------------------------------------------------------------------------------
