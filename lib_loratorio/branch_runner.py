@@ -41,13 +41,15 @@ class BranchRunner:
     """
 
     def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
-                 device_copies: Optional[dict] = None) -> None:
+                 device_copies: Optional[dict] = None, labels: Sequence[str] | None = None) -> None:
         """``device_copies``: a cache of deltas moved to a device/dtype, shared between runs
-        (LoraLibrary.device_copies); by default each runner keeps its own."""
+        (LoraLibrary.device_copies); by default each runner keeps its own. ``labels[i]`` names LoRA i
+        in the errors its layers raise (by default its file name)."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)
         self.strengths = [float(s) for s in strengths]
+        self.labels = list(labels) if labels is not None else [f"LoRA '{lora.lora.name}'" for lora in loras]
         self._by_module: dict[nn.Module, list[tuple[int, ModuleDelta]]] = {}
         for i, lora in enumerate(loras):
             for _name, module, delta in lora.targets:
@@ -137,20 +139,28 @@ class BranchRunner:
             sel = self._selectors[i]
             if sel is None or self.strengths[i] == 0:
                 continue
-            if isinstance(delta, FusedAttentionDelta):
-                out = _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
-                                       self.strengths[i])
-                continue
-            d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module)
-            d = d.to(out.dtype) * self.strengths[i]
-            if torch.is_grad_enabled() and out.requires_grad:
-                out = out.index_add(0, _as_index(sel, out.shape[0], out.device), d)
-            elif isinstance(sel, slice):
-                out[sel] += d
-            else:
-                out.index_add_(0, sel.to(out.device), d)
+            try:
+                out = self._add_delta(module, args, kwargs, x, out, sel, i, delta)
+            except LoratorioError as err:  # e.g. a DoRA LoRA on a quantized layer: say which LoRA
+                raise type(err)(f"{self.labels[i]}: {err}") from err
         if isinstance(output, tuple):
             return (out, *output[1:])
+        return out
+
+    def _add_delta(self, module: nn.Module, args: tuple, kwargs: dict, x: torch.Tensor, out: torch.Tensor,
+                   sel: RowSelector, i: int, delta: ModuleDelta) -> torch.Tensor:
+        """``out`` with LoRA i's delta added on its rows ``sel``."""
+        if isinstance(delta, FusedAttentionDelta):
+            return _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
+                                    self.strengths[i])
+        d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module)
+        d = d.to(out.dtype) * self.strengths[i]
+        if torch.is_grad_enabled() and out.requires_grad:
+            return out.index_add(0, _as_index(sel, out.shape[0], out.device), d)
+        if isinstance(sel, slice):
+            out[sel] += d
+        else:
+            out.index_add_(0, sel.to(out.device), d)
         return out
 
 

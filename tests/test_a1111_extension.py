@@ -277,7 +277,7 @@ def test_sdxl_model(runner, sd15):
     finally:
         shared.sd_model = sd15
     assert hook_ids(xl) == hooks
-    with pytest.raises(LoratorioError, match="LoRA 'xl_lora' does not fit the loaded model"):
+    with pytest.raises(LoratorioError, match=r"LoRA 'xl_lora' does not fit the loaded model.* \(in <loratorio:xl_lora:1>\)$"):
         run(runner, on(), prompt="a cat <loratorio:xl_lora:1>")     # an SDXL LoRA on the SD1.5 model
 
 
@@ -287,7 +287,7 @@ RIGHT_FORM = re.escape("write <loratorio:NAME:STRENGTH>, e.g. <loratorio:alice:0
 
 @pytest.mark.parametrize("prompt, message", [
     ("a cat <loratorio:nobody:1>", "Unknown LoRA 'nobody' in <loratorio:nobody:1>"),
-    ("a cat <loratorio:broken:1>", "broken.safetensors"),
+    ("a cat <loratorio:broken:1>", r"'broken.safetensors' is not a readable .* \(in <loratorio:broken:1>\)$"),
     ("a cat <loratorio:alice:strong>", 'In the tag "<loratorio:alice:strong>" the strength must be a number: ' + RIGHT_FORM),
     ("a cat <loratorio:alice:nan>", 'In the tag "<loratorio:alice:nan>" the strength must be a number'),
     ("a cat <loratorio::0.8>", 'The tag "<loratorio::0.8>" names no LoRA: ' + RIGHT_FORM),

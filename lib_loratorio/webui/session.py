@@ -19,6 +19,7 @@ from modules import prompt_parser, shared
 
 from ..branch_runner import BranchRunner
 from ..composer import BranchComposer
+from ..errors import LoratorioError
 from ..lora_library import LoraLibrary
 from ..network_names import BoundLora
 from ..params import LoratorioParams
@@ -135,7 +136,10 @@ class Session:
         loras, hashes, labels = [], {}, []
         for lora in requested:
             entry = resolve_lora(lora.name, lora.source)
-            loras.append(LIBRARY.bind(entry.filename, components))
+            try:
+                loras.append(LIBRARY.bind(entry.filename, components))
+            except LoratorioError as err:  # unreadable or not for this model: say which tag asked for it
+                raise type(err)(f"{err} (in {lora.source})") from err
             labels.append(f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})")
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
@@ -170,8 +174,8 @@ class Session:
                     if not has_te:
                         per_branch.append(None)
                         continue
-                    with BranchRunner([self.loras[i]], [self.strengths[i]], LIBRARY.device_copies) as runner, \
-                            runner.whole_batch(1):
+                    with BranchRunner([self.loras[i]], [self.strengths[i]], LIBRARY.device_copies,
+                                      [self.labels[i]]) as runner, runner.whole_batch(1):
                         per_branch.append(original(function, required_prompts, steps, [[None, None]],
                                                    extra_network_data, hires_steps))
                 self.branch_conds[id(result)] = per_branch
@@ -205,7 +209,7 @@ class Session:
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Hooks and wrappers live only while ``p.sample`` runs; removed on every exit path."""
-        self.runner = BranchRunner(self.loras, self.strengths, LIBRARY.device_copies)
+        self.runner = BranchRunner(self.loras, self.strengths, LIBRARY.device_copies, self.labels)
         try:
             with self.runner:
                 yield
