@@ -123,7 +123,7 @@ class LoratorioScript(scripts.Script):
         try:
             params = parse_script_args(args, xyz_overrides(p))
         except LoratorioError as err:  # unusable settings: the generation fails with the message
-            ADAPTER.start_session(p, LoratorioParams(enabled=True), err)
+            ADAPTER.start_session(p, LoratorioParams(), err)
             return
         if not params.enabled:
             return
