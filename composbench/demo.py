@@ -42,7 +42,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--seed", type=int, default=111)
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--cfg", type=float, default=CFG)
-    ap.add_argument("--patch", type=int, default=2, help="LoRAtorio patch size (2 = the sweep's choice; the extension's default is 8)")
+    ap.add_argument("--patch", type=int, default=2,
+                    help="LoRAtorio patch size (2 = the sweep's choice; the extension's default is 4)")
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
     ap.add_argument("--strength", type=float, default=1.0)

@@ -101,7 +101,7 @@ def _mean(xs):
 
 
 def summarize(records: list[dict], method_names: Sequence[str]) -> dict:
-    from .scoring import frechet, reference_renders, Scorer
+    from .scoring import Scorer, frechet, reference_renders
     comps = sorted({r["comp"] for r in records}, key=lambda c: (len(c), c))
     n_img = len(records[0]["seeds"])
     ref = reference_renders([c for c in comps for _ in range(n_img)])
@@ -136,7 +136,8 @@ def markdown(summary: dict, title: str) -> str:
              "Concept recall (fraction of requested concepts the classifier detects). The 'prompt only' row "
              "is the base model with the joined trigger words: it knows no trigger, so its recall is the "
              "classifier's false-positive floor. 'spurious' = fraction of NOT requested concepts detected.", "",
-             "| method | N=2 | N=3 | N=4 | N=5 | avg (± s.e.) | avg − floor | spurious | confidence | FD | evals/img | s/img |",
+             "| method | N=2 | N=3 | N=4 | N=5 | avg (± s.e.) | avg − floor | spurious | confidence | FD "
+             "| evals/img | s/img |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v):
@@ -226,6 +227,7 @@ def diagnose(comps: Sequence[tuple[str, ...]], patch: int = 4, timesteps=(900, 7
     the one whose concept owns the patch (the routing LoRAtorio relies on)."""
     from lib_loratorio.branch_runner import BranchRunner
     from lib_loratorio.composition import patch_similarity
+
     from .model import add_noise
     from .sampling import Bench
     bench = Bench()
@@ -341,7 +343,8 @@ def calibrate_markdown(r: dict) -> str:
              "single LoRA = the LoRA alone with its trigger word (the ceiling a composition can reach); "
              "base + trigger = the base model with the same prompt (false-positive floor); "
              "base generic = base model with generic captions (false positives per concept).", "",
-             "| concept | single LoRA detected | base + trigger detected | base generic: flagged |", "|---|---|---|---|"]
+             "| concept | single LoRA detected | base + trigger detected | base generic: flagged |",
+             "|---|---|---|---|"]
     for c in world.ALL_CONCEPTS:
         lines.append(f"| {c} | {r['single_lora_detection'][c]:.2f} | {r['base_with_trigger_prompt_detection'][c]:.2f} "
                      f"| {r['base_generic_false_positive'][c]:.2f} |")
@@ -381,7 +384,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--sweep", action="store_true", help="patch size x temperature x re-centring sweep")
     ap.add_argument("--diagnose", action="store_true", help="divergence inside/outside each concept")
     ap.add_argument("--calibrate", action="store_true", help="classifier on single-LoRA and base generations")
-    ap.add_argument("--patch", type=int, default=2, help="LoRAtorio patch size (2 = the sweep's choice, 1/16 of this 32-px side; the extension's default 4 is 1/16 of an SD1.5 latent)")
+    ap.add_argument("--patch", type=int, default=2,
+                    help="LoRAtorio patch size (2 = the sweep's choice, 1/16 of this 32-px side; "
+                         "the extension's default 4 is 1/16 of an SD1.5 latent)")
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
@@ -434,7 +439,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=1))
     (out / "results.md").write_text(text)
     write_plot(summary, out / "recall.png")
-    grid_comps = sample_compositions(2, 99) if not per_n else [c for i, c in enumerate(comps) if i % max(1, len(comps) // 8) == 0][:8]
+    every = max(1, len(comps) // 8)
+    grid_comps = sample_compositions(2, 99) if not per_n else [c for i, c in enumerate(comps) if i % every == 0][:8]
     grid_comps = [c for c in grid_comps if c in set(r["comp"] for r in records)][:8] or comps[:4]
     write_grid(records, names, grid_comps, out / "grid.png")
     print(text, flush=True)

@@ -73,7 +73,7 @@ def train_base(iters: int = 1100, batch: int = 32, seed: int = 0, log_every: int
         opt.step()
         decay = min(0.999, (1 + i) / (10 + i))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
         running += loss.item()
         if (i + 1) % log_every == 0:
@@ -246,7 +246,7 @@ def train_classifier(n_train: int = 16000, n_test: int = 2000, epochs: int = 5, 
     acc = (clean == yt.bool()).float().mean(0)
     acc_aug = (aug == yt.bool()).float().mean(0)
     exact = (clean == yt.bool()).all(1).float().mean()
-    report = {c: round(float(a), 4) for c, a in zip(world.ALL_CONCEPTS, acc)}
+    report = {c: round(float(a), 4) for c, a in zip(world.ALL_CONCEPTS, acc, strict=True)}
     print("held-out per-concept accuracy (clean renders):", report)
     print(f"held-out mean accuracy clean {acc.mean():.4f}, augmented {acc_aug.mean():.4f}, exact-match {exact:.4f}")
     save_file({k: v.half().contiguous() for k, v in clf.state_dict().items()},

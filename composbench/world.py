@@ -137,7 +137,7 @@ def _background(img, scene: Scene, rng) -> None:
         xs, ys = rng.integers(0, SIZE, n), rng.integers(0, SIZE, n)
         img[ys, xs] = (1.0, 1.0, 0.9)
         # a few bigger twinkles
-        for k in range(3):
+        for _ in range(3):
             x, y = rng.integers(1, SIZE - 1, 2)
             img[y, x - 1:x + 2] = (0.9, 0.9, 1.0)
             img[y - 1:y + 2, x] = (0.9, 0.9, 1.0)

@@ -5,7 +5,8 @@ that belong to branch i; other rows pass through unchanged. Rows are assigned pe
 :meth:`BranchRunner.rows`; outside that block the hooks do nothing, so any other call of the
 network (a ControlNet, the host's own passes) is untouched. Hooks are removed on exit, whatever
 ended the block (exception, interrupt), which is the extension's promise that nothing is left
-behind.
+behind. The deltas' copies on the model's device and what they build to be applied (a
+:class:`DeltaCache` bounded by ``cache_bytes``) live as long as the runner and are freed on exit.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .delta_cache import DeltaCache
 from .errors import LoratorioError
+from .layer_maps import LayerMaps, is_text_side
 from .lora_layers import FusedAttentionDelta, ModuleDelta
 from .network_names import BoundLora
 
 RowSelector = Union[slice, torch.Tensor]
+DEFAULT_CACHE_BYTES = 1 << 30
+#: Branch index of a row that sees every LoRA, each scaled by its weight map (the fast mode).
+MIXED = -1
 
 
 def _selector(mask: torch.Tensor) -> Optional[RowSelector]:
@@ -41,23 +47,27 @@ class BranchRunner:
     """
 
     def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
-                 device_copies: Optional[dict] = None, labels: Sequence[str] | None = None) -> None:
-        """``device_copies``: a cache of deltas moved to a device/dtype, shared between runs
-        (LoraLibrary.device_copies); by default each runner keeps its own. ``labels[i]`` names LoRA i
-        in the errors its layers raise (by default its file name)."""
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, labels: Sequence[str] | None = None) -> None:
+        """``cache_bytes``: the most that LyCORIS/DoRA deltas may keep built between forwards.
+        ``labels[i]``: LoRA i as the errors its layers raise name it (by default its file name)."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)
         self.strengths = [float(s) for s in strengths]
         self.labels = list(labels) if labels is not None else [f"LoRA '{lora.lora.name}'" for lora in loras]
         self._by_module: dict[nn.Module, list[tuple[int, ModuleDelta]]] = {}
+        self._text_side: dict[nn.Module, bool] = {}
         for i, lora in enumerate(loras):
-            for _name, module, delta in lora.targets:
+            for name, module, delta in lora.targets:
                 self._by_module.setdefault(module, []).append((i, delta))
+                self._text_side[module] = is_text_side(name.split(":", 1)[-1])
         self._handles: list = []
-        self._device_copies: dict = {} if device_copies is None else device_copies
+        self._device_copies: dict = {}
+        self.cache = DeltaCache(cache_bytes)
         self._n_rows: Optional[int] = 0
         self._selectors: list[Optional[RowSelector]] = []
+        self._mixed: Optional[RowSelector] = None
+        self._layer_maps: Optional[LayerMaps] = None
 
     # --- lifetime -----------------------------------------------------------------------------
     def __enter__(self) -> "BranchRunner":
@@ -73,10 +83,12 @@ class BranchRunner:
         self.remove()
 
     def remove(self) -> None:
-        """Remove every hook this runner installed; safe to call more than once."""
+        """Remove every hook this runner installed and free its device copies; safe to call more than once."""
         while self._handles:
             self._handles.pop().remove()
         self._selectors = []
+        self._device_copies.clear()
+        self.cache.clear()
 
     @property
     def installed(self) -> bool:
@@ -84,23 +96,32 @@ class BranchRunner:
 
     # --- row assignment -------------------------------------------------------------------------
     @contextmanager
-    def rows(self, branches: torch.Tensor, active: Optional[torch.Tensor] = None) -> Iterator[None]:
+    def rows(self, branches: torch.Tensor, active: Optional[torch.Tensor] = None, maps: Optional[torch.Tensor] = None,
+             prefix_tokens: int = 0) -> Iterator[None]:
         """Within the block, row r of every hooked module's batch belongs to ``branches[r]``.
 
         ``active`` [rows, N] (bool) overrides the one-LoRA-per-branch rule, e.g. all True for
-        rows that should see every LoRA merged.
+        rows that should see every LoRA merged. Rows of branch ``MIXED`` see every LoRA, each
+        scaled by its weight map: ``maps`` [mixed rows, N, H, W] on the latent grid, in row order
+        (see layer_maps.LayerMaps; ``prefix_tokens``: text tokens before the image tokens of a
+        joint sequence, Flux's single blocks).
         """
+        branches = branches.to("cpu", torch.long)
+        mixed = branches == MIXED
+        if bool(mixed.any()) != (maps is not None) or (maps is not None and maps.shape[0] != int(mixed.sum())):
+            raise LoratorioError("LoRAtorio's mixed rows and their weight maps do not match; please report this.")
         if active is None:
-            branches = branches.to("cpu", torch.long)
             active = torch.zeros(len(branches), self.n_loras, dtype=torch.bool)
             lora_rows = branches > 0
             active[lora_rows.nonzero().flatten(), branches[lora_rows] - 1] = True
         self._n_rows = active.shape[0]
         self._selectors = [_selector(active[:, i]) for i in range(self.n_loras)]
+        if maps is not None:
+            self._mixed, self._layer_maps = _selector(mixed), LayerMaps(maps, prefix_tokens)
         try:
             yield
         finally:
-            self._selectors = []
+            self._selectors, self._mixed, self._layer_maps = [], None, None
 
     @contextmanager
     def whole_batch(self, branch: int) -> Iterator[None]:
@@ -125,7 +146,7 @@ class BranchRunner:
         return copy
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
-        if not self._selectors:
+        if not self._selectors and self._mixed is None:
             return None
         x = args[0] if args else next(iter(kwargs.values()))
         out = output[0] if isinstance(output, tuple) else output
@@ -139,10 +160,10 @@ class BranchRunner:
             sel = self._selectors[i]
             if sel is None or self.strengths[i] == 0:
                 continue
-            try:
+            with self._naming(i):
                 out = self._add_delta(module, args, kwargs, x, out, sel, i, delta)
-            except LoratorioError as err:  # e.g. a DoRA LoRA on a quantized layer: say which LoRA
-                raise type(err)(f"{self.labels[i]}: {err}") from err
+        if self._mixed is not None:
+            out = self._add_mixed(module, x, out)
         if isinstance(output, tuple):
             return (out, *output[1:])
         return out
@@ -153,7 +174,7 @@ class BranchRunner:
         if isinstance(delta, FusedAttentionDelta):
             return _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
                                     self.strengths[i])
-        d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module)
+        d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module, self.cache)
         d = d.to(out.dtype) * self.strengths[i]
         if torch.is_grad_enabled() and out.requires_grad:
             return out.index_add(0, _as_index(sel, out.shape[0], out.device), d)
@@ -161,6 +182,37 @@ class BranchRunner:
             out[sel] += d
         else:
             out.index_add_(0, sel.to(out.device), d)
+        return out
+
+    @contextmanager
+    def _naming(self, i: int) -> Iterator[None]:
+        """An error LoRA i's layers raise (e.g. DoRA on a quantized layer) says which LoRA it is."""
+        try:
+            yield
+        except LoratorioError as err:
+            raise type(err)(f"{self.labels[i]}: {err}") from err
+
+    def _add_mixed(self, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Rows of branch MIXED: every LoRA's change, each scaled by its weight map at this layer."""
+        sel = self._mixed
+        x_rows, out_rows = x[sel], out[sel]
+        weights = self._layer_maps.weights_for(out_rows, self._text_side[module]).to(out.device, out.dtype)
+        total = None
+        for i, delta in self._by_module[module]:
+            if self.strengths[i] == 0 or isinstance(delta, FusedAttentionDelta):
+                continue  # nn.MultiheadAttention only appears in text encoders, which mixed rows never run
+            with self._naming(i):
+                d = self._delta_on(delta, out.device, x.dtype).output_delta(x_rows, module, self.cache).to(out.dtype)
+            d = d * (weights[i] * self.strengths[i])
+            total = d if total is None else total + d
+        if total is None:
+            return out
+        if torch.is_grad_enabled() and out.requires_grad:
+            return out.index_add(0, _as_index(sel, out.shape[0], out.device), total)
+        if isinstance(sel, slice):
+            out[sel] += total
+        else:
+            out.index_add_(0, sel.to(out.device), total)
         return out
 
 

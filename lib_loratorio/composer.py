@@ -8,7 +8,7 @@ and returns one composed prediction per host row, in the host's own row order an
 The row layout is passed with every call and never cached: hosts chunk, split cond from uncond,
 skip the uncond or add ``AND`` rows from call to call. What is carried between calls is only the
 weight map of the current step, so that uncond rows arriving in a later call of the same step are
-blended with the weights of their image's cond rows (METHOD.md: W comes from the cond predictions).
+blended with the weights of their image's cond rows (docs/METHOD.md, step 7: W comes from the cond predictions).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class BranchComposer:
 
     # --- helpers ------------------------------------------------------------------------------
     def _check(self, preds: torch.Tensor, branches: Sequence[int], uncond: bool) -> None:
-        for pred, b in zip(preds, branches):
+        for pred, b in zip(preds, branches, strict=True):
             check_finite(pred, BASE_MODEL if b == 0 else self.labels[b - 1], _kind(uncond))
 
     def _weights(self, x: torch.Tensor, base: torch.Tensor, loras: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """The LoRAtorio composition step and the baselines it is compared with.
 
 Foteinopoulou, Budvytis, Liwicki, "LoRAtorio: An intrinsic approach to LoRA Skill Composition"
-(arXiv 2508.11624). Per d x d latent patch, each LoRA branch's conditional prediction is compared
-with the base model's (cosine similarity over channels and pixels); a SoftMin over LoRAs turns the
-similarities into weights (the most divergent LoRA owns the patch); the branches are blended with
-those weights, and the unconditional prediction is re-centred on the base model's.
+(arXiv 2508.11624); docs/METHOD.md describes the method as implemented here. Per d x d latent
+patch, each LoRA branch's conditional prediction is compared with the base model's (cosine
+similarity over channels and pixels); a SoftMin over LoRAs turns the similarities into weights (the
+most divergent LoRA owns the patch); the branches are blended with those weights, and the
+unconditional prediction is re-centred on the base model's.
 
 Every blend is convex per pixel, so the functions work on eps, v or x0 predictions alike. The
 similarity, however, must see something proportional to eps: callers holding x0 ("denoised")
@@ -182,7 +183,7 @@ def compose(
     top_k: Optional[int] = None,
     selection: Selection = "patch",
 ) -> CompositionResult:
-    """One LoRAtorio step on noise predictions (METHOD.md steps 2-7).
+    """One LoRAtorio step on noise predictions (docs/METHOD.md, steps 3-7).
 
     base_uncond None (guidance-distilled models): only the conditional composition is returned.
     """

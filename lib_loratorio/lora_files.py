@@ -4,9 +4,9 @@ The normalized key is ``"<component>:<flat_name>"``: ``component`` is ``unet`` (
 UNet, Flux transformer), ``te1`` (SD1.5's text encoder, SDXL's and Flux's CLIP), ``te2`` (SDXL's
 second; Flux's T5 as OneTrainer and diffusers name it) or ``te3`` (T5 as kohya's sd-scripts names
 it), and ``flat_name`` is the module path with '.' replaced by '_' as kohya writes it. Which live
-network a component means is the caller's business (network_names.bind_lora). Flattening loses the information of where the dots were,
-so the key is matched later against the *live* network's flattened names (network_names.py)
-instead of being turned back into a dotted path here.
+network a component means is the caller's business (network_names.bind_lora). Flattening loses the
+information of where the dots were, so the key is matched later against the *live* network's
+flattened names (network_names.py) instead of being turned back into a dotted path here.
 
 Only safetensors is read: pickled checkpoints can run arbitrary code when loaded.
 """
@@ -35,7 +35,10 @@ class LoraFile:
     name: str
     metadata: dict[str, str]
     modules: dict[str, ModuleDelta]
-    skipped: list[str] = field(default_factory=list)
+    #: module (or, for keys of no known layout, the key) -> why it was not read
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: bytes of the file's tensors as held in memory
+    nbytes: int = 0
 
 
 # Parameter suffix in the file -> canonical parameter name. Longest suffixes are tried first.
@@ -192,13 +195,20 @@ def read_lora_file(path: str | Path) -> LoraFile:
             f"LoRA file '{path.name}' is not a readable .safetensors file ({e}); it is probably "
             "truncated or corrupt: download it again.") from e
 
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise LoraFileError(
+            f"LoRA file '{path.name}' holds NaN or infinite values in {len(bad)} of its {len(tensors)} tensors "
+            f"(e.g. {bad[0]}): the file is damaged or was saved from a diverged training run. Use another "
+            "copy or an earlier epoch of it.")
+
     grouped: dict[tuple[str, str], dict[str, Tensor]] = {}
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
     peft_style: set[tuple[str, str]] = set()
     for key, tensor in tensors.items():
         parts = split_key(key)
         if parts is None:
-            skipped.append(key)
+            skipped[key] = "key of no known LoRA layout"
             continue
         comp, flat, param = parts
         grouped.setdefault((comp, flat), {})[param] = tensor
@@ -209,12 +219,14 @@ def read_lora_file(path: str | Path) -> LoraFile:
     for (comp, flat), params in grouped.items():
         try:
             modules[f"{comp}:{flat}"] = _build(params, metadata, comp, flat, (comp, flat) in peft_style)
-        except (ValueError, KeyError, RuntimeError, IndexError):
-            skipped.extend(f"{comp}:{flat}.{p}" for p in sorted(params))
+        except (ValueError, KeyError, RuntimeError, IndexError) as err:
+            reason = str(err) if isinstance(err, ValueError) else f"its tensors do not fit together ({err})"
+            skipped[f"{comp}:{flat}"] = f"could not be built: {reason}"
     if not modules:
         sample = ", ".join(sorted(tensors)[:3]) or "no tensors at all"
         raise LoraFileError(
             f"LoRA file '{path.name}' contains no LoRA weights LoRAtorio recognizes (first keys: "
             f"{sample}). It may be an embedding, a full checkpoint or an unsupported LoRA type; "
             "use a kohya/A1111, diffusers/PEFT or LyCORIS (LoHa, LoKr, full) LoRA file.")
-    return LoraFile(path=path, name=name, metadata=metadata, modules=modules, skipped=skipped)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    return LoraFile(path=path, name=name, metadata=metadata, modules=modules, skipped=skipped, nbytes=nbytes)

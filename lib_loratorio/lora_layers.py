@@ -8,6 +8,11 @@ Every delta answers three questions about one layer of the host network:
 * ``weight_delta(layer)``: the same change as a dense weight (for merging, tests, benchmarks).
 * ``to(device, dtype)``: a copy on another device/dtype that callers can cache.
 
+What a delta builds from its factors to be applied (LoHa's product factors, DoRA's merged weight)
+goes into the :class:`~lib_loratorio.delta_cache.DeltaCache` the caller passes, never into the
+delta itself: files stay as small in memory as on disk. Plain LoRA/LoCon and LoKr build nothing
+large: they are applied factor by factor.
+
 Layers are told apart by the rank of their weight (2 = linear, 4 = conv2d), not by their class,
 so WebUI/Forge replacement ops with an ``nn.Linear``/``nn.Conv2d``-shaped ``.weight`` work too.
 Conv attributes are read with ``getattr`` defaults for the same reason. The shape always comes
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .delta_cache import DeltaCache
 from .errors import LoraMismatchError
 
 __all__ = [
@@ -149,47 +155,47 @@ class ModuleDelta:
         clone.__dict__.update(self.__dict__)
         for name, t in tensors.items():
             setattr(clone, name, None if t is None else t.to(device=device, dtype=dtype))
-        clone._reset_cache()
         return clone
 
-    def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
+    def output_delta(self, x: Tensor, layer: nn.Module, cache: Optional[DeltaCache] = None) -> Tensor:
         """Change of ``layer(x)`` caused by this delta, for ``x`` = the layer's input.
 
         ``x`` and the delta must share device and dtype: call ``to(x.device, x.dtype)`` once and
-        keep the copy.
+        keep the copy. ``cache`` keeps what the delta builds from its factors between calls
+        (the branch runner's, bounded in bytes); without one it is built on every call.
         """
-        return apply_weight(x, self.weight_delta(layer), layer, self.bias)
+        return apply_weight(x, self.dense(layer, cache), layer, self.bias)
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
         """Dense weight change with the shape of ``layer``'s weight (``weight_shape``)."""
         raise NotImplementedError
 
+    def dense(self, layer: nn.Module, cache: Optional[DeltaCache] = None) -> Tensor:
+        """``weight_delta(layer)``, kept in ``cache`` when one is given."""
+        if cache is None:
+            return self.weight_delta(layer)
+        return cache.get(self._dense_key(layer), lambda: self.weight_delta(layer))
+
     def numel(self) -> int:
-        """Elements this delta holds on the model's device once applied (for memory planning)."""
+        """Elements this delta holds on the model's device while applied (for memory planning):
+        its own tensors plus what it builds from them."""
+        return self.stored_numel()
+
+    def stored_numel(self) -> int:
+        """Elements of the delta's own tensors (what the file holds)."""
         return sum(t.numel() for t in self._tensors().values() if t is not None)
 
     # -- helpers for subclasses -------------------------------------------------------------
     def _tensors(self) -> dict[str, Optional[Tensor]]:
-        """Attribute name -> tensor for everything ``to`` must move (caches excluded)."""
+        """Attribute name -> tensor for everything ``to`` must move."""
         return {k: v for k, v in self.__dict__.items() if isinstance(v, Tensor) and not k.startswith("_")}
 
-    def _reset_cache(self) -> None:
-        self._dense: Optional[Tensor] = None
+    def _dense_key(self, layer: nn.Module) -> tuple:
+        return (id(self), "dense")
 
     def fits(self, weight_shape: tuple[int, ...]) -> bool:
         """Whether this delta can be applied to a weight of ``weight_shape``."""
         return same_weight_shape(self.shape, tuple(weight_shape))
-
-    def _cached_dense(self, layer: nn.Module) -> Tensor:
-        """Build the dense delta once per object (``to`` copies start with an empty cache)."""
-        dense = getattr(self, "_dense", None)
-        if dense is None:
-            dense = self._build_dense()
-            self._dense = dense
-        return dense.reshape(weight_shape(layer))
-
-    def _build_dense(self) -> Tensor:
-        raise NotImplementedError
 
 
 class LowRank(ModuleDelta):
@@ -209,11 +215,11 @@ class LowRank(ModuleDelta):
         super().__init__(shape, bias)
         self.down, self.up, self.mid, self.scale = down, up, mid, float(scale)
 
-    def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
+    def output_delta(self, x: Tensor, layer: nn.Module, cache: Optional[DeltaCache] = None) -> Tensor:
         conv = len(weight_shape(layer)) == 4
         if conv and int(getattr(layer, "groups", 1)) != 1:
             # A rank factorisation does not respect conv groups; fall back to the dense delta.
-            return super().output_delta(x, layer)
+            return super().output_delta(x, layer, cache)
         bias = self.bias
         if conv:
             up = self.up.reshape(self.up.shape[0], self.up.shape[1], 1, 1)
@@ -254,21 +260,14 @@ def _tucker(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
     return torch.einsum("ij...,jr,ip->pr...", t, wb, wa)
 
 
-class _FactoredDense(ModuleDelta):
-    """LyCORIS factorisations that are applied as a dense delta, built once per device copy."""
+class LoHa(ModuleDelta):
+    """LyCORIS LoHa: ``scale * (w1a @ w1b) * (w2a @ w2b)`` (Hadamard product), optional Tucker.
 
-    def fits(self, weight_shape: tuple[int, ...]) -> bool:
-        return _flat_fits(self.shape, tuple(weight_shape))
-
-    def weight_delta(self, layer: nn.Module) -> Tensor:
-        return self._cached_dense(layer)
-
-    def numel(self) -> int:
-        return super().numel() + math.prod(self.shape)  # the dense delta built on first use
-
-
-class LoHa(_FactoredDense):
-    """LyCORIS LoHa: ``scale * (w1a @ w1b) * (w2a @ w2b)`` (Hadamard product), optional Tucker."""
+    The Hadamard product of two rank-r factorisations is itself a factorisation of rank r1*r2
+    (``W[o, i] = sum_pq w1a[o,p] w2a[o,q] * w1b[p,i] w2b[q,i]``), exact and often much smaller than
+    the dense weight. Each layer is applied in whichever form has fewer elements (memory, and
+    about the multiply-adds per output pixel), built per generation in the runner's cache.
+    """
 
     def __init__(self, w1a: Tensor, w1b: Tensor, w2a: Tensor, w2b: Tensor, scale: float,
                  t1: Optional[Tensor] = None, t2: Optional[Tensor] = None,
@@ -281,7 +280,53 @@ class LoHa(_FactoredDense):
         self.w1a, self.w1b, self.w2a, self.w2b, self.t1, self.t2 = w1a, w1b, w2a, w2b, t1, t2
         self.scale = float(scale)
 
-    def _build_dense(self) -> Tensor:
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        return _flat_fits(self.shape, tuple(weight_shape))
+
+    @property
+    def product_rank(self) -> int:
+        return self.w1b.shape[0] * self.w2b.shape[0] if self.t1 is None else self.t1.shape[0] * self.t2.shape[0]
+
+    def _factored_numel(self) -> int:
+        r, out = self.product_rank, self.shape[0]
+        if self.t1 is None:
+            return r * (out + math.prod(self.shape[1:]))
+        return r * (out + self.shape[1]) + r * r * math.prod(self.shape[2:])
+
+    def _factored_is_smaller(self) -> bool:
+        return self._factored_numel() < math.prod(self.shape)
+
+    def numel(self) -> int:
+        return self.stored_numel() + min(self._factored_numel(), math.prod(self.shape))
+
+    def output_delta(self, x: Tensor, layer: nn.Module, cache: Optional[DeltaCache] = None) -> Tensor:
+        if not self._factored_is_smaller():
+            return super().output_delta(x, layer, cache)
+        shape = weight_shape(layer)
+        if cache is None:
+            factors = self._product_factors(shape)
+        else:
+            factors = cache.get((id(self), "factors"), lambda: self._product_factors(shape))
+        down, up, mid = factors if len(factors) == 3 else (*factors, None)
+        return LowRank(down, up, self.scale, mid, self.bias).output_delta(x, layer, cache)
+
+    def _product_factors(self, shape: tuple[int, ...]) -> tuple[Tensor, ...]:
+        """(down, up[, mid]) of the rank r1*r2 factorisation, shaped as LowRank takes them."""
+        r = self.product_rank
+        if self.t1 is None:
+            up = torch.einsum("op,oq->opq", self.w1a.reshape(self.w1a.shape[0], -1),
+                              self.w2a.reshape(self.w2a.shape[0], -1)).reshape(shape[0], r)
+            down = torch.einsum("pi,qi->pqi", self.w1b.reshape(self.w1b.shape[0], -1),
+                                self.w2b.reshape(self.w2b.shape[0], -1)).reshape(r, *shape[1:])
+            return down, up
+        # Tucker: both halves share the layout W = wa^T . t . wb, so their product is a Tucker
+        # decomposition whose core is the per-kernel-position outer product of the two cores.
+        up = torch.einsum("io,ko->oik", self.w1a, self.w2a).reshape(shape[0], r, 1, 1)
+        down = torch.einsum("ji,li->jli", self.w1b, self.w2b).reshape(r, shape[1], 1, 1)
+        mid = torch.einsum("ij...,kl...->ikjl...", self.t1, self.t2).reshape(r, r, *self.t1.shape[2:])
+        return down, up, mid
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
         def half(wa: Tensor, wb: Tensor, t: Optional[Tensor]) -> Tensor:
             if t is not None:
                 return _tucker(t, wa, wb)
@@ -289,11 +334,16 @@ class LoHa(_FactoredDense):
 
         w1 = half(self.w1a, self.w1b, self.t1)
         w2 = half(self.w2a, self.w2b, self.t2)
-        return (w1.reshape(w2.shape) * w2) * self.scale
+        return ((w1.reshape(w2.shape) * w2) * self.scale).reshape(weight_shape(layer))
 
 
-class LoKr(_FactoredDense):
-    """LyCORIS LoKr: ``scale * kron(w1, w2)``; each side full or factored (``w2`` also Tucker)."""
+class LoKr(ModuleDelta):
+    """LyCORIS LoKr: ``scale * kron(w1, w2)``; each side full or factored (``w2`` also Tucker).
+
+    Applied without ever building the Kronecker product: with ``w1`` [a, b] and ``w2`` [c, d],
+    ``kron(w1, w2) @ x`` is ``w1 @ X @ w2^T`` for the input reshaped to X [b, d]; a conv layer
+    convolves each of the b input channel groups with ``w2`` and mixes the groups with ``w1``.
+    """
 
     def __init__(self, w1: Optional[Tensor], w1a: Optional[Tensor], w1b: Optional[Tensor],
                  w2: Optional[Tensor], w2a: Optional[Tensor], w2b: Optional[Tensor],
@@ -310,7 +360,11 @@ class LoKr(_FactoredDense):
         self.w1, self.w1a, self.w1b, self.w2, self.w2a, self.w2b, self.t2 = w1, w1a, w1b, w2, w2a, w2b, t2
         self.scale = float(scale)
 
-    def _build_dense(self) -> Tensor:
+    def fits(self, weight_shape: tuple[int, ...]) -> bool:
+        return _flat_fits(self.shape, tuple(weight_shape))
+
+    def _sides(self) -> tuple[Tensor, Tensor]:
+        """(w1 [a, b], w2 [c, d] or [c, d*kh*kw] or [c, d, kh, kw]), both small."""
         w1 = self.w1 if self.w1 is not None else self.w1a @ self.w1b
         if self.w2 is not None:
             w2 = self.w2
@@ -318,10 +372,37 @@ class LoKr(_FactoredDense):
             w2 = _tucker(self.t2, self.w2a, self.w2b)
         else:
             w2 = self.w2a @ self.w2b.reshape(self.w2b.shape[0], -1)
+        return w1, w2
+
+    def numel(self) -> int:
+        w1 = self.w1.numel() if self.w1 is not None else self.w1a.shape[0] * self.w1b.shape[1]
+        return self.stored_numel() + w1 + math.prod(self.shape) // w1  # + both sides built
+
+    def output_delta(self, x: Tensor, layer: nn.Module, cache: Optional[DeltaCache] = None) -> Tensor:
+        shape = weight_shape(layer)
+        conv = len(shape) == 4
+        if conv and int(getattr(layer, "groups", 1)) != 1:
+            return super().output_delta(x, layer, cache)  # groups mix the channel blocks: go dense
+        w1, w2 = self._sides()
+        (a, b), c = w1.shape, w2.shape[0]
+        d = shape[1] // b
+        w1 = w1 * self.scale
+        if conv:
+            n, _, height, width = x.shape
+            h = _conv(x.reshape(n * b, d, height, width), w2.reshape(c, d, *shape[2:]), layer)
+            h = h.reshape(n, b, c, *h.shape[-2:])
+            out = torch.einsum("ab,nbc...->nac...", w1, h).reshape(n, a * c, *h.shape[-2:])
+            return out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
+        h = x.reshape(*x.shape[:-1], b, d) @ w2.reshape(c, d).t()      # [..., b, c]
+        out = (w1 @ h).reshape(*x.shape[:-1], a * c)                      # [..., a, c]
+        return out if self.bias is None else out + self.bias
+
+    def weight_delta(self, layer: nn.Module) -> Tensor:
+        w1, w2 = self._sides()
         if w2.ndim == 4:
             w1 = w1[:, :, None, None]
         # kron of [a, b] and [c, d*kh*kw] is the conv kron flattened, so the 2D case needs no care.
-        return torch.kron(w1.contiguous(), w2.contiguous()) * self.scale
+        return (torch.kron(w1.contiguous(), w2.contiguous()) * self.scale).reshape(weight_shape(layer))
 
 
 class FullDiff(ModuleDelta):
@@ -345,8 +426,9 @@ class DoRA(ModuleDelta):
     ``lora_magnitude_vector`` is always per output row, though conv layers store it as
     [1, out, 1, 1], so its reader passes ``per_output=True``.
 
-    The result depends on the layer's current weight, so it is built per layer state and cached;
-    quantized (fp8, bnb, GGUF) weights are refused rather than dequantized.
+    The result depends on the layer's current weight, so it is built per layer state (kept in the
+    runner's cache under a key of the weight's identity and version); quantized (fp8, bnb, GGUF)
+    weights are refused rather than dequantized.
     """
 
     def __init__(self, inner: ModuleDelta, magnitude: Tensor, per_output: Optional[bool] = None) -> None:
@@ -356,7 +438,6 @@ class DoRA(ModuleDelta):
             out = inner.shape[0]
             per_output = magnitude.ndim == 1 or (magnitude.shape[0] == out and magnitude.numel() == out)
         self.per_output = per_output
-        self._key: Optional[tuple] = None
 
     def fits(self, weight_shape: tuple[int, ...]) -> bool:
         return self.inner.fits(weight_shape)
@@ -368,31 +449,29 @@ class DoRA(ModuleDelta):
             return self
         return DoRA(inner, mag, self.per_output)
 
-    def numel(self) -> int:
-        return self.inner.numel() + self.magnitude.numel() + math.prod(self.shape)  # + its dense weight
+    def stored_numel(self) -> int:
+        return self.inner.stored_numel() + self.magnitude.numel()
 
-    def _reset_cache(self) -> None:
-        self._dense = None
-        self._key = None
+    def numel(self) -> int:
+        return self.stored_numel() + math.prod(self.shape)  # + its dense weight
+
+    def _dense_key(self, layer: nn.Module) -> tuple:
+        w = layer.weight
+        # In-place edits of the weight bump its version, so a merged host LoRA invalidates this.
+        return (id(self), w.data_ptr(), w._version, tuple(w.shape), w.device)
 
     def weight_delta(self, layer: nn.Module) -> Tensor:
         w = _readable_weight(layer)
-        dtype = self.magnitude.dtype
-        # In-place edits of the weight bump its version, so a merged host LoRA invalidates this.
-        key = (w.data_ptr(), w._version, tuple(w.shape), w.device, dtype)
-        if self._key != key:
-            base = w.detach().to(device=self.magnitude.device, dtype=torch.float32)
-            merged = base + self.inner.weight_delta(layer).to(torch.float32).reshape(base.shape)
-            if self.per_output:
-                norm = merged.reshape(merged.shape[0], -1).norm(dim=1)
-                norm = norm.reshape(-1, *[1] * (merged.ndim - 1))
-            else:
-                norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
-                norm = norm.reshape(1, -1, *[1] * (merged.ndim - 2))
-            mag = self.magnitude.to(torch.float32).reshape(norm.shape)
-            self._dense = (merged * (mag / norm) - base).to(dtype)
-            self._key = key
-        return self._dense
+        base = w.detach().to(device=self.magnitude.device, dtype=torch.float32)
+        merged = base + self.inner.weight_delta(layer).to(torch.float32).reshape(base.shape)
+        if self.per_output:
+            norm = merged.reshape(merged.shape[0], -1).norm(dim=1)
+            norm = norm.reshape(-1, *[1] * (merged.ndim - 1))
+        else:
+            norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
+            norm = norm.reshape(1, -1, *[1] * (merged.ndim - 2))
+        mag = self.magnitude.to(torch.float32).reshape(norm.shape)
+        return (merged * (mag / norm) - base).to(self.magnitude.dtype)
 
 
 class FusedAttentionDelta(ModuleDelta):
@@ -420,6 +499,9 @@ class FusedAttentionDelta(ModuleDelta):
 
     def numel(self) -> int:
         return sum(part.numel() for part in self.parts.values())
+
+    def stored_numel(self) -> int:
+        return sum(part.stored_numel() for part in self.parts.values())
 
     def weights(self, attention: nn.MultiheadAttention,
                 strength: float) -> tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
@@ -454,7 +536,7 @@ class FusedAttentionDelta(ModuleDelta):
         """The module's attention output for this call, with the LoRA merged at ``strength``."""
         names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
                  "average_attn_weights", "is_causal")
-        call = {**dict(zip(names, args)), **kwargs}
+        call = {**dict(zip(names, args, strict=False)), **kwargs}
         q, k, v = call["query"], call["key"], call["value"]
         if attention.batch_first:
             q, k, v = (t.transpose(0, 1) for t in (q, k, v))
@@ -501,7 +583,8 @@ class SlicedOutputDelta(ModuleDelta):
         super().__init__(shape, self._gather_bias(shape[0]))
         ends = [0] + [s.start + s.length for s, _ in self.parts]
         # Parts that tile the output exactly are concatenated instead of added into zeros.
-        self._tiles = ends[-1] == shape[0] and all(s.start == e for (s, _), e in zip(self.parts, ends))
+        self._tiles = ends[-1] == shape[0] and all(
+            s.start == e for (s, _), e in zip(self.parts, ends[:-1], strict=True))
 
     def _gather_bias(self, out_features: int) -> Optional[Tensor]:
         biased = [(s, part.bias) for s, part in self.parts if part.bias is not None]
@@ -517,12 +600,15 @@ class SlicedOutputDelta(ModuleDelta):
 
     def to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "SlicedOutputDelta":
         moved = [(s, part.to(device, dtype)) for s, part in self.parts]
-        if all(new is old for (_, new), (_, old) in zip(moved, self.parts)):
+        if all(new is old for (_, new), (_, old) in zip(moved, self.parts, strict=True)):
             return self
         return SlicedOutputDelta(moved, self.shape)
 
     def numel(self) -> int:
         return sum(part.numel() for _, part in self.parts)
+
+    def stored_numel(self) -> int:
+        return sum(part.stored_numel() for _, part in self.parts)
 
     def _part_layer(self, layer: nn.Module, s: OutputSlice) -> SimpleNamespace:
         """A stand-in layer for the rows of ``s``: a view of the weight where it is readable
@@ -532,15 +618,16 @@ class SlicedOutputDelta(ModuleDelta):
             return SimpleNamespace(weight=w.narrow(0, s.start, s.length))
         return SimpleNamespace(weight=torch.empty(s.length, self.shape[1], dtype=w.dtype, device="meta"))
 
-    def _part_output(self, x: Tensor, layer: nn.Module, s: OutputSlice, part: ModuleDelta) -> Tensor:
-        return s.place(part.output_delta(x, self._part_layer(layer, s)), -1)
+    def _part_output(self, x: Tensor, layer: nn.Module, s: OutputSlice, part: ModuleDelta,
+                     cache: Optional[DeltaCache]) -> Tensor:
+        return s.place(part.output_delta(x, self._part_layer(layer, s), cache), -1)
 
-    def output_delta(self, x: Tensor, layer: nn.Module) -> Tensor:
+    def output_delta(self, x: Tensor, layer: nn.Module, cache: Optional[DeltaCache] = None) -> Tensor:
         if self._tiles:
-            return torch.cat([self._part_output(x, layer, s, part) for s, part in self.parts], dim=-1)
+            return torch.cat([self._part_output(x, layer, s, part, cache) for s, part in self.parts], dim=-1)
         out = x.new_zeros(*x.shape[:-1], self.shape[0])
         for s, part in self.parts:
-            out[..., s.start:s.start + s.length] += self._part_output(x, layer, s, part)
+            out[..., s.start:s.start + s.length] += self._part_output(x, layer, s, part, cache)
         return out
 
     def weight_delta(self, layer: nn.Module) -> Tensor:

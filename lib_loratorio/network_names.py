@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Collection, Mapping, Optional
 
 from torch import nn
 
@@ -89,7 +89,7 @@ _CONTEXT_DIMS = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
 
 @dataclass
 class BoundLora:
-    """A LoRA file bound to a live network: what to apply where."""
+    """A LoRA file bound to a live network: what to apply where, and what was left out and why."""
 
     lora: LoraFile
     #: (qualified live module name "<component>:<dotted name>", the module, its delta)
@@ -98,22 +98,40 @@ class BoundLora:
     unmatched: list[str] = field(default_factory=list)
     #: why a key in ``unmatched`` was left out, where there is more to say than "no such module"
     reasons: dict[str, str] = field(default_factory=dict)
+    #: file modules that were bound (several may share one target, e.g. q/k/v of a fused layer)
+    applied: int = 0
+
+    def not_applied(self) -> dict[str, str]:
+        """Every module of the file that is not applied, with the reason: modules the file could not
+        build (LoraFile.skipped) and modules that bind to nothing."""
+        out = dict(self.lora.skipped)
+        out.update({key: self.reasons.get(key, _NO_SUCH_MODULE) for key in self.unmatched})
+        return out
 
     def summary(self) -> str:
+        """One line for the console: what was bound, and what was not, grouped by reason."""
         counts: dict[str, int] = {}
         for name, _, _ in self.targets:
             comp = name.split(":", 1)[0]
             counts[comp] = counts.get(comp, 0) + 1
         parts = ", ".join(f"{c} {n}" for c, n in sorted(counts.items())) or "none"
-        text = f"{self.lora.name}: {len(self.targets)} modules bound ({parts})"
-        if self.unmatched:
-            text += f", {len(self.unmatched)} keys unmatched (e.g. {self.unmatched[0]})"
-            why: dict[str, int] = {}
-            for key in self.unmatched:
-                reason = self.reasons.get(key, "no module of that name in the model")
-                why[reason] = why.get(reason, 0) + 1
-            text += "; " + "; ".join(f"{n}: {reason}" for reason, n in why.items())
+        text = f"{self.lora.name}: {self.applied} modules applied ({parts})"
+        missing = self.not_applied()
+        if missing:
+            text += f"; {len(missing)} not applied: " + _by_reason(missing)
         return text
+
+
+_NO_SUCH_MODULE = "no module of that name in the model"
+
+
+def _by_reason(missing: Mapping[str, str], examples: int = 2) -> str:
+    """'N: reason (e.g. key, key); ...' for keys grouped by reason, the most frequent first."""
+    groups: dict[str, list[str]] = {}
+    for key, reason in missing.items():
+        groups.setdefault(reason, []).append(key)
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    return "; ".join(f"{len(keys)}: {reason} (e.g. {', '.join(keys[:examples])})" for reason, keys in ordered)
 
 
 def _rename(rest: str, table: Mapping[str, str]) -> Optional[str]:
@@ -320,9 +338,18 @@ def _index(component: str, root: nn.Module) -> _Index:
     return index
 
 
+_ATTN2_KV = re.compile(r"attn2_to_[kv]$")
+# Key fragments only SDXL's UNet has: its added-conditioning embedding, and several transformer
+# blocks per attention (SD1.x/2.x have exactly one).
+_SDXL_UNET_KEY = re.compile(r"(label_emb|add_embedding|transformer_blocks_[1-9])")
+# SD1.x/2.x have attention at the first level, SDXL has none there.
+_SD1_UNET_KEY = re.compile(
+    r"^(down_blocks_0_attentions|input_blocks_[12]_1_|up_blocks_3_attentions|output_blocks_(9|10|11)_1_)")
+
+
 def _context_dim_of_lora(lora: LoraFile) -> Optional[int]:
     for key, delta in lora.modules.items():
-        if key.startswith("unet:") and key.endswith("attn2_to_k") and len(delta.shape) >= 2:
+        if key.startswith("unet:") and _ATTN2_KV.search(key) and len(delta.shape) >= 2:
             return delta.shape[1]
     return None
 
@@ -331,9 +358,42 @@ def _context_dim_of_model(unet: Optional[nn.Module]) -> Optional[int]:
     if unet is None:
         return None
     for name, module in unet.named_modules():
-        if name.endswith("attn2.to_k") and _has_weight(module):
+        if name.endswith(("attn2.to_k", "attn2.to_v")) and _has_weight(module):
             return weight_shape(module)[1]
     return None
+
+
+def _family_of_lora(lora: LoraFile) -> Optional[str]:
+    """SD1.x, SD2.x, SDXL or Flux, from the file's key names and shapes; None if it cannot tell."""
+    unet_keys = [k.split(":", 1)[1] for k in lora.modules if k.startswith("unet:")]
+    if any(k.startswith(_FLUX_LORA_PREFIXES) for k in unet_keys):
+        return "Flux"
+    context = _context_dim_of_lora(lora)
+    if context in _CONTEXT_DIMS:
+        return _CONTEXT_DIMS[context]
+    if any(_SDXL_UNET_KEY.search(k) for k in unet_keys) or any(k.startswith("te2:") for k in lora.modules):
+        return "SDXL"
+    if any(_SD1_UNET_KEY.match(k) for k in unet_keys):
+        return "SD1.x/SD2.x"
+    return None
+
+
+def _family_of_model(components: Mapping[str, nn.Module]) -> Optional[str]:
+    unet = components.get("unet")
+    if unet is None:
+        return None
+    if hasattr(unet, "double_blocks"):
+        return "Flux"
+    context = _context_dim_of_model(unet)
+    if context in _CONTEXT_DIMS:
+        return _CONTEXT_DIMS[context]
+    if hasattr(unet, "label_emb") or getattr(unet, "add_embedding", None) is not None:
+        return "SDXL"
+    return None
+
+
+def _same_family(a: str, b: str) -> bool:
+    return a == b or {a, b} <= {"SD1.x/SD2.x", "SD1.5", "SD2.x"}
 
 
 _FLUX_QKV_KEY = re.compile(r"unet:(?:double_blocks_\d+_img_attn_qkv|transformer_blocks_\d+_attn_to_q)$")
@@ -360,20 +420,16 @@ def _likely_cause(lora: LoraFile, components: Mapping[str, nn.Module]) -> str:
     if hidden and hidden[0] != hidden[1]:
         return (f"the LoRA was trained for a Flux-type model of hidden size {hidden[0]} but the model's "
                 f"is {hidden[1]}: it is for another model of that family")
-    unet_keys = [k.split(":", 1)[1] for k in lora.modules if k.startswith("unet:")]
-    if unet is not None and unet_keys:
-        flux_lora = any(k.startswith(_FLUX_LORA_PREFIXES) for k in unet_keys)
-        flux_model = hasattr(unet, "double_blocks")
-        if flux_lora and not flux_model:
-            return "this looks like a Flux LoRA but the model is not a Flux model"
-        if flux_model and not flux_lora:
-            return "this looks like a LoRA for a UNet model (SD1.x/SDXL) but the model is Flux"
-    lora_ctx = _context_dim_of_lora(lora)
-    model_ctx = _context_dim_of_model(components.get("unet"))
+    lora_family, model_family = _family_of_lora(lora), _family_of_model(components)
+    if lora_family == "Flux" and model_family != "Flux":
+        return "this looks like a Flux LoRA but the model is not a Flux model"
+    if model_family == "Flux" and lora_family is not None and lora_family != "Flux":
+        return "this looks like a LoRA for a UNet model (SD1.x/SDXL) but the model is Flux"
+    lora_ctx, model_ctx = _context_dim_of_lora(lora), _context_dim_of_model(unet)
+    if lora_family and model_family and not _same_family(lora_family, model_family):
+        detail = f" (context dim {lora_ctx} vs {model_ctx})" if lora_ctx and model_ctx else ""
+        return f"this looks like an {lora_family} LoRA but the model is {model_family}{detail}"
     if lora_ctx and model_ctx and lora_ctx != model_ctx:
-        if lora_ctx in _CONTEXT_DIMS and model_ctx in _CONTEXT_DIMS:
-            return (f"this looks like an {_CONTEXT_DIMS[lora_ctx]} LoRA (context dim {lora_ctx}) "
-                    f"but the model is {_CONTEXT_DIMS[model_ctx]} ({model_ctx})")
         return (f"the LoRA was trained for cross-attention context dim {lora_ctx} but the model "
                 f"uses {model_ctx}: it is for another base model family")
     if any(k.startswith("te2:") for k in lora.modules) and "te2" not in components:
@@ -391,11 +447,14 @@ def _slice_mismatch(key: str, delta: ModuleDelta, columns: OutputSlice, shape: t
 _SWAPPED_DORA = "DoRA on a layer whose output halves are swapped (diffusers Flux norm_out) is not supported"
 
 
-def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
+def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module], left_out: Collection[str] = ()) -> BoundLora:
     """Match every module of ``lora`` to a live module of ``components`` (``unet``/``te1``/``te2``/``te3``).
 
-    Raises LoraMismatchError when any matched module has another shape than the LoRA expects,
-    or when none of the LoRA's modules for the given components exists in the network.
+    ``left_out``: components whose keys are ignored on purpose (text encoders in "UNet only" mode);
+    they are neither bound nor reported. Raises LoraMismatchError when any matched module has another
+    shape than the LoRA expects, when none of the LoRA's modules exists in the network, or when
+    more of the file's modules would be left out than applied (a LoRA applied in part, silently,
+    looks like a bad LoRA rather than a wrong one).
     """
     indexes = {comp: _index(comp, root) for comp, root in components.items()}
     # nn.MultiheadAttention applies its in_proj and out_proj weights itself (a hook on out_proj
@@ -410,6 +469,8 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
     candidates = explained = 0
     for key, delta in lora.modules.items():
         comp, flat = key.split(":", 1)
+        if comp in left_out:
+            continue
         if comp not in indexes:
             bound.unmatched.append(key)
             bound.reasons[key] = f"the model has no '{comp}' component"
@@ -429,6 +490,7 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
                 continue
             entry = fused.setdefault(id(attention), (f"{comp}:{name.removesuffix('.out_proj')}", attention, {}))
             entry[2][part] = delta
+            bound.applied += 1
             continue
         shape = weight_shape(module) if _has_weight(module) else ()
         if len(shape) not in (2, 4):
@@ -445,11 +507,13 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
                 explained += 1
             else:
                 sliced.setdefault(id(module), (f"{comp}:{name}", module, []))[2].append((columns, delta))
+                bound.applied += 1
             continue
         if not delta.fits(shape):
             mismatched.append(f"{key}: LoRA {list(delta.shape)} vs model {list(shape)}")
             continue
         bound.targets.append((f"{comp}:{name}", module, delta))
+        bound.applied += 1
     bound.targets += [(name, attention, FusedAttentionDelta(parts)) for name, attention, parts in fused.values()]
     bound.targets += [(name, module, SlicedOutputDelta(parts, weight_shape(module)))
                       for name, module, parts in sliced.values()]
@@ -464,4 +528,11 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module]) -> BoundLora:
             f"LoRA '{lora.name}' matches none of the loaded model's modules ({candidates} keys, "
             f"e.g. {sample}): it is for another model architecture; "
             f"{_likely_cause(lora, components)}.")
+    missing = {k: r for k, r in bound.not_applied().items() if k.split(":", 1)[0] not in left_out}
+    if len(missing) > bound.applied:
+        raise LoraMismatchError(
+            f"LoRA '{lora.name}': {len(missing)} of its {len(missing) + bound.applied} modules cannot be "
+            f"applied, more than are ({_by_reason(missing)}). Applying the rest would give a part of the "
+            f"LoRA without saying so; {_likely_cause(lora, components)}. Use a LoRA made for this model "
+            "(or report the file if it is one).")
     return bound

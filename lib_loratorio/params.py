@@ -126,7 +126,7 @@ class LoratorioParams:
         if len(args) > len(names):
             raise InvalidParameterError(
                 f"LoRAtorio takes at most {len(names)} positional args ({', '.join(names)}), got {len(args)}.")
-        return cls(**dict(zip(names, args)))
+        return cls(**dict(zip(names, args, strict=False)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

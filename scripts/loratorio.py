@@ -114,7 +114,8 @@ class LoratorioScript(scripts.Script):
         ordered = [enabled, *(controls[name] for name in settings)]
         keys = [INFOTEXT_PREFIX] + [LoratorioParams.infotext_key(name) for name in settings]
         kinds = [bool] + [type(_FIELDS[name].default) for name in settings]
-        self.infotext_fields = [(c, _boolean(key) if kind is bool else key) for c, key, kind in zip(ordered, keys, kinds)]
+        self.infotext_fields = [(c, _boolean(key) if kind is bool else key)
+                                for c, key, kind in zip(ordered, keys, kinds, strict=True)]
         self.paste_field_names = keys
         return ordered
 

@@ -61,7 +61,7 @@ def check_accordion_layout(runner):
     assert [c.label for c in controls[1:]] == [LoratorioParams.__dataclass_fields__[n].metadata["label"]
                                                for n in SETTINGS[1:]]
     assert [c.elem_id for c in controls[1:]] == [script.elem_id(n) for n in SETTINGS[1:]]
-    by_name = dict(zip(SETTINGS, controls))
+    by_name = dict(zip(SETTINGS, controls, strict=True))
     main = by_name["enabled"].accordion
     rows = {by_name[n].parent for n in EVERYDAY}
     assert 2 <= len(rows) <= 3 and all(type(r).__name__ == "Row" and r.parent is main for r in rows)

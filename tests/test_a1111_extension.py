@@ -15,17 +15,14 @@ if STANDIN not in sys.path:
     sys.path.insert(0, STANDIN)
 
 import standin_models  # noqa: E402
-from modules import (  # noqa: E402
-    extra_networks, infotext_utils, processing, script_callbacks, scripts, shared,
-)
+from modules import extra_networks, infotext_utils, processing, script_callbacks, scripts, shared  # noqa: E402
 from modules.api import api  # noqa: E402
 
 from lib_loratorio.errors import LoratorioError  # noqa: E402
 from lib_loratorio.params import LoratorioParams  # noqa: E402
-from tests.extension_helpers import (  # noqa: E402
-    SETTINGS, UNET_TARGETS, check_accordion_layout, hook_ids, make_txt2img, on, pixels,
-)
+from tests.extension_helpers import SETTINGS, UNET_TARGETS, check_accordion_layout, hook_ids, make_txt2img, on, pixels  # noqa: E402
 from tests.lora_writers import write_kohya  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def sd15(one_thread):
@@ -148,7 +145,7 @@ def test_infotext_pastes_back_into_the_accordion(runner):
     script = runner.alwayson_scripts[0]
     controls = runner.inputs[script.args_from:script.args_to]
     pasted = infotext_utils.paste_values(script.infotext_fields, result.infotexts[0])
-    values = [update.get("value", control.value) for update, control in zip(pasted, controls)]
+    values = [update.get("value", control.value) for update, control in zip(pasted, controls, strict=True)]
     assert LoratorioParams.from_args(values) == LoratorioParams.from_args(on(**wanted))
 
 
@@ -277,7 +274,8 @@ def test_sdxl_model(runner, sd15):
     finally:
         shared.sd_model = sd15
     assert hook_ids(xl) == hooks
-    with pytest.raises(LoratorioError, match=r"LoRA 'xl_lora' does not fit the loaded model.* \(in <loratorio:xl_lora:1>\)$"):
+    with pytest.raises(LoratorioError,
+                       match=r"LoRA 'xl_lora' does not fit the loaded model.* \(in <loratorio:xl_lora:1>\)$"):
         run(runner, on(), prompt="a cat <loratorio:xl_lora:1>")     # an SDXL LoRA on the SD1.5 model
 
 
@@ -288,7 +286,8 @@ RIGHT_FORM = re.escape("write <loratorio:NAME:STRENGTH>, e.g. <loratorio:alice:0
 @pytest.mark.parametrize("prompt, message", [
     ("a cat <loratorio:nobody:1>", "Unknown LoRA 'nobody' in <loratorio:nobody:1>"),
     ("a cat <loratorio:broken:1>", r"'broken.safetensors' is not a readable .* \(in <loratorio:broken:1>\)$"),
-    ("a cat <loratorio:alice:strong>", 'In the tag "<loratorio:alice:strong>" the strength must be a number: ' + RIGHT_FORM),
+    ("a cat <loratorio:alice:strong>",
+     'In the tag "<loratorio:alice:strong>" the strength must be a number: ' + RIGHT_FORM),
     ("a cat <loratorio:alice:nan>", 'In the tag "<loratorio:alice:nan>" the strength must be a number'),
     ("a cat <loratorio::0.8>", 'The tag "<loratorio::0.8>" names no LoRA: ' + RIGHT_FORM),
     ("a cat <loratorio:w=0.8>", 'The tag "<loratorio:w=0.8>" names no LoRA'),
@@ -329,7 +328,7 @@ def test_nan_in_a_branch_is_named_and_the_model_stays_clean(runner, lora_dir):
 
     tensors = load_file(str(lora_dir / "alice.safetensors"))
     key = next(k for k in tensors if k.endswith("lora_up.weight"))
-    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    tensors[key] = torch.full_like(tensors[key], 3e38)  # finite in the file, inf in the branch's prediction
     save_file(tensors, str(lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
     with pytest.raises(LoratorioError, match="^LoRA 'nan_lora' \\(nan_lora.safetensors, <loratorio:nan_lora:1>\\) "
@@ -352,7 +351,8 @@ def test_api_positional_and_named_forms(runner):
     status, body = api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 500 and "Unknown LoRA 'nobody'" in body["errors"]
-    status, body = api.run_txt2img_api({**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {}}}, runner)
+    status, body = api.run_txt2img_api(
+        {**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {}}}, runner)
     assert status == 200                                                      # off: the text is the user's
     status, body = api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {"args": [{}]}}}, runner)

@@ -12,6 +12,7 @@ if STANDIN not in sys.path:
     sys.path.insert(0, STANDIN)
 
 import gradio as gr  # noqa: E402  (the stand-in fake)
+
 import standin_models  # noqa: E402
 from modules import errors, extra_networks, infotext_utils, processing, script_callbacks, scripts, shared  # noqa: E402
 from modules.api import api  # noqa: E402
@@ -39,7 +40,7 @@ def clean_state(sd15):
 
 
 class Spy(torch.nn.Module):
-    """Wraps ``denoiser.model_wrap`` (the recipe of notes §1.8) and records every inner call."""
+    """Wraps ``denoiser.model_wrap`` (the recipe of docs/research/a1111-1.10.1.md §1.8) and records every inner call."""
 
     def __init__(self, inner, log, fail=False):
         super().__init__()
@@ -57,7 +58,8 @@ class Spy(torch.nn.Module):
         if self.fail:
             raise RuntimeError("boom in sampling")
         c = cond["c_crossattn"][0] if "c_crossattn" in cond else cond["crossattn"]
-        self.log.append({"rows": x.shape[0], "cond_rows": c.shape[0], "tokens": c.shape[1], "keys": sorted(cond), "x": x.clone()})
+        self.log.append({"rows": x.shape[0], "cond_rows": c.shape[0], "tokens": c.shape[1], "keys": sorted(cond),
+                         "x": x.clone()})
         return self.inner(x, sigma, cond=cond)
 
 
@@ -72,7 +74,8 @@ def install_spy(log, params_log=None, fail=False):
 
 
 def txt2img(**kw):
-    args = dict(prompt="a cat", negative_prompt="", steps=1, width=64, height=64, batch_size=2, sampler_name="Euler", seed=3)
+    args = dict(prompt="a cat", negative_prompt="", steps=1, width=64, height=64, batch_size=2, sampler_name="Euler",
+                seed=3)
     args.update(kw)
     return processing.StableDiffusionProcessingTxt2Img(**args)
 
@@ -247,7 +250,8 @@ def test_refiner_switch_discards_model_wrap(sd15):
     refiner = standin_models.make_sd15_model("refiner", seed=1)
     seen, loaded = [], []
     script_callbacks.on_model_loaded(lambda m: loaded.append(m.sd_checkpoint_info.name_for_extra))
-    script_callbacks.on_cfg_denoiser(lambda params: seen.append((params.denoiser.model_wrap is None, params.denoiser.inner_model.inner_model is refiner)))
+    script_callbacks.on_cfg_denoiser(lambda params: seen.append(
+        (params.denoiser.model_wrap is None, params.denoiser.inner_model.inner_model is refiner)))
     p = txt2img(steps=4, batch_size=1, refiner_switch_at=0.5, refiner_model=refiner)
     processing.process_images(p)
     assert seen == [(False, False), (False, False), (True, True), (False, True)]
@@ -262,7 +266,8 @@ def test_lora_network_listing(tmp_path):
 
     def write(path, meta):
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = json.dumps({"__metadata__": meta, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+        tensor = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+        header = json.dumps({"__metadata__": meta, "w": tensor}).encode()
         path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0\0\0")
 
     write(tmp_path / "a.safetensors", {"ss_output_name": "same"})
@@ -276,4 +281,5 @@ def test_lora_network_listing(tmp_path):
     a, b, c = (networks.available_networks[k] for k in "abc")
     assert a.get_alias() == "a" and c.get_alias() == "c" and len(a.shorthash) == 12
     assert (b.sd_version.name, c.sd_version.name) == ("SDXL", "Unknown")
-    assert [n.name for n in networks.load_networks(["a", "same"])] == ["a"]  # a forbidden alias resolves by file name only
+    # a forbidden alias resolves by file name only
+    assert [n.name for n in networks.load_networks(["a", "same"])] == ["a"]

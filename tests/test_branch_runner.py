@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from lib_loratorio.branch_runner import BranchRunner
+from lib_loratorio.branch_runner import MIXED, BranchRunner
 from lib_loratorio.errors import LoraMismatchError, LoratorioError
 from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
@@ -72,7 +72,7 @@ def test_each_branch_equals_the_merged_model_and_base_rows_are_exact(setup):
         plain = unet(x, t, ctx).sample
         with BranchRunner(bound, STRENGTHS) as runner, runner.rows(torch.tensor([0, 1, 2])):
             out = unet(x, t, ctx).sample
-        for i, (b, s) in enumerate(zip(bound, STRENGTHS), start=1):
+        for i, (b, s) in enumerate(zip(bound, STRENGTHS, strict=True), start=1):
             ref = merged_copy(unet, b, s)(x[:1], t[:1], ctx[:1]).sample
             assert torch.allclose(out[i:i + 1], ref, atol=1e-5), i
     assert torch.equal(out[0], plain[0])
@@ -99,18 +99,22 @@ def test_an_error_of_a_lora_layer_names_the_lora(setup):
     bound = [bind_lora(f, {"unet": unet}) for f in files]
 
     class Refusing:
-        def output_delta(self, x, layer):
+        def to(self, device, dtype):
+            return self
+
+        def output_delta(self, x, layer, cache=None):
             raise LoraMismatchError("DoRA LoRAs need an unquantized model.")
 
-    _, _, delta = bound[1].targets[0]
-    copies = {(id(delta), torch.device("cpu"), torch.float32): Refusing()}   # the runner's device copy of it
-    labels = ["LoRA 'alice' (alice.safetensors, <loratorio:alice:1>)", "LoRA 'hat' (hat.safetensors, <loratorio:hat:1>)"]
+    name, module, _ = bound[1].targets[0]
+    bound[1].targets[0] = (name, module, Refusing())
+    labels = ["LoRA 'alice' (alice.safetensors, <loratorio:alice:1>)",
+              "LoRA 'hat' (hat.safetensors, <loratorio:hat:1>)"]
     x, t, ctx = inputs(3)
     rows = torch.tensor([0, 1, 2])
-    with BranchRunner(bound, STRENGTHS, copies, labels) as runner, runner.rows(rows), \
+    with BranchRunner(bound, STRENGTHS, labels=labels) as runner, runner.rows(rows), \
             pytest.raises(LoraMismatchError, match=r"^LoRA 'hat' \(hat.safetensors, <loratorio:hat:1>\): DoRA"):
         unet(x, t, ctx)
-    with BranchRunner(bound, STRENGTHS, copies) as runner, runner.rows(rows), \
+    with BranchRunner(bound, STRENGTHS) as runner, runner.rows(rows), \
             pytest.raises(LoraMismatchError, match="^LoRA 'lora1': DoRA"):          # by default its file name
         unet(x, t, ctx)
 
@@ -192,7 +196,8 @@ def test_fused_attention_equals_merged_weights(tmp_path, batch_first):
     for part in ("q", "k", "v", "out"):
         key = f"lora_te2_text_model_encoder_layers_0_self_attn_{part}_proj"
         down, up = torch.randn(2, e) * 0.3, torch.randn(e, 2) * 0.3
-        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)})
+        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                        f"{key}.alpha": torch.tensor(2.0)})
         deltas[part] = up @ down
     save_file(tensors, str(tmp_path / "te2.safetensors"))
     bound = bind_lora(read_lora_file(tmp_path / "te2.safetensors"), {"te2": te2})
@@ -216,3 +221,80 @@ def test_fused_attention_equals_merged_weights(tmp_path, batch_first):
     for r, b in enumerate(branches.tolist()):
         expected = (ref if b else plain).select(dim, r)
         assert torch.allclose(rows.select(dim, r), expected, atol=1e-5)
+
+
+# --- mixed rows (the fast mode): every LoRA, each scaled by its weight map -----------------------------
+def test_mixed_row_with_one_hot_maps_equals_that_lora_branch(setup):
+    unet, files = setup
+    bound = [bind_lora(f, {"unet": unet}) for f in files]
+    x, t, ctx = inputs(4)
+    maps = torch.zeros(2, 2, 16, 16)
+    maps[0, 0], maps[1, 1] = 1.0, 1.0            # row 2 owned by LoRA 1 everywhere, row 3 by LoRA 2
+    with torch.no_grad(), BranchRunner(bound, STRENGTHS) as runner:
+        with runner.rows(torch.tensor([1, 2, MIXED, MIXED]), maps=maps):
+            out = unet(x, t, ctx).sample
+    torch.testing.assert_close(out[2], out[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[3], out[1], atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_row_with_uniform_maps_equals_every_lora_at_its_share(setup):
+    """Uniform maps 1/N: every layer gets sum_i (1/N) s_i dW_i x, which is the model with each LoRA
+    merged at s_i / N, spatial layers and text-side layers alike."""
+    unet, files = setup
+    bound = [bind_lora(f, {"unet": unet}) for f in files]
+    x, t, ctx = inputs(1)
+    with torch.no_grad(), BranchRunner(bound, STRENGTHS) as runner:
+        with runner.rows(torch.tensor([MIXED]), maps=torch.full((1, 2, 16, 16), 0.5)):
+            mixed = unet(x, t, ctx).sample
+    both = copy.deepcopy(unet)
+    modules, names = dict(both.named_modules()), {m: n for n, m in unet.named_modules()}
+    with torch.no_grad():
+        for b, s in zip(bound, STRENGTHS, strict=True):
+            for _, module, delta in b.targets:
+                modules[names[module]].weight += s / 2 * delta.weight_delta(module)
+    torch.testing.assert_close(mixed, both(x, t, ctx).sample, atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_rows_route_each_patch_to_its_lora_in_a_conv_layer(tmp_path):
+    from torch import nn
+
+    net = nn.ModuleDict({"conv": nn.Conv2d(4, 6, 3, padding=1)})
+    loras = []
+    for i in range(2):
+        write_kohya(tmp_path / f"c{i}.safetensors", net, ["conv"], "lora", seed=i)
+        loras.append(bind_lora(read_lora_file(tmp_path / f"c{i}.safetensors"), {"unet": net}))
+    x = torch.randn(1, 4, 8, 8).expand(3, -1, -1, -1)
+    maps = torch.zeros(1, 2, 8, 8)
+    maps[0, 0, :, :4], maps[0, 1, :, 4:] = 1.0, 1.0     # left half LoRA 1, right half LoRA 2
+    with torch.no_grad(), BranchRunner(loras, [1.0, 1.0]) as runner:
+        with runner.rows(torch.tensor([1, 2, MIXED]), maps=maps):
+            out = net["conv"](x)
+    torch.testing.assert_close(out[2, :, :, :4], out[0, :, :, :4])
+    torch.testing.assert_close(out[2, :, :, 4:], out[1, :, :, 4:])
+
+
+def test_layer_maps_lay_weights_out_like_the_layer():
+    from lib_loratorio.layer_maps import LayerMaps, is_text_side
+
+    maps = torch.rand(2, 3, 6, 10)                      # rows, N, H, W
+    lm = LayerMaps(maps, prefix_tokens=5)
+    assert lm.weights_for(torch.zeros(2, 7, 6, 10), False).shape == (3, 2, 1, 6, 10)
+    tokens = lm.weights_for(torch.zeros(2, 15, 8), False)      # 3 x 5 tokens: the grid at scale 1
+    torch.testing.assert_close(tokens[..., 0], torch.nn.functional.adaptive_avg_pool2d(maps, (3, 5))
+                               .flatten(2).transpose(0, 1))
+    joint = lm.weights_for(torch.zeros(2, 5 + 15, 8), False)   # Flux single block: text, then image tokens
+    torch.testing.assert_close(joint[:, :, :5, 0], maps.mean((-2, -1)).T.unsqueeze(-1).expand(-1, -1, 5))
+    torch.testing.assert_close(joint[:, :, 5:], tokens)
+    text = lm.weights_for(torch.zeros(2, 15, 8), True)          # cross-attention K/V: the mean weight
+    torch.testing.assert_close(text[..., 0, 0], maps.mean((-2, -1)).T)
+    assert is_text_side("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")
+    assert is_text_side("double_blocks.0.txt_attn.qkv") and not is_text_side("double_blocks.0.img_attn.qkv")
+    assert not is_text_side("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q")
+
+
+def test_mixed_rows_need_their_maps(setup):
+    unet, files = setup
+    bound = [bind_lora(f, {"unet": unet}) for f in files]
+    with BranchRunner(bound, STRENGTHS) as runner, pytest.raises(LoratorioError, match="mixed rows"):
+        with runner.rows(torch.tensor([0, MIXED])):
+            pass

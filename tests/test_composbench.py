@@ -28,9 +28,9 @@ def test_world_compositions_match_composlora():
 
 
 def test_bundled_loras_load_through_the_runtime():
+    from composbench.model import load_base
     from lib_loratorio.lora_files import read_lora_file
     from lib_loratorio.network_names import bind_lora
-    from composbench.model import load_base
     unet, _ = load_base()
     for c in world.ALL_CONCEPTS:
         bound = bind_lora(read_lora_file(lora_path(c)), {"unet": unet})

@@ -30,7 +30,7 @@ class FakeModel:
 
     def __call__(self, rows, branches):
         self.calls.append((rows.tolist(), branches.tolist()))
-        return torch.stack([self.predict(int(r), int(b)) for r, b in zip(rows, branches)])
+        return torch.stack([self.predict(int(r), int(b)) for r, b in zip(rows, branches, strict=True)])
 
 
 LABELS = [f"LoRA '{name}'" for name in ("alice", "hat", "forest")]
@@ -65,7 +65,7 @@ def test_batch_of_images_cond_and_uncond_in_one_call():
     model = FakeModel(x)
     p = params()
     out = run(model, x, [False, False, True, True], [0, 1, 0, 1], p)
-    for image, (c, u) in enumerate([(0, 2), (1, 3)]):
+    for c, u in [(0, 2), (1, 3)]:
         ref = expected(model, c, u, p)
         assert torch.allclose(out[c], ref.cond[0], atol=1e-6)
         assert torch.allclose(out[u], ref.uncond[0], atol=1e-6)

@@ -1,4 +1,4 @@
-"""The method math (METHOD.md steps 2-7) against hand-computed cases and an independent reference."""
+"""The method math (docs/METHOD.md, steps 3-7) against hand-computed cases and an independent reference."""
 
 import math
 
@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from lib_loratorio.composition import (
-    blend, compose, composite, patch_similarity, patch_weights, recentred_uncond, softmin_weights,
+    blend,
+    compose,
+    composite,
+    patch_similarity,
+    patch_weights,
+    recentred_uncond,
+    softmin_weights,
     switch_branch,
 )
 from lib_loratorio.errors import InvalidParameterError, NonFiniteError

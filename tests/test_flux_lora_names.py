@@ -75,11 +75,12 @@ def _merged(flux: nn.Module, expected: dict) -> nn.Module:
             width = [r.shape[0] for r in rows if r is not None][0]
             zero = torch.zeros(width, layer.weight.shape[1])
             sizes = _part_sizes(layer, len(diffusers))
-            layer.weight += STRENGTH * _stack(bfl, [r if r is not None else zero[:n] for r, n in zip(rows, sizes)])
+            layer.weight += STRENGTH * _stack(bfl, [r if r is not None else zero[:n]
+                                                    for r, n in zip(rows, sizes, strict=True)])
             biases = [expected[d][1] if d in expected else None for d in diffusers]
             if any(b is not None for b in biases):
                 layer.bias += STRENGTH * _stack(bfl, [b if b is not None else torch.zeros(n)
-                                                      for b, n in zip(biases, sizes)])
+                                                      for b, n in zip(biases, sizes, strict=True)])
     return merged
 
 
@@ -206,7 +207,8 @@ def test_flux_lora_of_another_hidden_size_is_a_mismatch(diffusers_file, tmp_path
     with pytest.raises(LoraMismatchError, match=r"30 of 30 modules.*hidden size 32 but the model.s is 48"):
         bind_lora(read_lora_file(path), {"unet": wider})
     write_diffusers_flux(tmp_path / "q.safetensors", targets=["to_q"])
-    with pytest.raises(LoraMismatchError, match=r"LoRA \[32, 32\] vs output columns 0:48 of model layer \[336, 48\] \(expected \[48, 48\]\)"):
+    with pytest.raises(LoraMismatchError, match=r"LoRA \[32, 32\] vs output columns 0:48 of model layer "
+                                                r"\[336, 48\] \(expected \[48, 48\]\)"):
         bind_lora(read_lora_file(tmp_path / "q.safetensors"), {"unet": wider})
 
 
@@ -254,7 +256,8 @@ def test_quantized_weights_bind_by_their_real_shape_and_give_the_same_output(cls
     # The float model these weights stand for (fp8 rounding included).
     reference = copy.deepcopy(flux)
     with torch.no_grad():
-        for (_, q), (_, r) in zip(sorted(_weights(quantized).items()), sorted(_weights(reference).items())):
+        pairs = zip(sorted(_weights(quantized).items()), sorted(_weights(reference).items()), strict=True)
+        for (_, q), (_, r) in pairs:
             r.weight.copy_(q.weight.float() if cls is Fp8Linear else q.dequantized)
     bound = bind_lora(read_lora_file(path), {"unet": quantized})
     assert not bound.unmatched and len(bound.targets) == len(_bfl_parts())
@@ -304,7 +307,8 @@ def test_te3_peft_alpha_comes_from_its_metadata_prefix(tmp_path):
     key = "text_encoder_3.encoder.block.0.layer.0.SelfAttention.q"
     save_file({f"{key}.lora_A.weight": torch.randn(4, 32), f"{key}.lora_B.weight": torch.randn(32, 4)},
               str(tmp_path / "t5.safetensors"), metadata={"lora_adapter_metadata": '{"text_encoder_3.lora_alpha": 2}'})
-    assert read_lora_file(tmp_path / "t5.safetensors").modules["te3:encoder_block_0_layer_0_SelfAttention_q"].scale == 0.5
+    modules = read_lora_file(tmp_path / "t5.safetensors").modules
+    assert modules["te3:encoder_block_0_layer_0_SelfAttention_q"].scale == 0.5
 
 
 def test_dora_on_the_swapped_norm_out_is_left_out_with_a_reason(flux, tmp_path):

@@ -38,9 +38,9 @@ def env(one_thread, tmp_path_factory):
         from modules import extra_networks, infotext_utils, processing, script_callbacks, scripts, shared
         from modules.api import api
 
-        W.__dict__.update(standin_models=standin_models, memory_management=memory_management, extra_networks=extra_networks,
-                          infotext_utils=infotext_utils, processing=processing, script_callbacks=script_callbacks,
-                          scripts=scripts, shared=shared, api=api)
+        W.__dict__.update(standin_models=standin_models, memory_management=memory_management,
+                          extra_networks=extra_networks, infotext_utils=infotext_utils, processing=processing,
+                          script_callbacks=script_callbacks, scripts=scripts, shared=shared, api=api)
         W.sd15, W.sdxl, W.flux = (standin_models.make_sd15_model(), standin_models.make_sdxl_model(),
                                   standin_models.make_flux_model())
         W.lora_dir = make_loras(tmp_path_factory.mktemp("Lora"))
@@ -63,10 +63,12 @@ def make_loras(folder):
                 component="te1", prefix="lora_te_text_model_", seed=5, alpha=8.0)
     xl = W.sdxl.forge_objects.unet.model.diffusion_model
     write_kohya(folder / "xl_lora.safetensors", xl, ["input_blocks.4.1.transformer_blocks.0.attn1.to_k",
-                                                     "middle_block.1.transformer_blocks.0.attn2.to_k"], seed=7, alpha=8.0)
+                                                     "middle_block.1.transformer_blocks.0.attn2.to_k"],
+                seed=7, alpha=8.0)
     clip_g = W.sdxl.forge_objects.clip.cond_stage_model.clip_g.transformer
-    write_kohya(folder / "xl_te2.safetensors", clip_g, ["encoder.layers.0.self_attn.v_proj", "encoder.layers.1.mlp.fc1"],
-                component="te2", prefix="lora_te2_text_model_", seed=8, alpha=8.0)
+    write_kohya(folder / "xl_te2.safetensors", clip_g,
+                ["encoder.layers.0.self_attn.v_proj", "encoder.layers.1.mlp.fc1"], component="te2",
+                prefix="lora_te2_text_model_", seed=8, alpha=8.0)
     dit = W.flux.forge_objects.unet.model.diffusion_model
     for i, name in enumerate(("flux_a", "flux_b")):
         write_kohya(folder / f"{name}.safetensors", dit, FLUX_TARGETS, seed=20 + i, alpha=8.0)
@@ -99,11 +101,13 @@ def runner(env):
     runner = W.scripts.ScriptRunner()
     runner.initialize_scripts(False)
     runner.setup_ui()
-    before = {id(m): (snapshot(m), {hook for net in networks_of(m) for hook in hook_ids(net)}) for m in (W.sd15, W.sdxl, W.flux)}
+    before = {id(m): (snapshot(m), {hook for net in networks_of(m) for hook in hook_ids(net)})
+              for m in (W.sd15, W.sdxl, W.flux)}
     yield runner
     for m in (W.sd15, W.sdxl, W.flux):
         weights, hooks = before[id(m)]
-        assert all(torch.equal(a[k], b[k]) for a, b in zip(weights, snapshot(m)) for k in a), "model weights changed"
+        assert all(torch.equal(a[k], b[k]) for a, b in zip(weights, snapshot(m), strict=True) for k in a), \
+            "model weights changed"
         assert {hook for net in networks_of(m) for hook in hook_ids(net)} == hooks, "hooks left installed"
         assert "model_function_wrapper" not in m.forge_objects.unet.model_options, "wrapper left installed"
         assert "model_function_wrapper" not in m.forge_objects_after_applying_lora.unet.model_options
@@ -280,7 +284,8 @@ def test_another_extensions_wrapper_is_chained(runner):
     assert np.isfinite(pixels(result)).all()
     # both steps' branch evaluations (base + 2 LoRAs, cond and uncond) went through it, a row per chunk
     assert [rows for _, rows, _ in spy.calls] == [6, 6]
-    assert all(len(flags) == len(opts["cond_mark"]) == 6 and opts["cond_indices"] == [j for j in range(6) if not flags[j]]
+    assert all(len(flags) == len(opts["cond_mark"]) == 6
+               and opts["cond_indices"] == [j for j in range(6) if not flags[j]]
                for flags, _, opts in spy.calls)
 
 
@@ -292,7 +297,8 @@ def test_controlnet_outputs_follow_their_rows(runner):
 
         def get_control(self, x, t, c, n_chunks):
             rows = torch.arange(x.shape[0], dtype=torch.float32)
-            return {"output": [rows.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()], "middle": [torch.full((1, 1, 2, 2), 7.0)]}
+            return {"output": [rows.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()],
+                    "middle": [torch.full((1, 1, 2, 2), 7.0)]}
 
     seen = []
 
@@ -304,7 +310,8 @@ def test_controlnet_outputs_follow_their_rows(runner):
 
                 def wrapper(apply_model, args):
                     control = args["c"]["control"]
-                    seen.append((args["input"].clone(), control["output"][0][:, 0, 0, 0].tolist(), control["middle"][0].shape[0]))
+                    seen.append((args["input"].clone(), control["output"][0][:, 0, 0, 0].tolist(),
+                                 control["middle"][0].shape[0]))
                     c = {k: v for k, v in args["c"].items() if k not in ("control", "control_model")}
                     return apply_model(args["input"], args["timestep"], **c)
 
@@ -367,7 +374,8 @@ def test_forge_lora_tags_stay_in_the_base_and_its_lora_state_is_untouched(runner
         assert np.isfinite(pixels(result)).all() and str(patcher.lora_patches) == str(patches)
     finally:
         W.sd15.forge_objects_after_applying_lora.unet = W.sd15.forge_objects_original.unet
-        W.sd15.forge_objects_original.unet.model.lora_loader.refresh(lora_patches={}, offload_device=torch.device("cpu"))
+        loader = W.sd15.forge_objects_original.unet.model.lora_loader
+        loader.refresh(lora_patches={}, offload_device=torch.device("cpu"))
 
 
 # --- model families ---------------------------------------------------------------------------------
@@ -376,7 +384,8 @@ def test_sdxl_with_clip_g_text_encoder_lora(runner):
     composed = run(runner, on(), prompt="a cat <loratorio:xl_lora:1> <loratorio:xl_te2:1>", model=W.sdxl)
     unet_only = run(runner, on(text_encoder="UNet only"), prompt="a cat <loratorio:xl_lora:1> <loratorio:xl_te2:1>",
                     model=W.sdxl)
-    assert not np.array_equal(pixels(base), pixels(composed)) and not np.array_equal(pixels(composed), pixels(unet_only))
+    assert not np.array_equal(pixels(base), pixels(composed))
+    assert not np.array_equal(pixels(composed), pixels(unet_only))
     with pytest.raises(LoratorioError, match="LoRA 'xl_lora' does not fit the loaded model"):
         run(runner, on(), prompt="a cat <loratorio:xl_lora:1>")     # an SDXL LoRA on the SD1.5 model
 
@@ -437,7 +446,8 @@ def test_bad_tags_raise_a_clear_error(runner, prompt, message):
 
 
 def test_an_sd_lora_on_flux_is_named_as_such(runner):
-    with pytest.raises(LoratorioError, match="looks like a LoRA for a UNet model \\(SD1.x/SDXL\\) but the model is Flux"):
+    with pytest.raises(LoratorioError,
+                       match="looks like a LoRA for a UNet model \\(SD1.x/SDXL\\) but the model is Flux"):
         flux_run(runner, on(), prompt="a robot <loratorio:alice:1>")
 
 
@@ -461,7 +471,7 @@ def test_nan_in_a_branch_is_named(runner):
 
     tensors = load_file(str(W.lora_dir / "alice.safetensors"))
     key = next(k for k in tensors if k.endswith("lora_up.weight"))
-    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    tensors[key] = torch.full_like(tensors[key], 3e38)  # finite in the file, inf in the branch's prediction
     save_file(tensors, str(W.lora_dir / "nan_lora.safetensors"))
     networks.list_available_networks()
     with pytest.raises(LoratorioError, match="^LoRA 'nan_lora' \\(nan_lora.safetensors, <loratorio:nan_lora:1>\\) "
@@ -481,7 +491,8 @@ def test_api_positional_and_named_forms(runner):
     status, body = W.api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 500 and "Unknown LoRA 'nobody'" in body["errors"]
-    status, body = W.api.run_txt2img_api({**request, "alwayson_scripts": {"LoRAtorio": {"args": "patch_size=4"}}}, runner)
+    status, body = W.api.run_txt2img_api(
+        {**request, "alwayson_scripts": {"LoRAtorio": {"args": "patch_size=4"}}}, runner)
     assert status == 500 and body["errors"].startswith("LoRAtorio's API args must be a list with one dict")
     status, body = W.api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:>", "alwayson_scripts": {"LoRAtorio": {"args": [{}]}}}, runner)
@@ -495,7 +506,8 @@ def test_the_older_forge_is_refused_with_a_message(runner, monkeypatch):
     from lib_loratorio import webui
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "ldm_patched" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "ldm_patched" else real(name, *a))
     try:
         importlib.reload(webui)
         assert webui.HOST == "forge-legacy"

@@ -23,10 +23,11 @@ def env(one_thread):
         from backend.sampling import sampling_function
         from modules import errors, extra_networks, processing, script_callbacks, scripts, sd_samplers_common, shared
 
-        W.__dict__.update(standin_models=standin_models, memory_management=memory_management, ForgeOperations=ForgeOperations,
-                          UnetPatcher=UnetPatcher, sampling_function=sampling_function, errors=errors,
-                          extra_networks=extra_networks, processing=processing, script_callbacks=script_callbacks,
-                          scripts=scripts, sd_samplers_common=sd_samplers_common, shared=shared)
+        W.__dict__.update(standin_models=standin_models, memory_management=memory_management,
+                          ForgeOperations=ForgeOperations, UnetPatcher=UnetPatcher, sampling_function=sampling_function,
+                          errors=errors, extra_networks=extra_networks, processing=processing,
+                          script_callbacks=script_callbacks, scripts=scripts, sd_samplers_common=sd_samplers_common,
+                          shared=shared)
         W.sd15 = standin_models.make_sd15_model()
         W.sdxl = standin_models.make_sdxl_model()
         W.flux = standin_models.make_flux_model()
@@ -57,9 +58,14 @@ def clean_state(env):
 
 def txt2img(model=None, **kw):
     W.shared.sd_model = model or W.sd15
-    args = dict(prompt="a cat", negative_prompt="", steps=2, width=64, height=64, batch_size=2, sampler_name="Euler", seed=3)
+    args = dict(prompt="a cat", negative_prompt="", steps=2, width=64, height=64, batch_size=2, sampler_name="Euler",
+                seed=3)
     args.update(kw)
     return W.processing.StableDiffusionProcessingTxt2Img(**args)
+
+
+def _as_method(fn):
+    return lambda self, p, *args, **kwargs: fn(p, *args, **kwargs)
 
 
 def runner_with(*hooks_per_script):
@@ -69,7 +75,7 @@ def runner_with(*hooks_per_script):
         body = {"title": lambda self, i=i: f"spy {i}", "show": lambda self, is_img2img: W.scripts.AlwaysVisible,
                 "ui": lambda self, is_img2img: []}
         for name, fn in hooks.items():
-            body[name] = (lambda fn: lambda self, p, *args, **kwargs: fn(p, *args, **kwargs))(fn)
+            body[name] = _as_method(fn)
         classes.append(type(f"Spy{i}", (W.scripts.Script,), body))
     runner = W.scripts.ScriptRunner()
     runner.initialize_scripts(False, classes)
@@ -95,8 +101,9 @@ def wrapper_script(log, only_iteration=None, fail=False):
         def wrapper(apply_model, args):
             if fail:
                 raise RuntimeError("boom in wrapper")
-            log.append({"keys": sorted(args), "cond_or_uncond": list(args["cond_or_uncond"]), "rows": args["input"].shape[0],
-                        "t_rows": args["timestep"].shape[0], "c": {k: getattr(v, "shape", v) for k, v in args["c"].items()},
+            log.append({"keys": sorted(args), "cond_or_uncond": list(args["cond_or_uncond"]),
+                        "rows": args["input"].shape[0], "t_rows": args["timestep"].shape[0],
+                        "c": {k: getattr(v, "shape", v) for k, v in args["c"].items()},
                         "to": args["c"]["transformer_options"], "apply_model": apply_model, "iteration": p.iteration,
                         "hr": p.is_hr_pass})
             return apply_model(args["input"], args["timestep"], **args["c"])
@@ -125,11 +132,13 @@ def test_detection_and_layers():
     dm = W.sd15.forge_objects.unet.model.diffusion_model
     assert isinstance(dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k, W.ForgeOperations.Linear)
     # the diffusers UNet that actually runs holds the same layer objects as the ldm names
-    assert dm.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k is dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k
+    to_k = dm.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k
+    assert to_k is dm.input_blocks[1][1].transformer_blocks[0].attn2.to_k
     names = dict(W.flux.forge_objects.unet.model.diffusion_model.named_modules())
     for n in ("img_in", "txt_in", "time_in.in_layer", "guidance_in.out_layer", "double_blocks.0.img_attn.qkv",
               "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0", "double_blocks.0.img_mlp.2",
-              "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2", "final_layer.linear"):
+              "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2",
+              "final_layer.linear"):
         assert isinstance(names[n], W.ForgeOperations.Linear), n
     assert names["double_blocks.0.img_attn.qkv"].out_features == 3 * 32
     assert type(W.flux).__name__ == "Flux" and "flux" in W.flux.model_config.huggingface_repo.lower()
@@ -167,7 +176,8 @@ def test_memory_knob_splits_calls_and_and_prompts():
 def test_sdxl_conds_and_cfg1_has_no_uncond_rows():
     log = []
     res = run(txt2img(W.sdxl, batch_size=1), wrapper_script(log))
-    assert log[0]["cond_or_uncond"] == [1, 0] and log[0]["c"]["y"] == (2, 80) and log[0]["c"]["c_crossattn"] == (2, 77, 64)
+    assert log[0]["cond_or_uncond"] == [1, 0]
+    assert log[0]["c"]["y"] == (2, 80) and log[0]["c"]["c_crossattn"] == (2, 77, 64)
     assert torch.isfinite(torch.from_numpy(images_array(res))).all()
     log.clear()
     ucs = []
@@ -200,7 +210,8 @@ def test_flux_txt2img_cfg1_guidance_and_packing():
     # odd latent sizes are padded for the 2x2 patches and cropped back
     km = W.flux.forge_objects.unet.model
     x = torch.randn(1, 16, 5, 7)
-    out = km.apply_model(x, torch.tensor([0.5]), c_crossattn=torch.randn(1, 256, 32), y=torch.randn(1, 32), guidance=torch.tensor([3.5]))
+    out = km.apply_model(x, torch.tensor([0.5]), c_crossattn=torch.randn(1, 256, 32), y=torch.randn(1, 32),
+                         guidance=torch.tensor([3.5]))
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
@@ -209,9 +220,11 @@ def test_script_clone_is_used_then_dropped_per_batch():
 
     def process_batch(p, **kwargs):
         unet = p.sd_model.forge_objects.unet
-        seen.append((unet is p.sd_model.forge_objects_after_applying_lora.unet, "model_function_wrapper" in unet.model_options))
+        seen.append((unet is p.sd_model.forge_objects_after_applying_lora.unet,
+                     "model_function_wrapper" in unet.model_options))
 
-    res = run(txt2img(steps=1, batch_size=1, n_iter=2), wrapper_script(log, only_iteration=0), {"process_batch": process_batch})
+    res = run(txt2img(steps=1, batch_size=1, n_iter=2), wrapper_script(log, only_iteration=0),
+              {"process_batch": process_batch})
     assert [e["iteration"] for e in log] == [0]  # the clone from batch 0 is gone in batch 1
     assert seen == [(True, False), (True, False)]
     assert len(res.images) == 3
@@ -224,7 +237,8 @@ def test_hires_calls_process_before_every_sampling_twice():
 
     def pbes(p, **kwargs):
         unet = p.sd_model.forge_objects.unet
-        calls.append((p.is_hr_pass, sorted(kwargs), "model_function_wrapper" in unet.model_options, kwargs["uc"] is None))
+        calls.append((p.is_hr_pass, sorted(kwargs), "model_function_wrapper" in unet.model_options,
+                      kwargs["uc"] is None))
 
     p = txt2img(steps=1, batch_size=1, enable_hr=True, hr_scale=1.5, denoising_strength=0.5, hr_cfg=1.0)
     res = run(p, {"process_before_every_sampling": pbes}, wrapper_script(log))
@@ -232,7 +246,8 @@ def test_hires_calls_process_before_every_sampling_twice():
     # the 2nd runs after it (the spy script runs before wrapper_script, so no wrapper yet)
     assert calls == [(False, ["c", "noise", "uc", "x"], False, False), (True, ["c", "noise", "uc", "x"], True, True),
                      (True, ["c", "noise", "uc", "x"], False, True)]
-    assert [(e["hr"], e["cond_or_uncond"]) for e in log] == [(False, [1, 0]), (True, [0])]  # hires: hr_cfg 1 -> no uncond
+    # hires: hr_cfg 1 -> no uncond
+    assert [(e["hr"], e["cond_or_uncond"]) for e in log] == [(False, [1, 0]), (True, [0])]
     assert res.images[0].size == (96, 96)
 
 
@@ -251,7 +266,8 @@ def test_interrupt_and_errors():
         p.sd_model.forge_objects.unet = unet
 
     res = run(txt2img(steps=3, batch_size=1, n_iter=2), {"process_before_every_sampling": interrupting})
-    assert log == [1] and len(res.images) == 1  # 2nd denoiser call raised InterruptedException (caught), batch 2 skipped
+    # the 2nd denoiser call raised InterruptedException (caught), batch 2 was skipped
+    assert log == [1] and len(res.images) == 1
 
     W.shared.state.begin()
     with pytest.raises(RuntimeError, match="boom in wrapper"):
@@ -288,9 +304,10 @@ def test_cfg_hooks_argument_dicts_and_clone_semantics():
     W.sd15.forge_objects_after_applying_lora.unet = unet
     res = run(txt2img(steps=1, batch_size=1))
     assert len(res.images) == 1 and got["pre_uncond_is_none"] is False
-    assert got["cfg"] == ["cond", "cond_denoised", "cond_scale", "input", "model", "model_options", "sigma", "timestep", "uncond",
-                          "uncond_denoised"]
-    assert got["post"] == ["cond", "cond_denoised", "denoised", "input", "model", "model_options", "sigma", "uncond", "uncond_denoised"]
+    assert got["cfg"] == ["cond", "cond_denoised", "cond_scale", "input", "model", "model_options", "sigma", "timestep",
+                          "uncond", "uncond_denoised"]
+    assert got["post"] == ["cond", "cond_denoised", "denoised", "input", "model", "model_options", "sigma", "uncond",
+                           "uncond_denoised"]
     assert got["post_uncond_list"]
 
     # clone(): same model, deep-copied model_options (closures by reference, bound methods deep-copied)
@@ -319,12 +336,14 @@ def test_lora_patches_merge_into_new_parameter_objects():
     key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
     original = layer.weight
     up, down = torch.randn(layer.out_features, 2), torch.randn(2, layer.in_features)
-    accepted = patcher.add_patches(filename="toy.safetensors", patches={key: ("lora", (up, down, 2.0, None, None)), "nope.weight": ("diff", (up,))})
+    patches = {key: ("lora", (up, down, 2.0, None, None)), "nope.weight": ("diff", (up,))}
+    accepted = patcher.add_patches(filename="toy.safetensors", patches=patches)
     assert accepted == {key}
     W.sd15.forge_objects_after_applying_lora = W.sd15.forge_objects.shallow_copy()
     W.sd15.forge_objects_after_applying_lora.unet = patcher
     run(txt2img(steps=1, batch_size=1))
-    assert patcher.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn2.to_k is layer  # module object kept
+    # the module object is kept
+    assert patcher.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn2.to_k is layer
     assert layer.weight is not original and torch.allclose(layer.weight, original + up @ down)
     W.sd15.forge_objects_after_applying_lora = W.sd15.forge_objects_original.shallow_copy()
     run(txt2img(steps=1, batch_size=1))

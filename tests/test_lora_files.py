@@ -102,7 +102,8 @@ def test_missing_alpha_means_scale_one(tmp_path):
 @pytest.mark.parametrize("key, expected", [
     ("lora_unet_input_blocks_4_1_proj_in.lora_up.weight", ("unet", "input_blocks_4_1_proj_in", "up")),
     ("lora_te_text_model_encoder_layers_0_mlp_fc1.alpha", ("te1", "text_model_encoder_layers_0_mlp_fc1", "alpha")),
-    ("lora_te2_text_model_encoder_layers_0_mlp_fc1.hada_w1_a", ("te2", "text_model_encoder_layers_0_mlp_fc1", "hada_w1_a")),
+    ("lora_te2_text_model_encoder_layers_0_mlp_fc1.hada_w1_a",
+     ("te2", "text_model_encoder_layers_0_mlp_fc1", "hada_w1_a")),
     ("text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
      ("te2", "text_model_encoder_layers_0_mlp_fc1", "down")),
     ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight",
@@ -182,3 +183,16 @@ def test_peft_metadata_alpha_pattern_and_rslora(tmp_path):
     prefix = "unet:mid_block_attentions_0_transformer_blocks_0_attn1_"
     assert modules[prefix + "to_q"].scale == pytest.approx(8 / 2)  # alpha / sqrt(r)
     assert modules[prefix + "to_k"].scale == pytest.approx(2 / 2)
+
+
+def test_a_file_holding_nan_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file
+
+    path = tmp_path / "diverged.safetensors"
+    write_kohya(path, torch.nn.ModuleDict({"proj": torch.nn.Linear(8, 8)}), ["proj"])
+    tensors = load_file(str(path))
+    tensors["lora_unet_proj.lora_up.weight"][0, 0] = float("inf")
+    save_file(tensors, str(path))
+    with pytest.raises(LoraFileError, match="'diverged.safetensors' holds NaN or infinite values in 1 of its 3 "
+                       "tensors \\(e.g. lora_unet_proj.lora_up.weight\\)"):
+        read_lora_file(path)

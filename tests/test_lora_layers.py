@@ -156,9 +156,70 @@ def test_numel_counts_what_a_delta_holds_on_the_device():
     low = LowRank(torch.zeros(4, 32), torch.zeros(48, 4), 1.0)
     assert low.numel() == 4 * 32 + 48 * 4                      # low-rank stays low-rank on the device
     loha = LoHa(torch.zeros(48, 2), torch.zeros(2, 32), torch.zeros(48, 2), torch.zeros(2, 32), 1.0)
-    assert loha.numel() == 2 * (48 * 2 + 2 * 32) + 48 * 32     # factors + the dense delta built once
+    assert loha.numel() == 2 * (48 * 2 + 2 * 32) + 4 * (48 + 32)  # factors + their rank-4 product factors
+    wide = LoHa(torch.zeros(48, 8), torch.zeros(8, 32), torch.zeros(48, 8), torch.zeros(8, 32), 1.0)
+    assert wide.numel() == 2 * (48 * 8 + 8 * 32) + 48 * 32     # rank 64 > dense: the dense delta
     dora = DoRA(low, torch.ones(48))
     assert dora.numel() == low.numel() + 48 + 48 * 32
     assert FusedAttentionDelta({"q": low, "k": low}).numel() == 2 * low.numel()
     sliced = SlicedOutputDelta([(OutputSlice(0, 48, False), low), (OutputSlice(48, 48, False), low)], (96, 32))
     assert sliced.numel() == 2 * low.numel()
+
+
+LOKR_FORMATS = ["lokr", "lokr_full", "lokr_factored", "lokr_tucker"]
+
+
+@pytest.mark.parametrize("fmt", LOKR_FORMATS)
+def test_lokr_never_builds_the_kronecker_product(net, tmp_path, monkeypatch, fmt):
+    path = tmp_path / f"{fmt}.safetensors"
+    expected = write_kohya(path, net, LAYERS, fmt, rank=4, alpha=2.0)
+    lora = read_lora_file(path)
+    real_kron = torch.kron
+    monkeypatch.setattr(torch, "kron", lambda *a: pytest.fail("Kronecker product built"))
+    for name in LAYERS:
+        layer, x = getattr(net, name), _input(getattr(net, name))
+        out = lora.modules[f"unet:{name}"].output_delta(x, layer)
+        dw = expected[name][0].reshape(layer.weight.shape)
+        torch.testing.assert_close(out, _reference_apply(x, layer, dw, None), atol=1e-5, rtol=1e-4)
+    monkeypatch.setattr(torch, "kron", real_kron)
+
+
+@pytest.mark.parametrize("fmt", ["loha", "loha_tucker", "dora"])
+def test_built_forms_stay_within_the_cache_budget(net, tmp_path, fmt):
+    """LoHa product factors / dense deltas and DoRA weights live in the caller's cache, bounded in bytes;
+    the result is the same whether they are kept, evicted or never kept."""
+    from lib_loratorio.delta_cache import DeltaCache
+
+    path = tmp_path / f"{fmt}.safetensors"
+    write_kohya(path, net, LAYERS, fmt, rank=4, alpha=2.0)
+    lora = read_lora_file(path)
+    plain = {name: lora.modules[f"unet:{name}"].output_delta(_input(getattr(net, name)), getattr(net, name))
+             for name in LAYERS}
+    for budget in (0, 4000, 1 << 20):
+        cache = DeltaCache(budget)
+        for _ in range(2):
+            for name in LAYERS:
+                layer = getattr(net, name)
+                out = lora.modules[f"unet:{name}"].output_delta(_input(layer), layer, cache)
+                torch.testing.assert_close(out, plain[name])
+                assert cache.bytes <= budget
+        assert (cache.builds == len(LAYERS)) == (budget == 1 << 20)   # all kept: built once each
+    assert not any(k.startswith("_") for d in lora.modules.values() for k in vars(d))  # nothing kept on the delta
+
+
+def test_delta_cache_drops_the_least_recently_used():
+    from lib_loratorio.delta_cache import DeltaCache
+
+    cache = DeltaCache(3 * 400)                      # room for three 100-float tensors
+    for key in "abc":
+        cache.get(key, lambda: torch.zeros(100))
+    cache.get("a", lambda: pytest.fail("a was kept"))
+    cache.get("d", lambda: torch.zeros(100))         # drops b, the least recently used
+    assert cache.bytes == 1200 and len(cache) == 3
+    rebuilt = []
+    cache.get("b", lambda: rebuilt.append(1) or torch.zeros(100))
+    assert rebuilt == [1]
+    big = cache.get("e", lambda: torch.zeros(1000))  # larger than the budget: returned, not kept
+    assert big.numel() == 1000 and len(cache) == 3 and cache.bytes <= 1200
+    cache.clear()
+    assert cache.bytes == 0 and len(cache) == 0

@@ -29,14 +29,20 @@ def test_files_and_bindings_are_cached_while_unchanged(tmp_path):
     assert library.bind(str(path), {"unet": unet}) is not bound
 
 
-def test_least_recently_used_files_are_dropped(tmp_path):
+def test_least_recently_used_files_are_dropped_beyond_the_byte_budget(tmp_path):
     unet = tiny_sd15_unet()
-    library = LoraLibrary(max_files=2)
     paths = []
     for i in range(3):
         paths.append(str(tmp_path / f"l{i}.safetensors"))
         write_kohya(paths[-1], unet, TARGETS, seed=i)
+    size = LoraLibrary().load(paths[0]).nbytes
+    assert size > 0
+    library = LoraLibrary(max_bytes=2 * size)
     first = library.load(paths[0])
     library.load(paths[1])
-    library.load(paths[2])
-    assert library.load(paths[0]) is not first
+    assert library.bytes == 2 * size
+    library.load(paths[0])                              # used again: now the most recent
+    library.load(paths[2])                              # over budget: drops paths[1]
+    assert library.bytes == 2 * size and library.load(paths[0]) is first
+    tiny = LoraLibrary(max_bytes=1)                     # a file larger than the budget is still used
+    assert tiny.load(paths[0]).modules and tiny.bytes == size

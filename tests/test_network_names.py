@@ -106,7 +106,7 @@ def test_text_encoder_keys_bind_to_clip_and_wrapped_clip(tmp_path):
     # Files always say "text_model.encoder..."; transformers 5 dropped "text_model." from the model.
     file_names = ["text_model." + n[n.index("encoder."):] for n in names]
     fake = nn.Module()
-    for file_name, module in zip(file_names, names.values()):
+    for file_name, module in zip(file_names, names.values(), strict=True):
         fake.add_module(file_name.replace(".", "_"), module)
     write_kohya(path, fake, [f.replace(".", "_") for f in file_names], "loha", component="te1")
     lora = read_lora_file(path)
@@ -132,7 +132,8 @@ def test_sdxl_te2_binds_to_open_clip_including_its_fused_attention(tmp_path):
     bound = bind_lora(read_lora_file(tmp_path / "xl.safetensors"), {"te2": te2})
     names = {n for n, _, _ in bound.targets}
     # q and out of one attention gather into one fused delta on the nn.MultiheadAttention
-    assert names == {f"te2:model.transformer.resblocks.{i}.{p}" for i in range(2) for p in ("attn", "mlp.c_fc", "mlp.c_proj")}
+    assert names == {f"te2:model.transformer.resblocks.{i}.{p}"
+                     for i in range(2) for p in ("attn", "mlp.c_fc", "mlp.c_proj")}
     fused = [d for n, _, d in bound.targets if n.endswith(".attn")]
     assert all(sorted(d.parts) == ["out", "q"] for d in fused) and not bound.unmatched
 
@@ -151,7 +152,61 @@ def test_unmatched_keys_are_reported(sd15, tmp_path):
     assert len(bound.targets) == 2
     assert set(bound.unmatched) == {"unet:no_such_block_proj", "te1:text_model_encoder_layers_0_mlp_fc1"}
     assert "te1" in bound.reasons["te1:text_model_encoder_layers_0_mlp_fc1"]
-    assert "2 modules bound" in bound.summary() and "2 keys unmatched" in bound.summary()
+    assert bound.applied == 2
+    summary = bound.summary()
+    assert summary.startswith("u: 2 modules applied (unet 2); 2 not applied: ")
+    assert "1: the model has no 'te1' component (e.g. te1:text_model_encoder_layers_0_mlp_fc1)" in summary
+    assert "1: no module of that name in the model (e.g. unet:no_such_block_proj)" in summary
+    left_out = bind_lora(read_lora_file(path), {"unet": unet}, left_out=("te1",))   # "UNet only"
+    assert set(left_out.not_applied()) == {"unet:no_such_block_proj"}
+
+
+def test_a_file_mostly_left_out_is_an_error_that_says_why(sd15, tmp_path):
+    unet, _ = sd15
+    path = tmp_path / "partial.safetensors"
+    write_kohya(path, unet, ["conv_in"], "lora")
+    from safetensors.torch import load_file
+    tensors = load_file(str(path))
+    for i in range(2):   # modules the file cannot build, and a module that exists nowhere
+        tensors[f"lora_unet_down_blocks_0_resnets_{i}_conv1.lora_down.weight"] = torch.randn(2, 32, 3, 3)
+    tensors["lora_unet_nowhere.lora_down.weight"] = torch.randn(2, 8)
+    tensors["lora_unet_nowhere.lora_up.weight"] = torch.randn(8, 2)
+    save_file(tensors, str(path))
+    lora = read_lora_file(path)
+    assert lora.skipped == {f"unet:down_blocks_0_resnets_{i}_conv1": "could not be built: has only one of the "
+                            "two LoRA factors" for i in range(2)}
+    with pytest.raises(LoraMismatchError) as info:
+        bind_lora(lora, {"unet": unet})
+    message = str(info.value)
+    assert "'partial': 3 of its 4 modules cannot be applied" in message
+    assert "2: could not be built: has only one of the two LoRA factors" in message
+    assert "1: no module of that name in the model (e.g. unet:nowhere)" in message
+
+
+def test_sd15_lora_on_sdxl_names_both_families(sd15, sdxl, tmp_path):
+    unet15, _ = sd15
+    _, viewxl = sdxl
+    path = tmp_path / "sd15_style.safetensors"
+    write_kohya(path, unet15, [n for n in _weighted(unet15) if ".attentions." in n and "attn2.to_k" in n], "lora")
+    with pytest.raises(LoraMismatchError) as info:
+        bind_lora(read_lora_file(path), {"unet": viewxl})
+    assert "this looks like an SD1.x/SD2.x LoRA but the model is SDXL" in str(info.value)
+
+
+def test_sd15_lora_on_sdxl_model_names_both_versions(tmp_path):
+    """Real SD dims on a stand-in holding just the layers concerned (cheap)."""
+    model = nn.Module()
+    block = model
+    for part in "input_blocks.4.1.transformer_blocks.0.attn2".split("."):
+        block.add_module(part, nn.Module())
+        block = getattr(block, part)
+    block.to_k = nn.Linear(2048, 640, bias=False)  # SDXL: context 2048
+    key = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"
+    save_file({f"{key}.lora_down.weight": torch.randn(4, 768),  # SD1.5: context 768
+               f"{key}.lora_up.weight": torch.randn(640, 4)}, str(tmp_path / "sd15.safetensors"))
+    with pytest.raises(LoraMismatchError) as info:
+        bind_lora(read_lora_file(tmp_path / "sd15.safetensors"), {"unet": model})
+    assert "this looks like an SD1.5 LoRA but the model is SDXL (context dim 768 vs 2048)" in str(info.value)
 
 
 def test_tiny_sdxl_lora_on_tiny_sd15_raises_mismatch(sd15, sdxl, tmp_path):
@@ -181,7 +236,7 @@ def test_sdxl_lora_on_sd15_model_names_both_versions(tmp_path):
         bind_lora(read_lora_file(tmp_path / "xl.safetensors"), {"unet": model})
     message = str(info.value)
     assert "'xl'" in message and "1 of 1 modules" in message
-    assert "this looks like an SDXL LoRA (context dim 2048) but the model is SD1.5 (768)" in message
+    assert "this looks like an SDXL LoRA but the model is SD1.5 (context dim 2048 vs 768)" in message
 
 
 def test_lora_for_another_architecture_matches_nothing(sd15, tmp_path):

@@ -39,7 +39,7 @@ def model_components(sd_model, unet_only: bool) -> dict[str, nn.Module]:
     conditioner = getattr(sd_model, "conditioner", None)
     if conditioner is not None:  # SDXL: embedders[0] CLIP-L (HF), embedders[1] OpenCLIP-G
         text = [e for e in conditioner.embedders if hasattr(e, "wrapped")]
-        for key, embedder in zip(("te1", "te2"), text):
+        for key, embedder in zip(("te1", "te2"), text, strict=False):
             components[key] = getattr(embedder.wrapped, "transformer", None) or embedder.wrapped.model
     else:
         stage = getattr(sd_model.cond_stage_model, "wrapped", sd_model.cond_stage_model)
@@ -121,7 +121,7 @@ class A1111Session(Session):
                   offset: int, denoiser) -> dict:
         """The call's conditioning for rows ``idx``, with each LoRA branch's own text rows."""
         out = take_rows(cond, idx)
-        for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist())):
+        for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
             if branch == 0 or not self.has_text_encoder[branch - 1]:
                 continue
             text = self.branch_text_at(denoiser.sampler.sampler_extra_args, layout.step, branch)

@@ -59,7 +59,7 @@ def model_components(sd_model, unet_only: bool) -> dict[str, nn.Module]:
         return components
     encoders = objects.clip.cond_stage_model
     clips = [getattr(encoders, k) for k in ("clip_l", "clip_h", "clip_g") if hasattr(encoders, k)]
-    for key, encoder in zip(("te1", "te2"), clips):
+    for key, encoder in zip(("te1", "te2"), clips, strict=False):
         components[key] = encoder.transformer
     if hasattr(encoders, "t5xxl"):
         t5 = encoders.t5xxl.transformer
@@ -200,7 +200,7 @@ class ForgeSession(Session):
         sub_timestep = timestep[idx.to(timestep.device)]
         if "transformer_options" in c:
             sub_c["transformer_options"] = _transformer_options(c["transformer_options"], flags, sub_timestep)
-        for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist())):
+        for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
             if branch > 0 and self.has_text_encoder[branch - 1]:
                 self._branch_text_into(sub_c, j, c, row, branch, is_uncond[row], per_chunk)
         return {"input": x[idx.to(x.device)], "timestep": sub_timestep, "c": sub_c, "cond_or_uncond": flags}

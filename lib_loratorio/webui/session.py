@@ -8,6 +8,7 @@ subclass per host handles (``a1111.A1111Session``, ``forge.ForgeSession``).
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,8 +28,10 @@ from .console import log, note_once
 from .lora_lookup import pool_names, resolve_lora
 from .tags import EXTRA_NETWORK_NAME, RequestedLora, check_stray_tags, read_tags
 
+TEXT_ENCODERS = ("te1", "te2", "te3")
 LIBRARY = LoraLibrary()
-_REPORTED: set[int] = set()  # ids of bindings (kept alive by LIBRARY) whose unmatched keys were logged
+# bindings whose left-out modules were logged: id -> weak reference (ids are reused once freed)
+_REPORTED: dict[int, weakref.ref] = {}
 _SESSION_ATTR = "_loratorio_session"
 
 
@@ -133,31 +136,40 @@ class Session:
                            "the pool is empty: generating without it.")
         unet_only = self.params.text_encoder == "UNet only"
         components = self.model_components(sd_model, unet_only=unet_only)
-        loras, hashes, labels = [], {}, []
+        loras, hashes, labels = [], [], []
+        left_out = TEXT_ENCODERS if unet_only else ()
         for lora in requested:
             entry = resolve_lora(lora.name, lora.source)
             try:
-                loras.append(LIBRARY.bind(entry.filename, components))
+                loras.append(LIBRARY.bind(entry.filename, components, left_out=left_out))
             except LoratorioError as err:  # unreadable or not for this model: say which tag asked for it
                 raise type(err)(f"{err} (in {lora.source})") from err
             labels.append(f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})")
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
-            hashes[lora.name] = getattr(entry, "shorthash", "") or ""
-        for bound in loras:
-            # text-encoder keys left out on purpose ("UNet only") are not worth a note
-            missed = [k for k in bound.unmatched if not (unet_only and not k.startswith("unet:"))]
-            if missed and id(bound) not in _REPORTED:  # once per file and model
-                _REPORTED.add(id(bound))
-                log(bound.summary())
+            hashes.append(getattr(entry, "shorthash", "") or "")
+        names = [lora.name.replace(":", "").replace(",", "") for lora in requested]  # as infotext values hold them
+        partial = {}
+        for name, bound in zip(names, loras, strict=True):
+            missing = len(bound.not_applied())
+            if not missing:
+                continue
+            partial[name] = f"{missing} of {missing + bound.applied}"
+            seen = _REPORTED.get(id(bound))
+            if seen is None or seen() is not bound:  # once per file and model
+                _REPORTED[id(bound)] = weakref.ref(bound)
+                log(f"not every module of a LoRA applies: {bound.summary()}")
         self.loras, self.bound_model, self.labels = loras, sd_model, labels
         self.names = [lora.name for lora in requested]
         self.strengths = [lora.strength for lora in requested]
         self.has_text_encoder = [any(not t[0].startswith("unet:") for t in b.targets) for b in loras]
         self._prepared_key = key
-        if hashes:
+        if any(hashes):
             self.p.extra_generation_params["LoRAtorio hashes"] = ", ".join(
-                f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in hashes.items() if h)
+                f"{n}: {h}" for n, h in zip(names, hashes, strict=True) if h)
+        if partial:  # modules not applied, per LoRA, as "name: k of n"
+            self.p.extra_generation_params["LoRAtorio modules not applied"] = ", ".join(
+                f"{n}: {v}" for n, v in partial.items())
 
     # --- text conditioning per branch (p.get_conds_with_caching) ------------------------------------
     def record_conds(self, original: Callable) -> Callable:
@@ -174,8 +186,8 @@ class Session:
                     if not has_te:
                         per_branch.append(None)
                         continue
-                    with BranchRunner([self.loras[i]], [self.strengths[i]], LIBRARY.device_copies,
-                                      [self.labels[i]]) as runner, runner.whole_batch(1):
+                    with BranchRunner([self.loras[i]], [self.strengths[i]], labels=[self.labels[i]]) as runner, \
+                            runner.whole_batch(1):
                         per_branch.append(original(function, required_prompts, steps, [[None, None]],
                                                    extra_network_data, hires_steps))
                 self.branch_conds[id(result)] = per_branch
@@ -209,7 +221,7 @@ class Session:
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Hooks and wrappers live only while ``p.sample`` runs; removed on every exit path."""
-        self.runner = BranchRunner(self.loras, self.strengths, LIBRARY.device_copies, self.labels)
+        self.runner = BranchRunner(self.loras, self.strengths, labels=self.labels)
         try:
             with self.runner:
                 yield

@@ -21,7 +21,7 @@ def weight_map_images(session: Session, processed) -> tuple[list[Image.Image], l
             continue
         picture = torch.from_numpy(np.asarray(processed.images[position].convert("RGB")).copy())
         for label, maps in labelled:
-            for name, weights in zip(session.names, maps):
+            for name, weights in zip(session.names, maps, strict=True):
                 heat = Image.fromarray(overlay(weights, picture).numpy())
                 draw_label(heat, f"{name}, {label}, image {index + 1}")
                 images.append(heat)

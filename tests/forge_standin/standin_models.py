@@ -29,8 +29,6 @@ _TESTS = os.path.dirname(_HERE)
 if _TESTS not in sys.path:
     sys.path.append(_TESTS)
 
-from tiny_models import ldm_view, tiny_clip_text, tiny_sd15_unet, tiny_sdxl_unet  # noqa: E402
-
 from backend.diffusion_engine.base import EstimatedConfig  # noqa: E402
 from backend.diffusion_engine.flux import Flux  # noqa: E402
 from backend.diffusion_engine.sd15 import StableDiffusion  # noqa: E402
@@ -42,6 +40,7 @@ from backend.operations import use_forge_linear_layers  # noqa: E402
 from backend.patcher.clip import CLIP  # noqa: E402
 from backend.patcher.unet import UnetPatcher  # noqa: E402
 from backend.patcher.vae import VAE  # noqa: E402
+from tiny_models import ldm_view, tiny_clip_text, tiny_sd15_unet, tiny_sdxl_unet  # noqa: E402
 
 
 def _a1111_standin_models():

@@ -127,9 +127,9 @@ def paste_values(paste_fields, text):
         else:
             try:
                 valtype = type(output.value)
-                if valtype == bool and v == "False":
+                if valtype is bool and v == "False":
                     val = False
-                elif valtype == int:
+                elif valtype is int:
                     val = float(v)
                 else:
                     val = valtype(v)

@@ -172,7 +172,7 @@ class StableDiffusionProcessing:
         self.cached_c = StableDiffusionProcessing.cached_c
 
     @property
-    def sd_model(self):
+    def sd_model(self):  # noqa: F811 - as in the WebUI, a property replaces the dataclass field
         return shared.sd_model
 
     @sd_model.setter

@@ -17,8 +17,14 @@ import torch
 
 import modules.shared as shared
 from modules import prompt_parser, sd_samplers_common
-from modules.script_callbacks import (AfterCFGCallbackParams, CFGDenoisedParams, CFGDenoiserParams,
-                                      cfg_after_cfg_callback, cfg_denoised_callback, cfg_denoiser_callback)
+from modules.script_callbacks import (
+    AfterCFGCallbackParams,
+    CFGDenoisedParams,
+    CFGDenoiserParams,
+    cfg_after_cfg_callback,
+    cfg_denoised_callback,
+    cfg_denoiser_callback,
+)
 from modules.shared import opts, state
 
 

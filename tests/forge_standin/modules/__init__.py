@@ -16,7 +16,7 @@ import sys
 
 A1111_MODULES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                              "a1111_standin", "modules")
-__path__.append(A1111_MODULES)  # noqa: F821  (package __path__)
+__path__.append(A1111_MODULES)
 
 
 def _load_a1111(name):

@@ -23,10 +23,15 @@ private copy (``modules._a1111_sd_samplers_cfg_denoiser``).
 import torch
 
 import modules.shared as shared
-from modules import _load_a1111, prompt_parser, sd_samplers_common
-from modules.script_callbacks import CFGDenoiserParams, AfterCFGCallbackParams, cfg_after_cfg_callback, cfg_denoiser_callback
-from modules.shared import state
 from backend.sampling.sampling_function import sampling_function
+from modules import _load_a1111, prompt_parser, sd_samplers_common
+from modules.script_callbacks import (
+    AfterCFGCallbackParams,
+    CFGDenoiserParams,
+    cfg_after_cfg_callback,
+    cfg_denoiser_callback,
+)
+from modules.shared import state
 
 _base = _load_a1111("sd_samplers_cfg_denoiser")
 

@@ -21,9 +21,9 @@ rebound to the Forge classes.
 import torch
 
 import modules.shared as shared
+from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
 from modules import _load_a1111, sd_samplers_common
 from modules.shared import opts
-from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
 
 _kd = _load_a1111("sd_samplers_kdiffusion")
 sample_euler = _kd.sample_euler

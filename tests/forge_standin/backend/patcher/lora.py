@@ -69,7 +69,7 @@ class LoraLoader:
         self.backup = {}
 
         merged = {}
-        for (filename, strength_patch, strength_model, online_mode), these in lora_patches.items():
+        for these in lora_patches.values():  # keys: (filename, strength_patch, strength_model, online_mode)
             for key, entries in these.items():
                 merged.setdefault(key, []).extend(entries)
 

@@ -1,13 +1,16 @@
 """Speed of one LoRAtorio sampling step against the alternatives, measured in the same run.
 
-    python -m lib_loratorio.bench [--loras 1 2 4 8] [--width 64] [--latent 32] [--device cpu] [--dtype float16] [--json]
+    python -m composbench.speed [--loras 1 2 4 8] [--width 64] [--latent 32] [--device cpu] [--dtype float16] [--json]
+    python -m composbench.speed --memory --width 320      # + memory per LoRA type at SD1.5 size
 
 A UNet of SD1.5's architecture (diffusers ``UNet2DConditionModel``: same blocks, module names and
 768-wide cross-attention, channels scaled down by ``--width``) gets random weights, and random
 rank-16 LoRA files in kohya format (attention, feed-forward, projections and LoCon resnet convs,
 as trainers write them) are written to a temporary folder and read back with the runtime's own
 loader. Every number is a ratio to one plain step (cond + uncond rows, one forward) measured in the
-same run, so a busy machine does not skew them. Needs ``diffusers`` (a benchmark-only dependency).
+same run, so a busy machine does not skew them. Needs ``diffusers`` (a benchmark-only dependency,
+installed by tests/requirements.txt), which is why this lives in ``composbench`` and not in the runtime
+package ``lib_loratorio`` (torch, einops and safetensors only).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
-from .branch_runner import BranchRunner
-from .composer import BranchComposer
-from .composition import compose
-from .lora_files import read_lora_file
-from .network_names import bind_lora
-from .params import LoratorioParams
+from lib_loratorio.branch_runner import BranchRunner
+from lib_loratorio.composer import BranchComposer
+from lib_loratorio.composition import compose
+from lib_loratorio.lora_files import read_lora_file
+from lib_loratorio.network_names import bind_lora
+from lib_loratorio.params import LoratorioParams
+
+from .memory import format_memory, memory_by_type
 
 DEFAULTS = LoratorioParams(enabled=True)  # the extension's defaults, for every timed composition
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
@@ -234,6 +239,9 @@ def main(argv=None) -> dict:
                     help="model and latent dtype (GPUs: float16 as the WebUIs run)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--compose-latent", type=int, default=128, help="latent side for timing compose() alone")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure memory per LoRA type (LoRA, LoCon, LoHa, LoKr), two branches each")
+    ap.add_argument("--memory-latent", type=int, default=16, help="latent side of the memory runs")
     ap.add_argument("--json", action="store_true", help="print machine-readable results")
     args = ap.parse_args(argv)
     if args.threads:
@@ -251,16 +259,20 @@ def main(argv=None) -> dict:
 
     report = {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "width": args.width,
               "latent": args.latent, "rank": args.rank, "rows": rows, **fraction}
+    if args.memory:
+        report["memory"] = memory_by_type(unet, rank=args.rank, latent=args.memory_latent, device=args.device)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(format_table(report))
+        if args.memory:
+            print(format_memory(report["memory"], args.device))
     return report
 
 
 def format_table(report: dict) -> str:
-    lines = [f"device {report['device']} ({report['threads']} threads), {report['dtype']}, UNet width {report['width']}, "
-             f"latent {report['latent']}x{report['latent']}, LoRA rank {report['rank']}",
+    lines = [f"device {report['device']} ({report['threads']} threads), {report['dtype']}, "
+             f"UNet width {report['width']}, latent {report['latent']}x{report['latent']}, LoRA rank {report['rank']}",
              "times are ratios to one plain step (cond+uncond, one forward) of the same run",
              "| N | floor N+1 | LoRAtorio | fast (recenter=1) | loop of forwards | merge/unmerge per branch "
              "| merged step | merge once | peak MiB plain / LoRAtorio / loop |",

@@ -1,0 +1,162 @@
+"""Memory of LoRAtorio branches per LoRA type (LoRA, LoCon, LoHa, LoKr), for ``composbench.speed --memory``.
+
+For each type, random files of that type are written for the benchmark UNet (SD1.5's architecture;
+``--width 320`` is SD1.5's size) in the layouts trainers write (kohya names; LyCORIS factors for
+LoHa and LoKr, conv factors flattened as LyCORIS stores them), read and bound with the runtime's own
+loader, and one LoRAtorio step is run. Reported per type, in MiB: the files' tensors as held by the
+library, the step's peak above the memory before it (peak RSS on a CPU, the allocator's peak on a
+GPU), what is still held once the branch runner has ended, and, for comparison, the dense deltas
+that LoRAtorio kept for the life of the process before it applied LoHa/LoKr in factored form.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from lib_loratorio.branch_runner import BranchRunner
+from lib_loratorio.composer import BranchComposer
+from lib_loratorio.lora_files import read_lora_file
+from lib_loratorio.lora_layers import LoHa, LoKr
+from lib_loratorio.network_names import bind_lora
+from lib_loratorio.params import LoratorioParams
+
+TYPES = ("lora", "locon", "loha", "lokr")
+LINEAR_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+CONV_TARGETS = ("conv1", "conv2")
+MIB = 2 ** 20
+
+
+def _balanced_factor(n: int) -> int:
+    """The divisor of n closest to sqrt(n) from below (LyCORIS' factorisation with factor=-1)."""
+    return max(d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0)
+
+
+def _factors(kind: str, w: Tensor, rank: int, g: torch.Generator) -> dict[str, Tensor]:
+    out, inp, k = w.shape[0], w.shape[1], math.prod(w.shape[2:])
+
+    def rand(*shape: int, scale: float) -> Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    if kind in ("lora", "locon"):
+        down = rand(rank, inp, *w.shape[2:], scale=(inp * k) ** -0.5)
+        return {"lora_down.weight": down, "lora_up.weight": rand(out, rank, *([1, 1] if k > 1 else []), scale=0.02)}
+    if kind == "loha":
+        return {"hada_w1_a": rand(out, rank, scale=0.1), "hada_w1_b": rand(rank, inp * k, scale=(inp * k) ** -0.5),
+                "hada_w2_a": rand(out, rank, scale=0.1), "hada_w2_b": rand(rank, inp * k, scale=(inp * k) ** -0.5)}
+    a, b = _balanced_factor(out), _balanced_factor(inp)
+    c, d = out // a, inp // b
+    return {"lokr_w1": rand(a, b, scale=0.1), "lokr_w2_a": rand(c, rank, scale=0.1),
+            "lokr_w2_b": rand(rank, d * k, scale=(d * k) ** -0.5)}
+
+
+def write_lora_of_type(unet, path: Path, kind: str, rank: int, seed: int) -> None:
+    """A kohya-named file of ``kind`` on the attention/feed-forward layers (and resnet convs but for plain LoRA)."""
+    g = torch.Generator().manual_seed(seed)
+    targets = LINEAR_TARGETS if kind == "lora" else LINEAR_TARGETS + CONV_TARGETS
+    tensors = {}
+    for name, module in unet.named_modules():
+        if name.endswith(targets) and hasattr(module, "weight"):
+            key = "lora_unet_" + name.replace(".", "_")
+            for param, value in _factors(kind, module.weight, rank, g).items():
+                tensors[f"{key}.{param}"] = value.contiguous()
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+class _Memory:
+    """Current and peak memory: the CUDA allocator's, or the process's RSS (Linux)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def _status(self, field: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+        return float("nan")
+
+    def now(self) -> float:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated()
+        return self._status("VmRSS:")
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+
+    def peak(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return self._status("VmHWM:")
+
+
+def _one_step(unet, loras: list, latent: int, device: str) -> Callable[[], Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, unet.config.in_channels, latent, latent, generator=g).to(device, unet.dtype)
+    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g).to(device, unet.dtype)
+    t = torch.full((2,), 500.0, device=device)
+    params = LoratorioParams(enabled=True)
+
+    def step() -> Tensor:
+        with BranchRunner(loras, [0.8] * len(loras)) as runner:
+            def evaluate(rows, branches):
+                rows = rows.to(device)
+                with runner.rows(branches):
+                    return unet(x[rows], t[rows], ctx[rows]).sample
+
+            composer = BranchComposer(params, [f"LoRA {i + 1}" for i in range(len(loras))], prediction="eps")
+            return composer(x, [False, True], [0, 0], step=0, evaluate=evaluate)
+
+    return step
+
+
+def memory_by_type(unet, types: tuple[str, ...] = TYPES, n_loras: int = 2, rank: int = 16, latent: int = 16,
+                   device: str = "cpu") -> list[dict]:
+    """One row per LoRA type: MiB held by the files, step peak and after-step memory above the start."""
+    memory = _Memory(device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        for kind in types:
+            paths = [Path(tmp) / f"{kind}_{i}.safetensors" for i in range(n_loras)]
+            for i, path in enumerate(paths):
+                write_lora_of_type(unet, path, kind, rank, seed=200 + i)
+            before = memory.now()
+            files = [read_lora_file(p) for p in paths]
+            loras = [bind_lora(f, {"unet": unet}) for f in files]
+            memory.reset_peak()
+            step = _one_step(unet, loras, latent, device)
+            step()
+            peak = memory.peak() - before
+            after = memory.now() - before
+            old_dense = sum(math.prod(d.shape) * 4 for f in files for d in f.modules.values()
+                            if isinstance(d, (LoHa, LoKr)))
+            rows.append({"type": kind, "n": n_loras, "files_mib": sum(f.nbytes for f in files) / MIB,
+                         "disk_mib": sum(p.stat().st_size for p in paths) / MIB, "step_peak_mib": peak / MIB,
+                         "held_after_step_mib": after / MIB, "dense_kept_before_mib": old_dense / MIB})
+            del files, loras, step
+    return rows
+
+
+def format_memory(rows: list[dict], device: str) -> str:
+    what = "GPU allocator" if device.startswith("cuda") else "RSS"
+    lines = [f"memory per LoRA type ({what}, MiB above the memory before the files were read; "
+             "'dense kept before' = what earlier versions held for the process's life)",
+             "| type | N | files held | step peak | held after the step (files incl.) | dense kept before |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['type']} | {r['n']} | {r['files_mib']:.0f} | {r['step_peak_mib']:.0f} | "
+                     f"{r['held_after_step_mib']:.0f} | {r['dense_kept_before_mib']:.0f} |")
+    return "\n".join(lines)

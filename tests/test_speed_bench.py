@@ -1,0 +1,28 @@
+"""The speed benchmark runs end to end on a tiny configuration (timings are reported, never asserted)."""
+
+import json
+
+from composbench import speed
+
+
+def test_speed_bench_reports_every_ratio(capsys, one_thread):
+    report = speed.main(["--loras", "1", "2", "--width", "16", "--latent", "8", "--repeats", "1",
+                         "--compose-latent", "16", "--json"])
+    assert json.loads(capsys.readouterr().out)["rows"][1]["n"] == 2
+    for row in report["rows"]:
+        for key in ("loratorio_ratio", "loratorio_fast_ratio", "loop_ratio", "merge_per_branch_ratio",
+                    "merged_step_ratio", "merge_once_ratio"):
+            assert row[key] > 0
+        assert row["batched_vs_loop_max_diff"] < 1e-4      # one batched forward == separate forwards
+    assert "| 2 | 3 |" in speed.format_table(report)
+
+
+def test_memory_per_lora_type(one_thread):
+    report = speed.main(["--loras", "1", "--width", "16", "--latent", "8", "--repeats", "1", "--compose-latent", "16",
+                         "--memory", "--memory-latent", "8", "--rank", "4"])
+    rows = {r["type"]: r for r in report["memory"]}
+    assert list(rows) == ["lora", "locon", "loha", "lokr"]
+    for kind, row in rows.items():
+        assert row["files_mib"] > 0 and row["step_peak_mib"] >= 0
+        assert (row["dense_kept_before_mib"] > 0) == (kind in ("loha", "lokr"))
+    assert "| loha | 2 |" in speed.format_memory(report["memory"], "cpu")
