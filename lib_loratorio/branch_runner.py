@@ -48,12 +48,14 @@ class BranchRunner:
     """
 
     def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        """``cache_bytes``: the most that LyCORIS/DoRA deltas may keep built between forwards."""
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, labels: Sequence[str] | None = None) -> None:
+        """``cache_bytes``: the most that LyCORIS/DoRA deltas may keep built between forwards.
+        ``labels[i]``: LoRA i as the errors its layers raise name it (by default its file name)."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)
         self.strengths = [float(s) for s in strengths]
+        self.labels = list(labels) if labels is not None else [f"LoRA '{lora.lora.name}'" for lora in loras]
         self._by_module: dict[nn.Module, list[tuple[int, ModuleDelta]]] = {}
         self._text_side: dict[nn.Module, bool] = {}
         for i, lora in enumerate(loras):
@@ -161,24 +163,37 @@ class BranchRunner:
             sel = self._selectors[i]
             if sel is None or self.strengths[i] == 0:
                 continue
-            if isinstance(delta, FusedAttentionDelta):
-                out = _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
-                                       self.strengths[i])
-                continue
-            d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module, self.cache)
-            d = d.to(out.dtype) * self.strengths[i]
-            if torch.is_grad_enabled() and out.requires_grad:
-                out = out.index_add(0, _as_index(sel, out.shape[0], out.device), d)
-            elif isinstance(sel, slice):
-                out[sel] += d
-            else:
-                out.index_add_(0, sel.to(out.device), d)
+            with self._naming(i):
+                out = self._add_delta(module, args, kwargs, x, out, sel, i, delta)
         if self._mixed is not None:
             out = self._add_mixed(module, x, out)
         if isinstance(output, tuple):
             return (out, *output[1:])
         return out
 
+    def _add_delta(self, module: nn.Module, args: tuple, kwargs: dict, x: torch.Tensor, out: torch.Tensor,
+                   sel: RowSelector, i: int, delta: ModuleDelta) -> torch.Tensor:
+        """``out`` with LoRA i's delta added on its rows ``sel``."""
+        if isinstance(delta, FusedAttentionDelta):
+            return _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
+                                    self.strengths[i])
+        d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module, self.cache)
+        d = d.to(out.dtype) * self.strengths[i]
+        if torch.is_grad_enabled() and out.requires_grad:
+            return out.index_add(0, _as_index(sel, out.shape[0], out.device), d)
+        if isinstance(sel, slice):
+            out[sel] += d
+        else:
+            out.index_add_(0, sel.to(out.device), d)
+        return out
+
+    @contextmanager
+    def _naming(self, i: int) -> Iterator[None]:
+        """An error LoRA i's layers raise (e.g. DoRA on a quantized layer) says which LoRA it is."""
+        try:
+            yield
+        except LoratorioError as err:
+            raise type(err)(f"{self.labels[i]}: {err}") from err
 
     def _add_mixed(self, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Rows of branch MIXED: every LoRA's change, each scaled by its weight map at this layer."""
@@ -186,9 +201,13 @@ class BranchRunner:
         x_rows, out_rows = x[sel], out[sel]
         weights = maps.weights_for(out_rows, self._text_side[module]).to(out.device, out.dtype)
         stack, others = self._mixed_plan(module, out.device, x.dtype, maps.active)
-        total = None if stack is None else stack.apply(x_rows, module, weights).to(out.dtype)
+        total = None
+        if stack is not None:  # plain low-rank factors: nothing in them can raise a LoRA's error
+            total = stack.apply(x_rows, module, weights).to(out.dtype)
         for i, delta in others:
-            d = delta.output_delta(x_rows, module, self.cache).to(out.dtype) * (weights[i] * self.strengths[i])
+            with self._naming(i):
+                d = delta.output_delta(x_rows, module, self.cache).to(out.dtype)
+            d = d * (weights[i] * self.strengths[i])
             total = d if total is None else total + d
         if total is None:
             return out

@@ -47,3 +47,45 @@ def make_txt2img(processing, runner, args=None, **kw):
 def pixels(result, index=None):
     index = result.index_of_first_image if index is None else index
     return np.asarray(result.images[index]).astype(np.float32)
+
+
+EVERYDAY = ("mode", "patch_size", "temperature", "recenter", "top_k", "show_weight_maps", "refresh_first",
+            "refresh_every")
+ONLY_IN_LORATORIO_MODES = {"patch_size", "temperature", "recenter", "top_k", "selection", "refresh_first",
+                           "refresh_every"}
+FAST_ONLY = {"refresh_first", "refresh_every"}
+
+
+def check_accordion_layout(runner):
+    """The compact accordion: everyday settings in rows, the rest in a closed "Advanced" accordion, settings of
+    one mode shown only in that mode, and the controls returned in LoratorioParams field order."""
+    script = runner.alwayson_scripts[0]
+    controls = runner.inputs[script.args_from:script.args_to]
+    assert [c.label for c in controls[1:]] == [LoratorioParams.__dataclass_fields__[n].metadata["label"]
+                                               for n in SETTINGS[1:]]
+    assert [c.elem_id for c in controls[1:]] == [script.elem_id(n) for n in SETTINGS[1:]]
+    by_name = dict(zip(SETTINGS, controls, strict=True))
+    main = by_name["enabled"].accordion
+    rows = {by_name[n].parent for n in EVERYDAY}
+    assert 2 <= len(rows) <= 4 and all(type(r).__name__ == "Row" and r.parent is main for r in rows)
+    advanced = {by_name[n].parent.parent for n in SETTINGS[1:] if n not in EVERYDAY}
+    (accordion,) = advanced
+    assert (type(accordion).__name__, accordion.label, accordion.open, accordion.parent) == ("Accordion", "Advanced",
+                                                                                             False, main)
+    assert all(type(by_name[n].parent).__name__ == "Row" for n in SETTINGS[1:])
+
+    def hidden():
+        return {n for n, c in by_name.items() if n != "enabled" and not c.visible}
+
+    assert hidden() == {"switch_every", "weight_map_steps"} | FAST_ONLY
+    by_name["mode"].fire("change", "Switch")
+    assert hidden() == ONLY_IN_LORATORIO_MODES | {"weight_map_steps"}
+    by_name["mode"].fire("change", "Composite")
+    assert hidden() == ONLY_IN_LORATORIO_MODES | {"switch_every", "weight_map_steps"}
+    by_name["mode"].fire("change", "LoRAtorio Fast")        # the schedule instead of the re-centring
+    assert hidden() == {"switch_every", "weight_map_steps", "recenter"}
+    by_name["show_weight_maps"].fire("change", True)
+    by_name["mode"].fire("change", "LoRAtorio")
+    assert hidden() == {"switch_every"} | FAST_ONLY
+    by_name["show_weight_maps"].fire("change", False)
+    assert hidden() == {"switch_every", "weight_map_steps"} | FAST_ONLY

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib_loratorio.branch_runner import MIXED, BranchRunner
-from lib_loratorio.errors import LoratorioError
+from lib_loratorio.errors import LoraMismatchError, LoratorioError
 from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
 from tests.lora_writers import write_kohya
@@ -91,6 +91,32 @@ def test_ldm_named_network_gives_the_same_branches(setup):
             ldm_out = view(x, t, ctx)
     assert torch.allclose(diffusers_out, ldm_out, atol=1e-6)
     assert torch.allclose(ldm_out[0], ldm_out[3], atol=1e-6)
+
+
+def test_an_error_of_a_lora_layer_names_the_lora(setup):
+    """E.g. a DoRA LoRA on a quantized layer: the message says which LoRA (by the caller's label)."""
+    unet, files = setup
+    bound = [bind_lora(f, {"unet": unet}) for f in files]
+
+    class Refusing:
+        def to(self, device, dtype):
+            return self
+
+        def output_delta(self, x, layer, cache=None):
+            raise LoraMismatchError("DoRA LoRAs need an unquantized model.")
+
+    name, module, _ = bound[1].targets[0]
+    bound[1].targets[0] = (name, module, Refusing())
+    labels = ["LoRA 'alice' (alice.safetensors, <loratorio:alice:1>)",
+              "LoRA 'hat' (hat.safetensors, <loratorio:hat:1>)"]
+    x, t, ctx = inputs(3)
+    rows = torch.tensor([0, 1, 2])
+    with BranchRunner(bound, STRENGTHS, labels=labels) as runner, runner.rows(rows), \
+            pytest.raises(LoraMismatchError, match=r"^LoRA 'hat' \(hat.safetensors, <loratorio:hat:1>\): DoRA"):
+        unet(x, t, ctx)
+    with BranchRunner(bound, STRENGTHS) as runner, runner.rows(rows), \
+            pytest.raises(LoraMismatchError, match="^LoRA 'lora1': DoRA"):          # by default its file name
+        unet(x, t, ctx)
 
 
 def test_outside_rows_block_the_hooks_do_nothing(setup):

@@ -11,7 +11,7 @@ import torch
 
 from lib_loratorio.errors import LoratorioError
 from tests import forge_standin
-from tests.extension_helpers import SETTINGS, UNET_TARGETS, hook_ids, make_txt2img, on, pixels
+from tests.extension_helpers import SETTINGS, UNET_TARGETS, check_accordion_layout, hook_ids, make_txt2img, on, pixels
 from tests.lora_writers import write_diffusers_flux, write_kohya
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,6 +158,7 @@ def test_forge_is_detected_and_the_accordion_is_the_same(runner):
     controls = runner.inputs[script.args_from:script.args_to]
     assert script.title() == "LoRAtorio" and len(controls) == len(SETTINGS) and controls[0].value is False
     assert set(script.paste_field_names) >= {"LoRAtorio", "LoRAtorio patch size", "LoRAtorio temperature"}
+    check_accordion_layout(runner)
 
 
 # --- off = untouched -----------------------------------------------------------------------------------

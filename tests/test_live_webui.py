@@ -78,6 +78,8 @@ def test_two_loratorio_tags_with_and_without_weight_maps(loras):
     ("a cat <loratorio:no-such-lora-here:1>", [{"patch_size": 4}], "Unknown LoRA 'no-such-lora-here'"),
     (None, [{"patch_size": 0}], "patch_size=0 is invalid"),
     (None, [{"tau": 1}], "Unknown LoRAtorio setting(s): tau"),
+    (None, "patch_size=4", "LoRAtorio's API args must be a list with one dict of named settings"),
+    ("a cat <loratorio:>", [{}], 'LoRAtorio cannot read the tag "<loratorio:>"'),
 ])
 def test_bad_input_is_a_clear_api_error(loras, prompt, args, message):
     payload = request(loras, alwayson_scripts={"LoRAtorio": {"args": args}})

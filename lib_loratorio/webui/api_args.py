@@ -9,6 +9,7 @@ dropped, a number fails before any script runs. So the check wraps that method (
 from __future__ import annotations
 
 import functools
+import sys
 
 from ..script_args import SCRIPT_TITLE, check_api_args
 
@@ -17,9 +18,8 @@ _MARK = "_loratorio_checks_args"
 
 def guard_api_args() -> None:
     """Wrap ``modules.api.api.Api.init_script_args`` once (the WebUI calls app_started again on a UI reload)."""
-    try:
-        from modules.api import api
-    except ImportError:  # no API in this WebUI build
+    api = sys.modules.get("modules.api.api")  # imported by the WebUI before app_started when the API is on
+    if api is None:
         return
     original = api.Api.init_script_args
     if getattr(original, _MARK, False):

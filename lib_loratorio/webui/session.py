@@ -20,6 +20,7 @@ from modules import prompt_parser, shared
 
 from ..branch_runner import BranchRunner
 from ..composer import BranchComposer
+from ..errors import LoratorioError
 from ..lora_library import LoraLibrary
 from ..network_names import BoundLora
 from ..params import LoratorioParams
@@ -139,7 +140,10 @@ class Session:
         left_out = TEXT_ENCODERS if unet_only else ()
         for lora in requested:
             entry = resolve_lora(lora.name, lora.source)
-            loras.append(LIBRARY.bind(entry.filename, components, left_out=left_out))
+            try:
+                loras.append(LIBRARY.bind(entry.filename, components, left_out=left_out))
+            except LoratorioError as err:  # unreadable or not for this model: say which tag asked for it
+                raise type(err)(f"{err} (in {lora.source})") from err
             labels.append(f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})")
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
@@ -182,7 +186,7 @@ class Session:
                     if not has_te:
                         per_branch.append(None)
                         continue
-                    with BranchRunner([self.loras[i]], [self.strengths[i]]) as runner, \
+                    with BranchRunner([self.loras[i]], [self.strengths[i]], labels=[self.labels[i]]) as runner, \
                             runner.whole_batch(1):
                         per_branch.append(original(function, required_prompts, steps, [[None, None]],
                                                    extra_network_data, hires_steps))
@@ -217,7 +221,7 @@ class Session:
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Hooks and wrappers live only while ``p.sample`` runs; removed on every exit path."""
-        self.runner = BranchRunner(self.loras, self.strengths)
+        self.runner = BranchRunner(self.loras, self.strengths, labels=self.labels)
         try:
             with self.runner:
                 yield

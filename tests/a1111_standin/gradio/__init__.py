@@ -2,7 +2,8 @@
 
 Components record their constructor kwargs (``.kwargs``), expose ``.value`` (initial value),
 ``.label``, ``.elem_id``, ``.visible``, ``.choices`` and record event listeners in ``.events``
-as (event_name, kwargs). Layout blocks are context managers that track a parent/child tree.
+as (event_name, kwargs); ``block.fire(event, value)`` runs them as a user's change would, applying
+``update(...)`` dicts to their outputs. Layout blocks are context managers that track a parent/child tree.
 """
 
 from __future__ import annotations
@@ -32,6 +33,26 @@ class Block:
     def _listen(self, event, fn=None, inputs=None, outputs=None, **kwargs):
         self.events.append((event, dict(fn=fn, inputs=inputs, outputs=outputs, **kwargs)))
         return _Dependency(self)
+
+    def fire(self, event, value):
+        """Stand-in only: set this block's value as a user would, run its ``event`` listeners and apply
+        what they return to their outputs (gradio does that in the browser); returns the results."""
+        self.value = value
+        results = []
+        for name, listener in self.events:
+            if name != event or listener["fn"] is None:
+                continue
+            outputs = listener["outputs"] or []
+            result = listener["fn"](*[block.value for block in listener["inputs"] or []])
+            for block, out in zip(outputs, [result] if len(outputs) == 1 else result):
+                if isinstance(out, dict) and out.get("__type__") == "update":
+                    for key, new in out.items():
+                        if key != "__type__":
+                            setattr(block, key, new)
+                else:
+                    block.value = out
+            results.append(result)
+        return results
 
     def __getattr__(self, item):
         if item in ("change", "click", "input", "select", "release", "submit", "blur", "upload", "then",
