@@ -373,3 +373,47 @@ def test_api_args_of_the_wrong_shape_name_both_forms(runner, args, got):
     assert status == 500 and body["errors"].startswith(
         "LoRAtorio's API args must be a list with one dict of named settings, e.g. [{\"patch_size\": 4}], or the "
         "positional list [true, \"LoRAtorio\", 4, ...]") and body["errors"].endswith(got)
+
+
+# --- memory settings and modules left out ------------------------------------------------------------------
+def test_memory_settings_are_in_the_settings_tab_and_bound_what_is_kept(runner, capsys):
+    from lib_loratorio.webui import memory_settings
+    from lib_loratorio.webui.session import LIBRARY
+
+    script_callbacks.ui_settings_callback()
+    script_callbacks.model_loaded_callback(shared.sd_model)          # the WebUI fires it on every model load
+    for key in (memory_settings.FILE_CACHE, memory_settings.BUILD_CACHE):
+        info = shared.opts.data_labels[key]
+        assert info.section == ("loratorio", "LoRAtorio") and info.default > 0
+    LIBRARY.clear()
+    run(runner, on(), prompt="a cat <loratorio:alice:0.8> <loratorio:styles/ink:1>")   # a LoRA and a LoHa
+    both = LIBRARY.bytes
+    shared.opts.loratorio_file_cache_mb = 0                           # keep only the file read last
+    shared.opts.loratorio_build_cache_mb = 0                          # build LoHa weights when needed, keep none
+    kept = run(runner, on(), prompt="a cat <loratorio:alice:0.8> <loratorio:styles/ink:1>")
+    assert 0 < LIBRARY.bytes < both and len(LIBRARY._files) == 1
+    shared.opts.loratorio_file_cache_mb, shared.opts.loratorio_build_cache_mb = 2048, 1024
+    again = run(runner, on(), prompt="a cat <loratorio:alice:0.8> <loratorio:styles/ink:1>")
+    assert np.array_equal(pixels(kept), pixels(again))               # the budgets change memory, not the image
+
+
+def test_modules_a_lora_leaves_out_are_logged_once_and_counted_in_the_infotext(runner, lora_dir, capsys):
+    from safetensors.torch import load_file, save_file
+
+    import networks
+
+    tensors = load_file(str(lora_dir / "alice.safetensors"))
+    tensors["lora_unet_no_such_block_proj.lora_down.weight"] = torch.randn(2, 8)
+    tensors["lora_unet_no_such_block_proj.lora_up.weight"] = torch.randn(8, 2)
+    tensors["lora_unet_mid_block_attentions_0_norm.w_norm"] = torch.randn(8)   # a key of no LoRA layout
+    save_file(tensors, str(lora_dir / "partial.safetensors"))
+    networks.list_available_networks()
+    first = run(runner, on(), prompt="a cat <loratorio:partial:1>")
+    params = infotext_utils.parse_generation_parameters(first.infotexts[0])
+    applied = len(UNET_TARGETS)
+    assert params["LoRAtorio modules not applied"] == f"partial: 2 of {applied + 2}"
+    run(runner, on(), prompt="a cat <loratorio:partial:1>")
+    logged = [line for line in capsys.readouterr().out.splitlines() if "not every module" in line]
+    assert len(logged) == 1
+    assert "1: no module of that name in the model (e.g. unet:no_such_block_proj)" in logged[0]
+    assert "1: key of no known LoRA layout (e.g. lora_unet_mid_block_attentions_0_norm.w_norm)" in logged[0]

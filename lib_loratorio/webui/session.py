@@ -26,6 +26,7 @@ from ..network_names import BoundLora
 from ..params import LoratorioParams
 from .console import log, note_once
 from .lora_lookup import pool_names, resolve_lora
+from .memory_settings import build_cache_bytes, file_cache_bytes
 from .tags import EXTRA_NETWORK_NAME, RequestedLora, check_stray_tags, read_tags
 
 TEXT_ENCODERS = ("te1", "te2", "te3")
@@ -138,6 +139,7 @@ class Session:
         components = self.model_components(sd_model, unet_only=unet_only)
         loras, hashes, labels = [], [], []
         left_out = TEXT_ENCODERS if unet_only else ()
+        LIBRARY.max_bytes = file_cache_bytes()  # the Settings tab's value
         for lora in requested:
             entry = resolve_lora(lora.name, lora.source)
             try:
@@ -148,6 +150,7 @@ class Session:
             if not getattr(entry, "shorthash", "") and hasattr(entry, "read_hash"):
                 entry.read_hash()  # the WebUI hashes a LoRA lazily, on its first use
             hashes.append(getattr(entry, "shorthash", "") or "")
+        LIBRARY.trim()  # also when every file came from the cache and the setting was lowered
         names = [lora.name.replace(":", "").replace(",", "") for lora in requested]  # as infotext values hold them
         partial = {}
         for name, bound in zip(names, loras, strict=True):
@@ -186,7 +189,8 @@ class Session:
                     if not has_te:
                         per_branch.append(None)
                         continue
-                    with BranchRunner([self.loras[i]], [self.strengths[i]], labels=[self.labels[i]]) as runner, \
+                    with BranchRunner([self.loras[i]], [self.strengths[i]], build_cache_bytes(),
+                                      labels=[self.labels[i]]) as runner, \
                             runner.whole_batch(1):
                         per_branch.append(original(function, required_prompts, steps, [[None, None]],
                                                    extra_network_data, hires_steps))
@@ -221,7 +225,7 @@ class Session:
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Hooks and wrappers live only while ``p.sample`` runs; removed on every exit path."""
-        self.runner = BranchRunner(self.loras, self.strengths, labels=self.labels)
+        self.runner = BranchRunner(self.loras, self.strengths, build_cache_bytes(), labels=self.labels)
         try:
             with self.runner:
                 yield

@@ -6,7 +6,8 @@ from modules import extra_networks, script_callbacks
 
 from .api_args import guard_api_args
 from .extra_network import ExtraNetworkLoratorio
-from .session import LIBRARY, Session, get_session
+from .memory_settings import on_ui_settings
+from .session import Session, get_session
 from .xyz_axes import add_xyz_axes
 
 
@@ -51,5 +52,5 @@ def register_callbacks() -> None:
     """Register the WebUI callbacks (the WebUI clears them on every script reload)."""
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="loratorio")
     script_callbacks.on_before_ui(on_before_ui, name="loratorio")
-    script_callbacks.on_model_loaded(lambda _model: LIBRARY.device_copies.clear(), name="loratorio")
+    script_callbacks.on_ui_settings(on_ui_settings, name="loratorio")
     script_callbacks.on_app_started(lambda _demo, _app: guard_api_args(), name="loratorio")
