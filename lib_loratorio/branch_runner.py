@@ -19,7 +19,7 @@ from torch import nn
 
 from .delta_cache import DeltaCache
 from .errors import LoratorioError
-from .layer_maps import LayerMaps, is_text_side
+from .layer_maps import LayerMaps, cross_attention_of, is_text_side
 from .lora_layers import FusedAttentionDelta, ModuleDelta
 from .low_rank_stack import LowRankStack, stackable
 from .network_names import BoundLora
@@ -58,10 +58,17 @@ class BranchRunner:
         self.labels = list(labels) if labels is not None else [f"LoRA '{lora.lora.name}'" for lora in loras]
         self._by_module: dict[nn.Module, list[tuple[int, ModuleDelta]]] = {}
         self._text_side: dict[nn.Module, bool] = {}
+        # cross-attention module -> its LoRA-targeted projections (blended per LoRA on mixed rows)
+        self._attentions: dict[nn.Module, set[nn.Module]] = {}
         for i, lora in enumerate(loras):
             for name, module, delta in lora.targets:
+                comp, dotted = name.split(":", 1) if ":" in name else ("", name)
                 self._by_module.setdefault(module, []).append((i, delta))
-                self._text_side[module] = is_text_side(name.split(":", 1)[-1])
+                self._text_side[module] = is_text_side(dotted)
+                parent = cross_attention_of(dotted)
+                if parent is not None and comp in lora.roots:
+                    self._attentions.setdefault(lora.roots[comp].get_submodule(parent), set()).add(module)
+        self._in_attention: set[nn.Module] = {m for children in self._attentions.values() for m in children}
         self._handles: list = []
         self._device_copies: dict = {}
         self._stacks: dict = {}  # (module, device, dtype, active LoRAs) -> (LowRankStack or None, other deltas)
@@ -76,6 +83,8 @@ class BranchRunner:
         try:
             for module in self._by_module:
                 self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
+            for attention in self._attentions:
+                self._handles.append(attention.register_forward_hook(self._attention_hook, with_kwargs=True))
         except BaseException:
             self.remove()
             raise
@@ -165,7 +174,7 @@ class BranchRunner:
                 continue
             with self._naming(i):
                 out = self._add_delta(module, args, kwargs, x, out, sel, i, delta)
-        if self._mixed is not None:
+        if self._mixed is not None and module not in self._in_attention:  # those: see _attention_hook
             out = self._add_mixed(module, x, out)
         if isinstance(output, tuple):
             return (out, *output[1:])
@@ -218,6 +227,39 @@ class BranchRunner:
         else:
             out.index_add_(0, sel.to(out.device), total)
         return out
+
+    def _attention_hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        """Mixed rows of a cross-attention: computed once per LoRA (its q/k/v/out deltas, its keys and
+        values from the text) and blended by the maps over the image tokens."""
+        if self._mixed is None:
+            return None
+        sel, maps, n_rows = self._mixed, self._layer_maps, self._n_rows
+        out = output[0] if isinstance(output, tuple) else output
+
+        def rows(value):
+            return value[sel] if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n_rows else value
+
+        sub_args, sub_kwargs = tuple(rows(a) for a in args), {k: rows(v) for k, v in kwargs.items()}
+        weights = maps.weights_for(out[sel], False).to(out.device, out.dtype)
+        lora_here = {j for child in self._attentions[module] for j, _ in self._by_module[child]}
+        included = [i for i in range(self.n_loras) if maps.active[i] and i in lora_here and self.strengths[i] != 0]
+        if not included:
+            return None
+        saved = self._selectors, self._mixed, self._layer_maps, self._n_rows
+        blend = 0.0
+        try:
+            for i in included:
+                self._selectors = [slice(None) if j == i else None for j in range(self.n_loras)]
+                self._mixed, self._layer_maps, self._n_rows = None, None, None
+                part = module.forward(*sub_args, **sub_kwargs)
+                blend = blend + (part[0] if isinstance(part, tuple) else part) * weights[i]
+        finally:
+            self._selectors, self._mixed, self._layer_maps, self._n_rows = saved
+        # LoRAs without a projection here keep the base attention (this pass's output) on their share
+        rest = 1.0 - weights[included].sum(0)
+        out = out.clone()
+        out[sel] = blend + rest * out[sel]
+        return (out, *output[1:]) if isinstance(output, tuple) else out
 
     def _mixed_plan(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
                     active: tuple[bool, ...]) -> tuple[LowRankStack | None, list[tuple[int, ModuleDelta]]]:

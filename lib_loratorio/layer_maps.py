@@ -10,9 +10,14 @@ delta there. The maps are computed on the latent grid [H, W]; a layer's output i
   into one token, which is the scale k = 1): the maps at that scale, one weight per token;
 * a joint sequence [rows, P + T, C] (Flux's single blocks put P text tokens before the image
   tokens): text tokens as below, image tokens as above;
-* anything else (cross-attention keys and values, which act on the text; time and modulation
-  embeddings; Flux's text stream): not spatial. There each LoRA's change is scaled by the mean of
-  its weight map over the image, i.e. folded in at the share of the image the LoRA owns.
+* anything else (time and modulation embeddings; Flux's text stream): not spatial. There each
+  LoRA's change is scaled by the mean of its weight map over the image, i.e. folded in at the share
+  of the image the LoRA owns.
+
+A UNet's cross-attention is not split that way: its keys and values come from the text, and a
+patch owned by LoRA i should attend with LoRA i's keys and values. The branch runner computes such
+a module once per LoRA on the mixed rows and blends the outputs (image tokens) by the maps
+(``cross_attention_of`` names the module).
 
 Layers that act on the text are named so by the caller (``text_side``): the token count alone can
 coincide with a grid size.
@@ -20,6 +25,7 @@ coincide with a grid size.
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
@@ -30,6 +36,16 @@ from torch import Tensor
 TEXT_SIDE_SUFFIXES = ("attn2.to_k", "attn2.to_v", "add_k_proj", "add_v_proj", "add_q_proj", "to_add_out",
                       "context_embedder", "txt_in")
 TEXT_SIDE_PARTS = ("txt_attn", "txt_mlp", "txt_mod", "ff_context", "norm1_context")
+
+
+# A UNet's cross-attention (SD1.x/2.x/SDXL, in diffusers and ldm naming alike) and its projections.
+_CROSS_ATTENTION = re.compile(r"^(.*\.attn2)\.(to_q|to_k|to_v|to_out\.0)$")
+
+
+def cross_attention_of(name: str) -> str | None:
+    """The dotted name of the cross-attention module whose projection ``name`` is, else None."""
+    match = _CROSS_ATTENTION.match(name)
+    return match.group(1) if match else None
 
 
 def is_text_side(name: str) -> bool:

@@ -78,6 +78,11 @@ class LoraLibrary:
         self._bound[key] = ([weakref.ref(module) for module in components.values()], bound)
         return bound
 
+    def forget_bindings(self) -> None:
+        """Drop every binding: they hold the layers they were bound to, which would keep a model the
+        host has unloaded in memory (call when the host loads another model)."""
+        self._bound.clear()
+
     def _forget(self, lora: LoraFile) -> None:
         for key in [k for k in self._bound if k[0] == id(lora)]:
             del self._bound[key]

@@ -100,6 +100,8 @@ class BoundLora:
     reasons: dict[str, str] = field(default_factory=dict)
     #: file modules that were bound (several may share one target, e.g. q/k/v of a fused layer)
     applied: int = 0
+    #: the networks bound to, by component (to find a target's parent module)
+    roots: dict[str, nn.Module] = field(default_factory=dict)
 
     def not_applied(self) -> dict[str, str]:
         """Every module of the file that is not applied, with the reason: modules the file could not
@@ -464,7 +466,7 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module], left_out: Col
     fused: dict[int, tuple[str, nn.MultiheadAttention, dict[str, ModuleDelta]]] = {}
     # Parts of one fused layer's output (diffusers Flux q/k/v on BFL qkv) gather into one delta.
     sliced: dict[int, tuple[str, nn.Module, list[tuple[OutputSlice, ModuleDelta]]]] = {}
-    bound = BoundLora(lora=lora, targets=[])
+    bound = BoundLora(lora=lora, targets=[], roots=dict(components))
     mismatched: list[str] = []
     candidates = explained = 0
     for key, delta in lora.modules.items():

@@ -382,6 +382,7 @@ def test_memory_settings_are_in_the_settings_tab_and_bound_what_is_kept(runner, 
 
     script_callbacks.ui_settings_callback()
     script_callbacks.model_loaded_callback(shared.sd_model)          # the WebUI fires it on every model load
+    assert not LIBRARY._bound
     for key in (memory_settings.FILE_CACHE, memory_settings.BUILD_CACHE):
         info = shared.opts.data_labels[key]
         assert info.section == ("loratorio", "LoRAtorio") and info.default > 0

@@ -46,3 +46,21 @@ def test_least_recently_used_files_are_dropped_beyond_the_byte_budget(tmp_path):
     assert library.bytes == 2 * size and library.load(paths[0]) is first
     tiny = LoraLibrary(max_bytes=1)                     # a file larger than the budget is still used
     assert tiny.load(paths[0]).modules and tiny.bytes == size
+
+
+def test_forgetting_bindings_lets_an_unloaded_model_go(tmp_path):
+    import gc
+    import weakref
+
+    path = tmp_path / "a.safetensors"
+    unet = tiny_sd15_unet()
+    write_kohya(path, unet, TARGETS, seed=1)
+    library = LoraLibrary()
+    library.bind(str(path), {"unet": unet})
+    gone = weakref.ref(unet.down_blocks[0].resnets[0].conv1)
+    del unet
+    gc.collect()
+    assert gone() is not None                      # the binding holds the old model's layers
+    library.forget_bindings()                      # what LoRAtorio does when the WebUI loads a model
+    gc.collect()
+    assert gone() is None and library.load(str(path)).modules  # the file itself stays cached

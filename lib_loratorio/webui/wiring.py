@@ -7,7 +7,7 @@ from modules import extra_networks, script_callbacks
 from .api_args import guard_api_args
 from .extra_network import ExtraNetworkLoratorio
 from .memory_settings import on_ui_settings
-from .session import Session, get_session
+from .session import LIBRARY, Session, get_session
 from .xyz_axes import add_xyz_axes
 
 
@@ -53,4 +53,6 @@ def register_callbacks() -> None:
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="loratorio")
     script_callbacks.on_before_ui(on_before_ui, name="loratorio")
     script_callbacks.on_ui_settings(on_ui_settings, name="loratorio")
+    # bindings hold the layers of the model they were made for: let an unloaded model go
+    script_callbacks.on_model_loaded(lambda _model: LIBRARY.forget_bindings(), name="loratorio")
     script_callbacks.on_app_started(lambda _demo, _app: guard_api_args(), name="loratorio")
