@@ -418,3 +418,36 @@ def test_modules_a_lora_leaves_out_are_logged_once_and_counted_in_the_infotext(r
     assert len(logged) == 1
     assert "1: no module of that name in the model (e.g. unet:no_such_block_proj)" in logged[0]
     assert "1: key of no known LoRA layout (e.g. lora_unet_mid_block_attentions_0_norm.w_norm)" in logged[0]
+
+
+# --- LoRAtorio Fast ------------------------------------------------------------------------------------------
+def _unet_batches(sd15):
+    """Rows of every UNet forward while the block runs (a forward pre-hook on the stand-in's UNet)."""
+    seen = []
+    handle = sd15.model.diffusion_model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    return seen, handle
+
+
+def test_fast_mode_refreshes_on_schedule_and_runs_one_row_each_between(runner, sd15):
+    seen, handle = _unet_batches(sd15)
+    try:
+        fast = run(runner, on(mode="LoRAtorio Fast", refresh_first=1, refresh_every=3), steps=6)
+    finally:
+        handle.remove()
+    assert seen == [4, 2, 2, 4, 2, 2]        # refresh: 3 prompt branches + the base negative; between: 2 rows
+    params = infotext_utils.parse_generation_parameters(fast.infotexts[0])
+    assert params["LoRAtorio mode"] == "LoRAtorio Fast"
+    assert (params["LoRAtorio refresh first"], params["LoRAtorio refresh every"]) == ("1", "3")
+    base, exact = run(runner, steps=6), run(runner, on(recenter=1.0), steps=6)
+    assert not np.array_equal(pixels(fast), pixels(base)) and not np.array_equal(pixels(fast), pixels(exact))
+    every_step = run(runner, on(mode="LoRAtorio Fast", refresh_first=1, refresh_every=1), steps=6)
+    assert np.array_equal(pixels(every_step), pixels(exact))   # refreshing every step is LoRAtorio at re-centring 1
+
+
+def test_fast_mode_with_hires_batch_and_weight_maps(runner, sd15):
+    weights = {k: v.clone() for k, v in sd15.state_dict().items()}
+    result = run(runner, on(mode="LoRAtorio Fast", show_weight_maps=True), n_iter=2, batch_size=2, enable_hr=True,
+                 hr_scale=1.5, denoising_strength=0.5, hr_second_pass_steps=3, steps=4)
+    first = result.index_of_first_image
+    assert len(result.images) == first + 4 + 4 * 2
+    assert all(torch.equal(v, weights[k]) for k, v in sd15.state_dict().items())

@@ -523,3 +523,34 @@ def test_the_older_forge_is_refused_with_a_message(runner, monkeypatch):
         importlib.reload(webui)
         W.scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
     assert webui.HOST == "forge"
+
+
+# --- LoRAtorio Fast ------------------------------------------------------------------------------------------
+def test_fast_mode_on_sd15(runner):
+    fast = run(runner, on(mode="LoRAtorio Fast", refresh_first=1, refresh_every=3, show_weight_maps=True), steps=5)
+    params = W.infotext_utils.parse_generation_parameters(fast.infotexts[0])
+    assert params["LoRAtorio mode"] == "LoRAtorio Fast"
+    assert len(fast.images) == fast.index_of_first_image + 1 + 2
+    base, exact = run(runner, steps=5), run(runner, on(recenter=1.0), steps=5)
+    assert not np.array_equal(pixels(fast), pixels(base)) and not np.array_equal(pixels(fast), pixels(exact))
+    every_step = run(runner, on(mode="LoRAtorio Fast", refresh_first=1, refresh_every=1), steps=5)
+    assert np.array_equal(pixels(every_step), pixels(exact))
+
+
+def test_fast_mode_on_flux_routes_the_image_tokens_of_joint_sequences(runner, monkeypatch):
+    from lib_loratorio.layer_maps import LayerMaps
+
+    counts = []
+    original = LayerMaps._token_weights
+
+    def spy(self, count):
+        found = original(self, count)
+        counts.append((count, self.prefix_tokens, found is not None))
+        return found
+
+    monkeypatch.setattr(LayerMaps, "_token_weights", spy)
+    fast = flux_run(runner, on(mode="LoRAtorio Fast", refresh_first=1, refresh_every=4), steps=3)
+    assert np.isfinite(pixels(fast)).all() and not np.array_equal(pixels(fast), pixels(flux_run(runner)))
+    image_tokens = (64 // 8 // 2) ** 2                      # 64 px -> 8x8 latent -> 4x4 packed tokens
+    assert any(found and prefix > 0 and count == prefix + image_tokens for count, prefix, found in counts)
+    assert all(found for count, _, found in counts if count == image_tokens)
