@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import save_file
 
 from lib_loratorio.branch_runner import BranchRunner
 from lib_loratorio.composer import BranchComposer
@@ -34,13 +33,11 @@ from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
 from lib_loratorio.params import LoratorioParams
 
-from .memory import format_memory, memory_by_type
+from .memory import MIB, Memory, format_memory, memory_by_type
+from .random_loras import write_lora_of_type
 
 DEFAULTS = LoratorioParams(enabled=True)  # the extension's defaults, for every timed composition
 FAST_RUN_STEPS = 20  # LoRAtorio Fast is timed over a whole run: its refresh steps cost more than the rest
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                "conv1", "conv2")
-
 
 def build_unet(width: int, device: str, dtype: torch.dtype = torch.float32):
     from diffusers import UNet2DConditionModel
@@ -53,50 +50,6 @@ def build_unet(width: int, device: str, dtype: torch.dtype = torch.float32):
         cross_attention_dim=768, attention_head_dim=8, norm_num_groups=min(32, width // 2), sample_size=64,
     )
     return unet.to(device, dtype).eval()
-
-
-def write_random_lora(unet, path: Path, rank: int, seed: int) -> None:
-    """A kohya-format LoRA file (SD1.5 kohya names are the diffusers module paths with '_')."""
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, module in unet.named_modules():
-        if not name.endswith(LORA_TARGETS) or not hasattr(module, "weight"):
-            continue
-        w = module.weight
-        key = "lora_unet_" + name.replace(".", "_")
-        if w.ndim == 4:
-            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-            down = torch.randn(rank, w.shape[1], *w.shape[2:], generator=g) / fan_in ** 0.5
-            up = torch.randn(w.shape[0], rank, 1, 1, generator=g) * 0.02
-        else:
-            down = torch.randn(rank, w.shape[1], generator=g) / w.shape[1] ** 0.5
-            up = torch.randn(w.shape[0], rank, generator=g) * 0.02
-        tensors[f"{key}.lora_down.weight"] = down.contiguous()
-        tensors[f"{key}.lora_up.weight"] = up.contiguous()
-        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
-    save_file(tensors, str(path))
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or the process's peak RSS on Linux CPUs."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-
-    def reset(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-    def peak_mib(self) -> float:
-        if self.cuda:
-            return torch.cuda.max_memory_allocated() / 2**20
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
 
 
 def _sync(device: str) -> None:
@@ -127,7 +80,7 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
     t = torch.full((2,), 500.0, device=device)
     bound = loras[:n]
     strengths = [0.8] * n
-    memory = PeakMemory(device)
+    memory = Memory(device)
     row_kinds, images = [False, True], [0, 0]
 
     def plain():
@@ -166,9 +119,11 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
         results["fast_mode"] = results.pop("fast_mode_run") / FAST_RUN_STEPS
         for label, fn in (("plain", plain), ("loratorio", loratorio(0.5)), ("loop", loop),
                           ("fast_mode", fast_mode_run)):
-            memory.reset()
+            before = memory.now()
+            memory.reset_peak()
             fn()
-            results[f"{label}_peak_mib"] = memory.peak_mib()
+            results[f"{label}_peak_mib"] = memory.peak() / MIB
+            results[f"{label}_peak_over_start_mib"] = (memory.peak() - before) / MIB
         batched, looped = loratorio(0.5)(), loop()
         results["batched_vs_loop_max_diff"] = float((batched[0].float() - looped.cond[0].float()).abs().max())
 
@@ -263,7 +218,7 @@ def main(argv=None) -> dict:
         loras = []
         for i in range(max(args.loras)):
             path = Path(tmp) / f"random_{i}.safetensors"
-            write_random_lora(unet, path, args.rank, seed=100 + i)
+            write_lora_of_type(unet, path, "locon", args.rank, seed=100 + i)
             loras.append(bind_lora(read_lora_file(path), {"unet": unet}))
         rows = [{"n": n, **bench_n(unet, loras, n, args.latent, args.repeats, args.device)} for n in args.loras]
         fraction = compose_fraction(unet, args.repeats, args.device, args.compose_latent)

@@ -187,14 +187,7 @@ class BranchRunner:
             return _fused_attention(module, args, kwargs, out, sel, self._delta_on(delta, out.device, x.dtype),
                                     self.strengths[i])
         d = self._delta_on(delta, out.device, x.dtype).output_delta(x[sel], module, self.cache)
-        d = d.to(out.dtype) * self.strengths[i]
-        if torch.is_grad_enabled() and out.requires_grad:
-            return out.index_add(0, _as_index(sel, out.shape[0], out.device), d)
-        if isinstance(sel, slice):
-            out[sel] += d
-        else:
-            out.index_add_(0, sel.to(out.device), d)
-        return out
+        return _add_rows(out, sel, d.to(out.dtype) * self.strengths[i])
 
     @contextmanager
     def _naming(self, i: int) -> Iterator[None]:
@@ -218,15 +211,7 @@ class BranchRunner:
                 d = delta.output_delta(x_rows, module, self.cache).to(out.dtype)
             d = d * (weights[i] * self.strengths[i])
             total = d if total is None else total + d
-        if total is None:
-            return out
-        if torch.is_grad_enabled() and out.requires_grad:
-            return out.index_add(0, _as_index(sel, out.shape[0], out.device), total)
-        if isinstance(sel, slice):
-            out[sel] += total
-        else:
-            out.index_add_(0, sel.to(out.device), total)
-        return out
+        return out if total is None else _add_rows(out, sel, total)
 
     def _attention_hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
         """Mixed rows of a cross-attention: computed once per LoRA (its q/k/v/out deltas, its keys and
@@ -278,6 +263,17 @@ class BranchRunner:
                                      [self.strengths[i] for i, _ in stacked], module)
             self._stacks[key] = (stack, others)
         return self._stacks[key]
+
+
+def _add_rows(out: torch.Tensor, sel: RowSelector, delta: torch.Tensor) -> torch.Tensor:
+    """``out`` with ``delta`` added to rows ``sel``: in place, unless autograd tracks ``out``."""
+    if torch.is_grad_enabled() and out.requires_grad:
+        return out.index_add(0, _as_index(sel, out.shape[0], out.device), delta)
+    if isinstance(sel, slice):
+        out[sel] += delta
+    else:
+        out.index_add_(0, sel.to(out.device), delta)
+    return out
 
 
 def _fused_attention(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor, sel: RowSelector,
