@@ -39,11 +39,12 @@ class Method:
     temperature: float = 0.05
     recenter: float = 0.5
     pool: bool = False  # dynamic selection over the whole pool with top_k = N
+    switch_every: int = 5  # Switch mode: steps per turn (the protocol in run.py sets 1)
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
                                temperature=self.temperature, recenter=self.recenter,
-                               top_k=n if self.pool else 0, switch_every=5)
+                               top_k=n if self.pool else 0, switch_every=self.switch_every)
 
 
 def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
