@@ -25,7 +25,7 @@ draws it, and nothing else.
 * scanlines: every odd row darker than its even neighbours (median log ratio of a row's luminance
   to its neighbours', 0.35 = -1.05 in the world).
 * pixelart: 2x2 blocks uniform ((differences across the edges of the world's 2x2 blocks minus
-  those inside them) / (across + 0.02), 0 for a flat image), times the fraction of colour values
+  those inside them) / (across + 0.005), 0 for a flat image), times the fraction of colour values
   on the 4-level palette.
 
 Thresholds (`THRESHOLDS`) were set on ground-truth renders only (`fit_thresholds`: world.render of
@@ -256,7 +256,7 @@ def pixelart_score(imgs: np.ndarray) -> np.ndarray:
     dv = np.abs(np.diff(imgs, axis=1)).mean(-1)  # [B, 31, 32]
     inside = dh[:, :, 0::2].mean((1, 2)) + dv[:, 0::2, :].mean((1, 2))
     across = dh[:, :, 1::2].mean((1, 2)) + dv[:, 1::2, :].mean((1, 2))
-    uniform = (across - inside) / (across + 0.02)  # a flat image has neither: 0
+    uniform = (across - inside) / (across + 0.005)  # a flat image has neither: 0
     palette = (np.abs(imgs * 3 - np.round(imgs * 3)) < 0.25).mean((1, 2, 3))  # within 1/12 of a level
     return np.clip(uniform, 0, 1) * palette
 
