@@ -591,6 +591,11 @@ def method_settings(m: Method, strength: float) -> dict:
     return {**st, "strength": strength}
 
 
+def _settings(args, comps, methods) -> dict:
+    return {"comps": [list(c) for c in comps], "seeds": args.seeds, "steps": args.steps, "strength": args.strength,
+            "methods": {m.name: dataclasses.asdict(m) for m in methods}}
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("dev", "test", "all"), default="dev",
@@ -621,6 +626,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--recenter", type=float, default=0.5)
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
     ap.add_argument("--limit", type=int, default=0, help="keep only the first K compositions (tests)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the images of an earlier run again (--out's images.pt) instead of generating")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -667,8 +674,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"{args.steps} steps, strength {args.strength}, Switch every {args.switch_every} -> {out}", flush=True)
     from . import detector
     t0 = time.time()
-    records = generate(methods, comps, args.seeds, args.steps, args.jobs, strength=args.strength)
-    gen_s = time.time() - t0
+    if args.rescore:  # same images, scored again (e.g. after a scorer change); the settings must match
+        saved = torch.load(out / "images.pt")
+        records = saved["records"]
+        if saved["settings"] != _settings(args, comps, methods):
+            raise SystemExit(f"--rescore: {out}/images.pt was made with other settings: {saved['settings']}")
+        gen_s = saved["generation_seconds"]
+    else:
+        records = generate(methods, comps, args.seeds, args.steps, args.jobs, strength=args.strength)
+        gen_s = time.time() - t0
+        torch.save({"records": [{k: r[k] for k in ("method", "comp", "seeds", "images", "evals", "secs")}
+                                for r in records],
+                    "settings": _settings(args, comps, methods), "generation_seconds": gen_s}, out / "images.pt")
     score(records)
     names = [m.name for m in methods]
     summary = summarize(records, names)
