@@ -1,18 +1,30 @@
 """The offline composition benchmark (a miniature ComposLoRA), the parameter sweep, diagnostics.
 
-    python -m composbench.run --quick            # 48 compositions (12 per N, seed 0), ~10 min on 2 cores
-    python -m composbench.run                    # all 240 compositions
-    python -m composbench.run --sweep            # patch size x temperature x re-centring on 12 compositions
+The protocol (defaults): the dev part of the fixed split (protocol.py; 80 compositions, for tuning
+and ablations) or its test part (160, reported, never tuned on), 3 noise seeds per composition
+(111, 112, 113, shared by all methods), LoRA strength 0.8 and Switch changing LoRA every step, as
+in ComposLoRA. Standard errors take the composition as the unit (seeds averaged first); every
+method is also compared with Merge pair-wise, composition by composition. Recall is scored twice:
+by the CNN classifier (scoring.py) and by the hand-written detector (detector.py).
+
+    python -m composbench.run --part dev --quick  # 44 dev compositions (12 per N; N=2 has 8), 3 seeds
+    python -m composbench.run --part dev          # all 80 dev compositions
+    python -m composbench.run --part test         # the reported numbers: run once per variant
+    python -m composbench.run --strength 1.0      # the second table (strength the LoRAs were trained at)
+    python -m composbench.run --sweep            # patch size x temperature x re-centring on 12 dev compositions
     python -m composbench.run --diagnose         # do LoRAs stay close to the base outside their concept?
-    python -m composbench.run --calibrate        # the classifier on generated images (ceiling and floor)
+    python -m composbench.run --calibrate        # classifier and detector on generated images (ceiling and floor)
+    python -m composbench.run --detector-check   # detector on renders, and its agreement with the classifier
 
 Writes results.json, results.md, recall.png (plot) and grid.png (same prompts and seeds across
-methods) under --out (default outputs/bench, or outputs/bench-quick / outputs/sweep).
+methods) under --out (default outputs/bench-<part>, or outputs/bench-<part>-quick / outputs/sweep).
+Before the protocol (Nov 2026 tables in RESULTS.md): --part all --seeds 1 --strength 1 --switch-every 5.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -23,7 +35,11 @@ import numpy as np
 import torch
 
 from . import world
-from .sampling import STEPS, Method, standard_methods
+from .protocol import fingerprint, split
+from .sampling import CFG, STEPS, Method, fast_method, standard_methods
+
+SEED0 = 111  # noise seeds of a composition: SEED0, SEED0 + 1, ...
+PROTOCOL = {"seeds": 3, "strength": 0.8, "switch_every": 1}
 
 _BENCH = None
 
@@ -36,14 +52,15 @@ def _init_worker() -> None:
 
 
 def _job(args):
-    method, comp, seeds, steps = args
-    imgs, info = _BENCH.sample(method, comp, seeds, steps=steps)
+    method, comp, seeds, steps, strength = args
+    imgs, info = _BENCH.sample(method, comp, seeds, steps=steps, strength=strength)
     return method.name, comp, list(seeds), ((imgs + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), \
         info["evals_per_image"], info["seconds_per_image"]
 
 
-def sample_compositions(n_per_n: int, seed: int = 0) -> list[tuple[str, ...]]:
-    comps = world.compositions()
+def sample_compositions(n_per_n: int, seed: int = 0, part: str = "all") -> list[tuple[str, ...]]:
+    """n_per_n compositions per N (all of them where a part has fewer), drawn from ``part``."""
+    comps = split(part)
     rng = np.random.default_rng(seed)
     out = []
     for n in range(2, 6):
@@ -54,9 +71,10 @@ def sample_compositions(n_per_n: int, seed: int = 0) -> list[tuple[str, ...]]:
 
 
 def generate(methods: Sequence[Method], comps: Sequence[tuple[str, ...]], seeds_per_comp: int = 1,
-             steps: int = STEPS, jobs: int = 2, base_seed: int = 111) -> list[dict]:
-    """Every method on every composition; one record per (method, composition)."""
-    tasks = [(m, comp, [base_seed + k for k in range(seeds_per_comp)], steps) for comp in comps for m in methods]
+             steps: int = STEPS, jobs: int = 2, base_seed: int = SEED0, strength: float = 1.0) -> list[dict]:
+    """Every method on every composition; one record per (method, composition), all seeds."""
+    tasks = [(m, comp, [base_seed + k for k in range(seeds_per_comp)], steps, strength)
+             for comp in comps for m in methods]
     # costly tasks first for better load balance
     tasks.sort(key=lambda t: -(len(t[1]) * (12 if t[0].pool else 1)))
     records = []
@@ -84,15 +102,25 @@ def generate(methods: Sequence[Method], comps: Sequence[tuple[str, ...]], seeds_
 
 
 def score(records: list[dict]) -> None:
+    """Classifier and detector scores per image of every record."""
+    from . import detector
     from .scoring import Scorer
     scorer = Scorer()
     for r in records:
-        s = scorer.score(r["images"].float() / 127.5 - 1, r["comp"])
+        x = r["images"].float() / 127.5 - 1
+        s = scorer.score(x, r["comp"])
         r["recall"] = s["recall"].tolist()
         r["spurious"] = s["spurious"].tolist()
         r["confidence"] = s["confidence"].tolist()
         r["features"] = s["features"]
         r["per_category"] = {world.CATEGORY_OF[c]: v.tolist() for c, v in s["per_concept"].items()}
+        det = detector.detect(x)  # [B, 11]
+        cols = [world.ALL_CONCEPTS.index(c) for c in r["comp"]]
+        r["recall_det"] = det[:, cols].mean(1).tolist()
+        r["per_category_det"] = {world.CATEGORY_OF[c]: det[:, j].astype(float).tolist()
+                                 for c, j in zip(r["comp"], cols, strict=True)}
+        r["clf_detected"] = (s["probs"] > 0.5).numpy()  # [B, 11], for the agreement table
+        r["det_detected"] = det
 
 
 def _mean(xs):
@@ -100,12 +128,60 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else float("nan")
 
 
-def summarize(records: list[dict], method_names: Sequence[str]) -> dict:
+def comp_stats(per_comp: dict) -> dict:
+    """Mean and standard error with the composition as the unit: ``per_comp`` maps a composition
+    to its per-seed values; the seeds of a composition are averaged first, then the s.e. is the
+    standard deviation across compositions (ddof 1) over sqrt(number of compositions)."""
+    vals = np.array([np.mean(v) for v in per_comp.values() if len(v)], float)
+    if len(vals) == 0:
+        return {"mean": None, "se": None, "n": 0}
+    se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
+    return {"mean": float(vals.mean()), "se": se, "n": int(len(vals))}
+
+
+def paired_stats(a: dict, b: dict) -> dict:
+    """Mean per-composition difference a - b over the compositions both have, and its s.e."""
+    common = [c for c in a if c in b and len(a[c]) and len(b[c])]
+    return comp_stats({c: [float(np.mean(a[c]) - np.mean(b[c]))] for c in common})
+
+
+def _per_comp(rs: list[dict], key: str, n: Optional[int] = None, cat: Optional[str] = None) -> dict:
+    out = {}
+    for r in rs:
+        if n is not None and len(r["comp"]) != n:
+            continue
+        if cat is not None:
+            if cat in r[key]:
+                out[r["comp"]] = r[key][cat]
+        else:
+            out[r["comp"]] = r[key]
+    return out
+
+
+def agreement(records: list[dict]) -> dict:
+    """Per concept, over every image of the records: how often classifier and detector agree, and
+    the counts of both / classifier only / detector only / neither, and Cohen's kappa."""
+    clf = np.concatenate([r["clf_detected"] for r in records])
+    det = np.concatenate([r["det_detected"] for r in records])
+    out = {}
+    for j, c in enumerate(world.ALL_CONCEPTS):
+        a, b = clf[:, j], det[:, j]
+        po = float((a == b).mean())
+        pe = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
+        out[c] = {"agree": po, "both": int((a & b).sum()), "classifier_only": int((a & ~b).sum()),
+                  "detector_only": int((~a & b).sum()), "neither": int((~a & ~b).sum()),
+                  "kappa": (po - pe) / (1 - pe) if pe < 1 else float("nan")}
+    out["all"] = {"agree": float((clf == det).mean()), "images": int(len(clf))}
+    return out
+
+
+def summarize(records: list[dict], method_names: Sequence[str], baseline: str = "Merge") -> dict:
     from .scoring import Scorer, frechet, reference_renders
     comps = sorted({r["comp"] for r in records}, key=lambda c: (len(c), c))
     n_img = len(records[0]["seeds"])
     ref = reference_renders([c for c in comps for _ in range(n_img)])
     _, ref_feat = Scorer().probs_and_features(ref)
+    base_rs = [r for r in records if r["method"] == baseline]
     summary = {}
     for m in method_names:
         rs = [r for r in records if r["method"] == m]
@@ -113,47 +189,98 @@ def summarize(records: list[dict], method_names: Sequence[str]) -> dict:
             continue
         row = {}
         for n in range(2, 6):
-            vals = [v for r in rs if len(r["comp"]) == n for v in r["recall"]]
-            row[f"N={n}"] = _mean(vals) if vals else None
-        allv = [v for r in rs for v in r["recall"]]
-        row["avg"] = _mean(allv)
-        row["sem"] = float(np.std(allv) / math.sqrt(max(1, len(allv))))
+            st = comp_stats(_per_comp(rs, "recall", n=n))
+            row[f"N={n}"], row[f"N={n} se"] = st["mean"], st["se"]
+            std = comp_stats(_per_comp(rs, "recall_det", n=n))
+            row[f"N={n} det"], row[f"N={n} det se"] = std["mean"], std["se"]
+        for key, name in (("recall", "avg"), ("recall_det", "avg_det")):
+            st = comp_stats(_per_comp(rs, key))
+            row[name], row[f"{name}_se"] = st["mean"], st["se"]
+            if base_rs:
+                d = paired_stats(_per_comp(rs, key), _per_comp(base_rs, key))
+                row[f"{name}_diff_vs_{baseline}"], row[f"{name}_diff_se"] = d["mean"], d["se"]
+        row["sem"] = row["avg_se"]  # old name
+        row["n_compositions"] = len({r["comp"] for r in rs})
         row["spurious"] = _mean(v for r in rs for v in r["spurious"])
         row["confidence"] = _mean(v for r in rs for v in r["confidence"])
         row["fd"] = frechet(torch.cat([r["features"] for r in rs]), ref_feat)
         row["evals_per_image"] = _mean(r["evals"] for r in rs)
         row["seconds_per_image"] = _mean(r["secs"] for r in rs)
-        row["per_category"] = {cat: _mean(v for r in rs for v in r["per_category"].get(cat, []))
-                               for cat in world.CATEGORIES}
-        row["n_images"] = len(allv)
+        row["per_category"] = {cat: comp_stats(_per_comp(rs, "per_category", cat=cat)) for cat in world.CATEGORIES}
+        row["per_category_det"] = {cat: comp_stats(_per_comp(rs, "per_category_det", cat=cat))
+                                   for cat in world.CATEGORIES}
+        row["agreement"] = agreement(rs)["all"]["agree"]
+        row["n_images"] = sum(len(r["recall"]) for r in rs)
         summary[m] = row
     return summary
 
 
-def markdown(summary: dict, title: str) -> str:
-    floor = summary.get("prompt only", {})
-    lines = [f"### {title}", "",
-             "Concept recall (fraction of requested concepts the classifier detects). The 'prompt only' row "
-             "is the base model with the joined trigger words: it knows no trigger, so its recall is the "
-             "classifier's false-positive floor. 'spurious' = fraction of NOT requested concepts detected.", "",
-             "| method | N=2 | N=3 | N=4 | N=5 | avg (± s.e.) | avg − floor | spurious | confidence | FD "
-             "| evals/img | s/img |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _f(v, se=None, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} ± {se:.{digits}f}"
 
-    def f(v):
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+def _signed(v, se) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.3f}" + ("" if se is None or math.isnan(se) else f" ± {se:.3f}")
+
+
+def markdown(summary: dict, title: str, meta: Optional[dict] = None, agree: Optional[dict] = None,
+             baseline: str = "Merge") -> str:
+    floor = summary.get("prompt only", {})
+    lines = [f"### {title}", ""]
+    if meta:
+        lines += [f"Part **{meta['part']}** ({meta['compositions']} compositions; split {meta['split_sha256'][:12]}), "
+                  f"noise seeds {meta['seed_list']} per composition (shared by all methods), LoRA strength "
+                  f"{meta['strength']}, Switch every {meta['switch_every']} step(s), {meta['steps']} DDIM steps, "
+                  f"CFG {meta['cfg']}.", ""]
+    lines += ["Concept recall = fraction of the requested concepts found, by the CNN classifier (scoring.py) and "
+              "by the hand-written detector (detector.py). ± = standard error with the composition as the unit "
+              "(a composition's seeds averaged first). Δ vs Merge = mean over compositions of (method − Merge) on "
+              "the same compositions and seeds, ± its paired s.e. 'prompt only' = the base model with the joined "
+              "trigger words (the false-positive floor). spurious = not-requested concepts the classifier finds.", "",
+              "| method | N=2 | N=3 | N=4 | N=5 | recall (± s.e.) | Δ vs Merge | recall (detector) | "
+              "Δ vs Merge (detector) | spurious | FD | evals/img | s/img |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in summary.items():
-        cells = [f(r[f"N={n}"]) for n in range(2, 6)]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {r['avg']:.3f} ± {r['sem']:.3f} | "
-                     f"{r['avg'] - floor.get('avg', 0):+.3f} | {r['spurious']:.3f} | {r['confidence']:.3f} | "
-                     f"{r['fd']:.2f} | {r['evals_per_image']:.0f} | {r['seconds_per_image']:.2f} |")
+        cells = [_f(r[f"N={n}"], r[f"N={n} se"]) for n in range(2, 6)]
+        diff = _signed(r.get(f"avg_diff_vs_{baseline}"), r.get("avg_diff_se")) if m != baseline else "0"
+        ddet = _signed(r.get(f"avg_det_diff_vs_{baseline}"), r.get("avg_det_diff_se")) if m != baseline else "0"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_f(r['avg'], r['avg_se'])} | {diff} | "
+                     f"{_f(r['avg_det'], r['avg_det_se'])} | {ddet} | {r['spurious']:.3f} | {r['fd']:.2f} | "
+                     f"{r['evals_per_image']:.0f} | {r['seconds_per_image']:.2f} |")
     if floor:
-        lines += ["", "False-positive floor per N (prompt only): " + ", ".join(
-            f"N={n}: {f(floor[f'N={n}'])}" for n in range(2, 6))]
-    lines += ["", "Recall per category (requested concepts of that category detected):", "",
+        lines += ["", "False-positive floor per N (prompt only), classifier / detector: " + ", ".join(
+            f"N={n}: {_f(floor[f'N={n}'])} / {_f(floor[f'N={n} det'])}" for n in range(2, 6))]
+    lines += ["", "Detector recall per N:", "", "| method | N=2 | N=3 | N=4 | N=5 |", "|---|---|---|---|---|"]
+    for m, r in summary.items():
+        lines.append(f"| {m} | " + " | ".join(_f(r[f"N={n} det"], r[f"N={n} det se"]) for n in range(2, 6)) + " |")
+    lines += ["", "Recall per category (requested concepts of that category found; ± s.e. over the compositions "
+              "that have the category), classifier / detector:", "",
               "| method | " + " | ".join(world.CATEGORIES) + " |", "|---|" + "---|" * len(world.CATEGORIES)]
     for m, r in summary.items():
-        lines.append(f"| {m} | " + " | ".join(f(r["per_category"][c]) for c in world.CATEGORIES) + " |")
+        lines.append(f"| {m} | " + " | ".join(
+            f"{_f(r['per_category'][c]['mean'], r['per_category'][c]['se'], 2)} / "
+            f"{_f(r['per_category_det'][c]['mean'], r['per_category_det'][c]['se'], 2)}"
+            for c in world.CATEGORIES) + " |")
+    if agree:
+        lines += ["", f"Classifier vs detector on this run's {agree['all']['images']} generated images (all "
+                  f"methods; every concept of every image, requested or not): agreement "
+                  f"{agree['all']['agree']:.3f}.", "",
+                  "| concept | agreement | kappa | both | classifier only | detector only | neither |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in world.ALL_CONCEPTS:
+            a = agree[c]
+            lines.append(f"| {c} | {a['agree']:.3f} | {_f(a['kappa'], digits=2)} | {a['both']} | "
+                         f"{a['classifier_only']} | {a['detector_only']} | {a['neither']} |")
+    if meta and meta.get("methods_settings"):
+        lines += ["", "Method settings:", ""]
+        for m, st in meta["methods_settings"].items():
+            lines.append(f"- {m}: " + ", ".join(f"{k}={v}" for k, v in st.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -303,53 +430,127 @@ def diagnose_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- calibration: the classifier on generated images ------------------------------------------------
+# --- calibration: the classifier and the detector on generated images ---------------------------------
 @torch.no_grad()
-def calibrate(seeds: int = 8, steps: int = STEPS, out: Optional[Path] = None) -> dict:
+def calibrate(seeds: int = 8, steps: int = STEPS, out: Optional[Path] = None, strength: float = 1.0,
+              keep_images: bool = False) -> dict:
     """Single-LoRA generations (LoRA alone, its trigger as prompt: the best a composition can hope
-    for) and base-model generations (generic captions and bare trigger words: false positives)."""
+    for) and base-model generations (generic captions and bare trigger words: false positives), scored
+    by the classifier and by the detector."""
+    from . import detector
     from .sampling import Bench
     from .scoring import Scorer
     bench, scorer = Bench(), Scorer()
     seed_list = [500 + k for k in range(seeds)]
-    single, floor, tiles = {}, {}, []
+    res: dict = {k: {} for k in ("single_lora_detection", "base_with_trigger_prompt_detection",
+                                 "single_lora_detector", "base_with_trigger_prompt_detector")}
+    tiles, images = [], []
     for c in world.ALL_CONCEPTS:
-        imgs, _ = bench.sample(Method("LoRAtorio", "composer"), (c,), seed_list, steps=steps)
-        single[c] = float(scorer.score(imgs, (c,))["recall"].mean())
+        j = world.ALL_CONCEPTS.index(c)
+        imgs, _ = bench.sample(Method("LoRAtorio", "composer"), (c,), seed_list, steps=steps, strength=strength)
         base, _ = bench.sample(Method("prompt only", "base"), (c,), seed_list, steps=steps)
-        floor[c] = float(scorer.score(base, (c,))["recall"].mean())
+        res["single_lora_detection"][c] = float(scorer.score(imgs, (c,))["recall"].mean())
+        res["base_with_trigger_prompt_detection"][c] = float(scorer.score(base, (c,))["recall"].mean())
+        res["single_lora_detector"][c] = float(detector.detect(imgs)[:, j].mean())
+        res["base_with_trigger_prompt_detector"][c] = float(detector.detect(base)[:, j].mean())
         tiles.append(torch.cat([imgs, base]))
+        images += [(f"single LoRA {c}", imgs), (f"base + trigger {c}", base)]
     rng = np.random.default_rng(3)
     caps = [world.random_generic(rng).caption() for _ in range(seeds * 2)]
     generic = torch.cat([bench.sample(Method("prompt only", "base"), (), [900 + k], steps=steps, prompt=cap)[0]
                          for k, cap in enumerate(caps)])
+    images.append(("base generic", generic))
     p, _ = scorer.probs_and_features(generic)
-    fp_generic = {c: float((p[:, i] > 0.5).float().mean()) for i, c in enumerate(world.ALL_CONCEPTS)}
-    res = {"single_lora_detection": single, "base_with_trigger_prompt_detection": floor,
-           "base_generic_false_positive": fp_generic,
-           "mean_single": float(np.mean(list(single.values()))), "mean_floor": float(np.mean(list(floor.values()))),
-           "mean_fp_generic": float(np.mean(list(fp_generic.values())))}
+    det = detector.detect(generic)
+    res["base_generic_false_positive"] = {c: float((p[:, i] > 0.5).float().mean())
+                                          for i, c in enumerate(world.ALL_CONCEPTS)}
+    res["base_generic_detector_false_positive"] = {c: float(det[:, i].mean()) for i, c in enumerate(world.ALL_CONCEPTS)}
+    for k in list(res):
+        res["mean_" + k] = float(np.mean(list(res[k].values())))
+    res["mean_single"] = res["mean_single_lora_detection"]
+    res["mean_floor"] = res["mean_base_with_trigger_prompt_detection"]
+    res["mean_fp_generic"] = res["mean_base_generic_false_positive"]
+    res["strength"], res["seeds"], res["steps"] = strength, seeds, steps
     if out is not None:
         from PIL import Image
         rows = [torch.cat(list(t), dim=2) for t in tiles]  # each row: LoRA images then base images
         sheet = ((torch.cat(rows, dim=1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
             out / "calibration.png")
+    if keep_images:
+        res["_images"] = images
     return res
 
 
 def calibrate_markdown(r: dict) -> str:
-    lines = ["### Classifier on generated images", "",
+    lines = ["### Classifier and detector on generated images", "",
+             f"LoRA strength {r.get('strength', 1.0)}, {r.get('seeds', '?')} seeds per concept. "
              "single LoRA = the LoRA alone with its trigger word (the ceiling a composition can reach); "
              "base + trigger = the base model with the same prompt (false-positive floor); "
-             "base generic = base model with generic captions (false positives per concept).", "",
+             "base generic = base model with generic captions (false positives per concept). "
+             "Each cell: classifier / detector.", "",
              "| concept | single LoRA detected | base + trigger detected | base generic: flagged |",
              "|---|---|---|---|"]
+    cols = (("single_lora_detection", "single_lora_detector"),
+            ("base_with_trigger_prompt_detection", "base_with_trigger_prompt_detector"),
+            ("base_generic_false_positive", "base_generic_detector_false_positive"))
     for c in world.ALL_CONCEPTS:
-        lines.append(f"| {c} | {r['single_lora_detection'][c]:.2f} | {r['base_with_trigger_prompt_detection'][c]:.2f} "
-                     f"| {r['base_generic_false_positive'][c]:.2f} |")
-    lines.append(f"| **mean** | {r['mean_single']:.3f} | {r['mean_floor']:.3f} | {r['mean_fp_generic']:.3f} |")
+        lines.append(f"| {c} | " + " | ".join(f"{r[a][c]:.2f} / {r[b][c]:.2f}" for a, b in cols) + " |")
+    lines.append("| **mean** | " + " | ".join(f"{r['mean_' + a]:.3f} / {r['mean_' + b]:.3f}" for a, b in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def detector_check(seeds: int = 4, steps: int = STEPS, strength: float = 0.8, n_renders: int = 1000) -> dict:
+    """The detector on held-out renders (accuracy, recall, false positives), and its agreement with the
+    classifier per concept on those renders and on generated images (calibrate's single-LoRA, base +
+    trigger and generic generations)."""
+    from . import detector
+    from .scoring import Scorer
+    scorer = Scorer()
+    res: dict = {"renders": detector.render_check(n_renders), "thresholds": dict(detector.THRESHOLDS)}
+    imgs, labs = detector.labelled_renders(n_renders, 7)
+    agree = {}
+    for name, x in (("renders_clean", imgs), ("renders_degraded", detector.degrade(imgs, 8))):
+        t = torch.from_numpy(x).permute(0, 3, 1, 2) * 2 - 1
+        clf = (scorer.probs_and_features(t)[0] > 0.5).numpy()
+        det = detector.detect(x)
+        agree[name] = {c: float((clf[:, j] == det[:, j]).mean()) for j, c in enumerate(world.ALL_CONCEPTS)}
+        agree[name]["classifier_accuracy"] = float((clf == labs).mean())
+    cal = calibrate(seeds, steps, strength=strength, keep_images=True)
+    gen = torch.cat([x for _, x in cal.pop("_images")])
+    clf = (scorer.probs_and_features(gen)[0] > 0.5).numpy()
+    det = detector.detect(gen)
+    agree["generated"] = {c: float((clf[:, j] == det[:, j]).mean()) for j, c in enumerate(world.ALL_CONCEPTS)}
+    agree["generated_images"] = int(len(gen))
+    res["agreement"] = agree
+    res["calibrate"] = cal
+    return res
+
+
+def detector_check_markdown(r: dict) -> str:
+    rc, ag = r["renders"], r["agreement"]
+    lines = ["### Detector check", "",
+             "Held-out renders (1000 random labelled scenes, seed 7; thresholds were fitted on other renders, "
+             "seed 1): detector recall on renders with the concept / false positives on renders without; "
+             "clean and mildly degraded (detector.degrade). Agreement = fraction of images on which detector "
+             f"and classifier say the same for the concept; generated = {ag['generated_images']} generated images "
+             "(single LoRA, base + trigger, base generic; the table below).", "",
+             "| concept | threshold | renders: recall / FP (clean) | recall / FP (degraded) | agreement renders "
+             "(clean) | agreement renders (degraded) | agreement generated |", "|---|---|---|---|---|---|---|"]
+    for c in world.ALL_CONCEPTS:
+        a, b = rc["clean"][c], rc["degraded"][c]
+        lines.append(f"| {c} | {r['thresholds'][c]} | {a['recall']:.3f} / {a['false_positive']:.3f} | "
+                     f"{b['recall']:.3f} / {b['false_positive']:.3f} | {ag['renders_clean'][c]:.3f} | "
+                     f"{ag['renders_degraded'][c]:.3f} | {ag['generated'][c]:.3f} |")
+    mean = {k: float(np.mean([ag[k][c] for c in world.ALL_CONCEPTS]))
+            for k in ("renders_clean", "renders_degraded", "generated")}
+    lines.append(f"| **mean** | | accuracy {rc['clean']['mean_accuracy']:.3f} | accuracy "
+                 f"{rc['degraded']['mean_accuracy']:.3f} | {mean['renders_clean']:.3f} | "
+                 f"{mean['renders_degraded']:.3f} | {mean['generated']:.3f} |")
+    lines += ["", f"Classifier accuracy on the same renders: clean {ag['renders_clean']['classifier_accuracy']:.3f}, "
+              f"degraded {ag['renders_degraded']['classifier_accuracy']:.3f}.", ""]
+    return "\n".join(lines) + "\n" + calibrate_markdown(r["calibrate"])
 
 
 # --- sweep ---------------------------------------------------------------------------------------------
@@ -373,36 +574,78 @@ def _write_report(out: Path, name: str, data: dict, text: str) -> dict:
     return data
 
 
+_RELEVANT = {"Switch": ("switch_every",), "Composite": (),
+             "LoRAtorio": ("patch_size", "temperature", "recenter", "pool")}
+
+
+def method_settings(m: Method, strength: float) -> dict:
+    """What defines a method's run, for the results (fields a method does not use left out)."""
+    st = dataclasses.asdict(m)
+    st.pop("name", None)
+    if m.kind == "base":
+        return {"kind": "base"}
+    if m.kind == "merge":
+        return {"kind": "merge", "strength": strength}
+    if m.kind == "composer" and m.mode in _RELEVANT:
+        return {"kind": m.kind, "mode": m.mode, "strength": strength, **{k: st[k] for k in _RELEVANT[m.mode]}}
+    return {**st, "strength": strength}
+
+
+def _settings(args, comps, methods) -> dict:
+    return {"comps": [list(c) for c in comps], "seeds": args.seeds, "steps": args.steps, "strength": args.strength,
+            "methods": {m.name: dataclasses.asdict(m) for m in methods}}
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="12 compositions per N (seeded sample) instead of all 240")
-    ap.add_argument("--per-n", type=int, default=0, help="compositions per N (sampled, seed --sample-seed)")
+    ap.add_argument("--part", choices=("dev", "test", "all"), default="dev",
+                    help="compositions of the fixed split (protocol.py): dev = tuning and ablations, "
+                         "test = reported numbers (never tune on it), all = the 240")
+    ap.add_argument("--quick", action="store_true", help="12 compositions per N of the part (seeded sample)")
+    ap.add_argument("--per-n", type=int, default=0, help="compositions per N of the part (sampled, seed --sample-seed)")
     ap.add_argument("--sample-seed", type=int, default=0)
-    ap.add_argument("--seeds", type=int, default=1, help="images (noise seeds 111, 112, ...) per composition")
+    ap.add_argument("--seeds", type=int, default=PROTOCOL["seeds"],
+                    help=f"images (noise seeds {SEED0}, {SEED0 + 1}, ...) per composition")
+    ap.add_argument("--strength", type=float, default=PROTOCOL["strength"],
+                    help="LoRA strength for every method (ComposLoRA: 0.8; the LoRAs were trained at 1.0)")
+    ap.add_argument("--switch-every", type=int, default=PROTOCOL["switch_every"],
+                    help="Switch: steps per LoRA turn (1 at 20 steps: 20 turns; ComposLoRA switches every 5 of "
+                         "its 100-200 steps)")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--sweep", action="store_true", help="patch size x temperature x re-centring sweep")
     ap.add_argument("--diagnose", action="store_true", help="divergence inside/outside each concept")
-    ap.add_argument("--calibrate", action="store_true", help="classifier on single-LoRA and base generations")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="classifier and detector on single-LoRA and base generations")
+    ap.add_argument("--detector-check", action="store_true",
+                    help="detector on renders, and its agreement with the classifier on renders and generations")
     ap.add_argument("--patch", type=int, default=2,
                     help="LoRAtorio patch size (2 = the sweep's choice, 1/16 of this 32-px side; "
                          "the extension's default 4 is 1/16 of an SD1.5 latent)")
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
+    ap.add_argument("--fast-schedules", type=lambda v: [x for x in v.split(",") if x], default=[],
+                    help="extra LoRAtorio Fast methods, e.g. 1/3,3/4 (refresh first / refresh every)")
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
     ap.add_argument("--limit", type=int, default=0, help="keep only the first K compositions (tests)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the images of an earlier run again (--out's images.pt) instead of generating")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    if args.calibrate:
-        out = Path(args.out or "outputs/calibrate")
+    if args.calibrate or args.detector_check:
+        out = Path(args.out or ("outputs/detector-check" if args.detector_check else "outputs/calibrate"))
         out.mkdir(parents=True, exist_ok=True)
-        r = calibrate(args.seeds if args.seeds > 1 else 8, args.steps, out)
+        n = args.seeds if args.seeds != PROTOCOL["seeds"] else (4 if args.detector_check else 8)
+        if args.detector_check:
+            r = detector_check(n, args.steps, args.strength)
+            return _write_report(out, "detector_check", r, detector_check_markdown(r))
+        r = calibrate(n, args.steps, out, strength=args.strength)
         return _write_report(out, "calibrate", r, calibrate_markdown(r))
 
     if args.diagnose:
-        comps = sample_compositions(args.per_n or 6, args.sample_seed)
+        comps = sample_compositions(args.per_n or 6, args.sample_seed, args.part)
         d = diagnose(comps)
         out = Path(args.out or "outputs/diagnose")
         out.mkdir(parents=True, exist_ok=True)
@@ -415,34 +658,60 @@ def main(argv: Optional[list[str]] = None) -> dict:
     else:
         per_n = args.per_n or (12 if args.quick else 0)
         methods = standard_methods(args.patch, args.temperature, args.recenter)
-        out = Path(args.out or ("outputs/bench-quick" if args.quick else "outputs/bench"))
+        methods += [fast_method(schedule, args.patch, args.temperature) for schedule in args.fast_schedules]
+        out = Path(args.out or (f"outputs/bench-{args.part}" + ("-quick" if args.quick else "")))
+    methods = [dataclasses.replace(m, switch_every=args.switch_every) for m in methods]
     if args.methods:
         keep = [s.strip() for s in args.methods.split(",")]
+        unknown = set(keep) - {m.name for m in methods}
+        if unknown:
+            raise SystemExit(f"unknown method(s): {sorted(unknown)}; known: {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in keep]
     # the sweep draws its own compositions (sample seed + 1), apart from the quick benchmark's
-    comps = (sample_compositions(per_n, args.sample_seed + (1 if args.sweep else 0)) if per_n
-             else world.compositions())
+    comps = (sample_compositions(per_n, args.sample_seed + (1 if args.sweep else 0), args.part) if per_n
+             else split(args.part))
     if args.limit:
         comps = comps[::max(1, len(comps) // args.limit)][:args.limit]
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{len(comps)} compositions x {len(methods)} methods x {args.seeds} seed(s), {args.steps} steps -> {out}",
-          flush=True)
-    records = generate(methods, comps, args.seeds, args.steps, args.jobs)
+    print(f"part {args.part}: {len(comps)} compositions x {len(methods)} methods x {args.seeds} seed(s), "
+          f"{args.steps} steps, strength {args.strength}, Switch every {args.switch_every} -> {out}", flush=True)
+    from . import detector
+    t0 = time.time()
+    if args.rescore:  # same images, scored again (e.g. after a scorer change); the settings must match
+        saved = torch.load(out / "images.pt")
+        records = saved["records"]
+        if saved["settings"] != _settings(args, comps, methods):
+            raise SystemExit(f"--rescore: {out}/images.pt was made with other settings: {saved['settings']}")
+        gen_s = saved["generation_seconds"]
+    else:
+        records = generate(methods, comps, args.seeds, args.steps, args.jobs, strength=args.strength)
+        gen_s = time.time() - t0
+        torch.save({"records": [{k: r[k] for k in ("method", "comp", "seeds", "images", "evals", "secs")}
+                                for r in records],
+                    "settings": _settings(args, comps, methods), "generation_seconds": gen_s}, out / "images.pt")
     score(records)
     names = [m.name for m in methods]
     summary = summarize(records, names)
+    agree = agreement(records)
+    meta = {"part": args.part, "split_sha256": fingerprint(args.part),
+            "compositions": len(comps), "per_n": per_n, "sample_seed": args.sample_seed, "limit": args.limit,
+            "seeds": args.seeds, "seed_list": [SEED0 + k for k in range(args.seeds)], "strength": args.strength,
+            "switch_every": args.switch_every, "steps": args.steps, "cfg": CFG, "methods": names,
+            "methods_settings": {m.name: method_settings(m, args.strength) for m in methods},
+            "argv": argv, "classifier_threshold": 0.5,
+            "detector_thresholds": dict(detector.THRESHOLDS),
+            "generation_seconds": round(gen_s, 1), "jobs": args.jobs,
+            "composition_list": [list(c) for c in comps]}
     title = (f"Sweep ({len(comps)} compositions)" if args.sweep else
-             f"Composition benchmark: {len(comps)} compositions, {args.seeds} seed(s), {args.steps} DDIM steps")
-    text = markdown(summary, title)
-    meta = {"compositions": len(comps), "seeds": args.seeds, "steps": args.steps, "methods": names,
-            "argv": argv, "classifier_threshold": 0.5}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=1))
+             f"Composition benchmark, part {args.part}: {len(comps)} compositions, {args.seeds} seed(s), "
+             f"strength {args.strength}")
+    text = markdown(summary, title, meta, agree)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "agreement": agree}, indent=1))
     (out / "results.md").write_text(text)
     write_plot(summary, out / "recall.png")
     every = max(1, len(comps) // 8)
-    grid_comps = sample_compositions(2, 99) if not per_n else [c for i, c in enumerate(comps) if i % every == 0][:8]
-    grid_comps = [c for c in grid_comps if c in set(r["comp"] for r in records)][:8] or comps[:4]
-    write_grid(records, names, grid_comps, out / "grid.png")
+    grid_comps = [c for i, c in enumerate(comps) if i % every == 0][:8]
+    write_grid(records, names, grid_comps or comps[:4], out / "grid.png")
     print(text, flush=True)
     return summary
 

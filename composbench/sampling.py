@@ -39,14 +39,15 @@ class Method:
     temperature: float = 0.05
     recenter: float = 0.5
     pool: bool = False  # dynamic selection over the whole pool with top_k = N
+    switch_every: int = 5  # Switch mode: steps per turn (the protocol in run.py sets 1)
     refresh_first: int = 2   # LoRAtorio Fast's schedule
     refresh_every: int = 5
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
                                temperature=self.temperature, recenter=self.recenter,
-                               top_k=n if self.pool else 0, switch_every=5, refresh_first=self.refresh_first,
-                               refresh_every=self.refresh_every)
+                               top_k=n if self.pool else 0, switch_every=self.switch_every,
+                               refresh_first=self.refresh_first, refresh_every=self.refresh_every)
 
 
 def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
@@ -56,6 +57,7 @@ def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: f
         Method("Switch", "composer", mode="Switch"),
         Method("Composite", "composer", mode="Composite"),
         Method("LoRAtorio", "composer", patch_size=patch_size, temperature=temperature, recenter=recenter),
+        Method("LoRAtorio (re-centring 1)", "composer", patch_size=patch_size, temperature=temperature, recenter=1.0),
         Method("LoRAtorio Fast", "composer", mode="LoRAtorio Fast", patch_size=patch_size, temperature=temperature),
         Method("LoRAtorio dyn (k=N of 11)", "composer", patch_size=patch_size, temperature=temperature,
                recenter=recenter, pool=True),
@@ -65,6 +67,13 @@ def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: f
         Method("ctrl: LoRAtorio no recentre", "composer", patch_size=patch_size, temperature=temperature,
                recenter=0.0),
     ]
+
+
+def fast_method(schedule: str, patch_size: int = 2, temperature: float = 0.05) -> Method:
+    """LoRAtorio Fast at ``schedule`` "FIRST/EVERY" (refresh the first FIRST steps, then every EVERY-th)."""
+    first, every = (int(v) for v in schedule.split("/"))
+    return Method(f"LoRAtorio Fast {first}/{every}", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
+                  temperature=temperature, refresh_first=first, refresh_every=every)
 
 
 class Bench:
