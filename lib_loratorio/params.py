@@ -114,6 +114,11 @@ class LoratorioParams:
                 f"LoRAtorio step range {self.step_start}..{self.step_end} is empty: 'Start at' must be "
                 "smaller than 'End at'.")
 
+    def composes_at(self, step: int, total_steps: int) -> bool:
+        """Whether step ``step`` (from 0) of ``total_steps`` lies in the composition range (*Start at*, *End at*)."""
+        fraction = step / max(1, total_steps)
+        return self.step_start <= fraction and (fraction < self.step_end or self.step_end >= 1.0)
+
     # --- dict / API ----------------------------------------------------------------------
     @classmethod
     def names(cls) -> list[str]:

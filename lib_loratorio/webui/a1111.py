@@ -23,8 +23,8 @@ from torch import nn
 
 from ..composer import BranchComposer
 from ..errors import LoratorioError
+from ..rows import take_rows
 from .adapter import HostAdapter
-from .conditioning import take_rows
 from .session import Session
 
 _TEXT_KEYS = ("c_crossattn", "crossattn", "vector")

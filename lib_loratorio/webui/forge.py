@@ -11,7 +11,7 @@ How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
   extension installed before is chained: each branch evaluation goes through it.
 - Rows come as chunks of B images, one chunk per entry of ``cond_or_uncond`` (0 cond, 1 uncond,
   uncond usually first); the step comes from ``on_cfg_denoiser``, which Forge still fires. A
-  pre-CFG function keeps cond and uncond chunks in one call while composing (see _OneCallModel).
+  pre-CFG function keeps cond and uncond chunks in one call while composing (see model_call.OneCallModel).
 - Branch LoRAs act through forward hooks on Forge's layers (``ForgeOperations.Linear`` is no
   ``nn.Linear``; hooks fire the same), installed around ``p.sample`` only: Forge's weights and its
   own LoRA patches are never touched.
@@ -31,14 +31,13 @@ from modules import prompt_parser
 
 from ..composer import BranchComposer
 from ..errors import LoratorioError
+from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperFn, compose_model_call, rows_that_fit
 from ..params import LoratorioParams
 from .adapter import HostAdapter
-from .conditioning import take_rows
 from .session import Session
 
 # c key of Forge's model call -> key of the text conditioning dict it was made from
 _TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
-WrapperFn = Callable[[Callable, dict], torch.Tensor]
 _UNKNOWN = object()
 
 
@@ -66,17 +65,6 @@ def model_components(sd_model, unet_only: bool) -> dict[str, nn.Module]:
         components["te3"] = t5
         components.setdefault("te2", t5)
     return components
-
-
-def _transformer_options(options: dict, flags: list[int], timestep: torch.Tensor) -> dict:
-    """Forge's per-call transformer options for rows that are each a chunk of one image."""
-    out = dict(options)
-    out["cond_or_uncond"] = list(flags)
-    out["sigmas"] = timestep[:1]
-    out["cond_mark"] = torch.tensor([float(f) for f in flags]).to(timestep)
-    out["cond_indices"] = [j for j, f in enumerate(flags) if f == 0]
-    out["uncond_indices"] = [j for j, f in enumerate(flags) if f == 1]
-    return out
 
 
 class ForgeSession(Session):
@@ -155,57 +143,35 @@ class ForgeSession(Session):
         return self.runner is not None and self.error is None and self.in_step_range(self.step, self.total_steps)
 
     def call(self, apply_model: Callable, args: dict, previous: Optional[WrapperFn]) -> torch.Tensor:
-        def run(a: dict) -> torch.Tensor:
-            if previous is not None:
-                return previous(apply_model, a)
-            return apply_model(a["input"], a["timestep"], **a["c"])
-
+        call = ModelCall(apply_model, args, previous)
         self.raise_error()
         if self.runner is None:  # a model call outside LoRAtorio's sampling run
-            return run(args)
-        x, flags = args["input"], list(args["cond_or_uncond"])
-        rows = x.shape[0]
-        per_chunk = rows // max(1, len(flags))
-        if per_chunk * len(flags) != rows:
+            return call.run()
+        layout = RowLayout.of(args)
+        if layout is None:
             self.warn_once("Forge sent a model call LoRAtorio cannot lay out; it ran without LoRAtorio.")
-            return run(args)
+            return call.run()
         if not self.in_step_range(self.step, self.total_steps):
-            return self.call_outside_range(rows, lambda: run(args))
-        is_uncond = [flags[r // per_chunk] == 1 for r in range(rows)]
-        image_of_row = [r % per_chunk for r in range(rows)]
-
-        flux = is_flux(self.p.sd_model)
-
-        def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
-            sub = self.sub_args(args, idx, branches, is_uncond, per_chunk)
-            with self.runner.rows(branches, maps=maps, prefix_tokens=_text_tokens(sub) if flux else 0):
-                return run(sub)
-
+            return self.call_outside_range(args["input"].shape[0], call.run)
         key, composer = self.composer_for_pass()
-        # Flux: conditional-only composition, its uncond rows (CFG > 1) are the base model's
-        out = composer(x, is_uncond, image_of_row, step=self.step, evaluate=evaluate,
-                       batch_limit=_rows_that_fit(apply_model, x), recenter=1.0 if flux else None)
-        if self.params.show_weight_maps and not all(is_uncond):
+        out = compose_model_call(
+            call, layout, composer, self.runner, step=self.step, flux=is_flux(self.p.sd_model),
+            batch_limit=rows_that_fit(getattr(apply_model, "__self__", None), args["input"], _free_memory),
+            sub_args=lambda idx, branches: self.sub_args(call, layout, idx, branches))
+        if self.params.show_weight_maps and not all(layout.is_uncond):
             self.capture_step_maps(key, self.step, self.total_steps, composer)
         return out
 
     # --- the arguments of one branch evaluation --------------------------------------------------
-    def sub_args(self, args: dict, idx: torch.Tensor, branches: torch.Tensor, is_uncond: list[bool],
-                 per_chunk: int) -> dict:
+    def sub_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
         """Forge's wrapper arguments for rows ``idx``, each row a chunk of its own, with each LoRA
         branch's own text conditioning where its LoRA has text-encoder parts."""
-        x, timestep, c = args["input"], args["timestep"], args["c"]
-        rows = x.shape[0]
-        flags = [1 if is_uncond[r] else 0 for r in idx.tolist()]
-        sub_c = {k: v if k in ("control_model", "transformer_options") else take_rows(v, idx, rows)
-                 for k, v in c.items()}
-        sub_timestep = timestep[idx.to(timestep.device)]
-        if "transformer_options" in c:
-            sub_c["transformer_options"] = _transformer_options(c["transformer_options"], flags, sub_timestep)
+        sub = call.rows(idx, layout)
+        c = call.args["c"]
         for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
             if branch > 0 and self.has_text_encoder[branch - 1]:
-                self._branch_text_into(sub_c, j, c, row, branch, is_uncond[row], per_chunk)
-        return {"input": x[idx.to(x.device)], "timestep": sub_timestep, "c": sub_c, "cond_or_uncond": flags}
+                self._branch_text_into(sub["c"], j, c, row, branch, layout.is_uncond[row], layout.per_chunk)
+        return sub
 
     def _branch_text_into(self, sub_c: dict, j: int, c: dict, row: int, branch: int, uncond: bool,
                           per_chunk: int) -> None:
@@ -255,43 +221,16 @@ class ForgeSession(Session):
         return None
 
 
-def _text_tokens(args: dict) -> int:
-    """Text tokens ahead of the image tokens in Flux's joint (single-block) sequences."""
-    text = args["c"].get("c_crossattn")
-    return int(text.shape[1]) if text is not None and text.dim() == 3 else 0
-
-
-def _rows_that_fit(apply_model: Callable, x: torch.Tensor) -> Optional[int]:
-    """How many rows one model call may take on a GPU, by Forge's own memory estimate."""
-    model = getattr(apply_model, "__self__", None)
-    if x.device.type != "cuda" or not hasattr(model, "memory_required"):
-        return None
+def _free_memory(device: torch.device) -> float:
     from backend import memory_management
 
-    per_row = model.memory_required([1, *x.shape[1:]])
-    return max(1, int(memory_management.get_free_memory(x.device) // max(per_row, 1)))
-
-
-class _OneCallModel:
-    """Forge's KModel with a memory estimate of zero, so that Forge sends the prompt's and the negative
-    prompt's rows in one wrapper call: the negative prompt's weights come from the same step's prompt
-    rows (Forge would otherwise send the negative prompt first, alone, when memory is short), and
-    LoRAtorio splits its (N+1)x rows by free memory itself."""
-
-    def __init__(self, model) -> None:
-        self._model = model
-
-    def memory_required(self, input_shape) -> int:
-        return 0
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
+    return memory_management.get_free_memory(device)
 
 
 def _one_call_pre_cfg(session: ForgeSession) -> Callable:
     def loratorio_pre_cfg(model, cond, uncond, x, timestep, model_options):
         if session.composing():
-            model = _OneCallModel(model)
+            model = OneCallModel(model)
         return model, cond, uncond, x, timestep, model_options
 
     return loratorio_pre_cfg

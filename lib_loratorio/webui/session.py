@@ -22,6 +22,7 @@ from ..branch_runner import BranchRunner
 from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..lora_library import LoraLibrary
+from ..model_call import outside_range
 from ..network_names import BoundLora
 from ..params import LoratorioParams
 from .console import log, note_once
@@ -241,17 +242,11 @@ class Session:
                               keep_weight_maps=self.params.show_weight_maps)
 
     def in_step_range(self, step: int, total_steps: int) -> bool:
-        fraction = step / max(1, total_steps)
-        return self.params.step_start <= fraction and (fraction < self.params.step_end or self.params.step_end >= 1.0)
+        return self.params.composes_at(step, total_steps)
 
     def call_outside_range(self, rows: int, run: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A model call of a step outside the composition range: every LoRA merged on every row
-        ("merge"), or none ("off")."""
-        if self.params.outside_steps == "off":
-            return run()
-        every_lora = torch.ones(rows, len(self.loras), dtype=torch.bool)
-        with self.runner.rows(torch.zeros(rows, dtype=torch.long), active=every_lora):
-            return run()
+        """A model call of a step outside the composition range (see model_call.outside_range)."""
+        return outside_range(self.runner, rows, self.params.outside_steps, run)
 
     def capture_step_maps(self, key: Any, step: int, total_steps: int, composer: BranchComposer) -> None:
         """Keep this step's maps when it is the first step at or past a requested fraction of the run."""

@@ -1,4 +1,5 @@
-"""Rows of the WebUIs' conditioning structures (tensors, or lists and dicts of them)."""
+"""Rows of a host's conditioning structures (tensors, or lists and dicts of them): the WebUIs' conds and the
+``c`` dict of a ComfyUI-lineage model call."""
 
 from __future__ import annotations
 

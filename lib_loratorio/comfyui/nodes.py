@@ -1,0 +1,111 @@
+"""The LoRAtorio nodes (ComfyUI's classic node API: INPUT_TYPES, RETURN_TYPES, FUNCTION, CATEGORY).
+
+- LoRAtorio LoRA: one LoRA of models/loras and its strength, appended to a LORATORIO_STACK (chain them).
+- LoRAtorio Apply: MODEL + stack + the settings -> a MODEL that composes the stack when any sampler runs it.
+- LoRAtorio Weight Maps: that MODEL and the images of its last run -> one labelled heatmap per LoRA and image.
+Errors are raised as LoratorioError (a plain Exception) whose message names the problem and the fix, which
+ComfyUI shows in its error panel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import folder_paths
+
+from ..errors import LoratorioError
+from ..params import LoratorioParams
+from .composing import apply_loratorio, session_of
+from .settings import params_from_inputs, setting_inputs
+from .stack import STACK_TYPE, LoraStack, StackEntry, pushed
+from .weight_maps import weight_map_images
+
+CATEGORY = "loaders/LoRAtorio"
+_STRENGTH = LoratorioParams.__dataclass_fields__["default_strength"]
+
+
+class LoratorioLora:
+    DESCRIPTION = ("One LoRA for LoRAtorio: it becomes a branch of its own, composed patch by patch with the base "
+                   "model and the other LoRAs of the stack. Chain several into LoRAtorio Apply.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "A LoRA of models/loras."}),
+                "strength": ("FLOAT", {"default": _STRENGTH.default, "min": _STRENGTH.metadata["min"],
+                                       "max": _STRENGTH.metadata["max"], "step": 0.01,
+                                       "tooltip": "Its strength on its own branch (0 leaves it out)."}),
+            },
+            "optional": {"stack": (STACK_TYPE, {"tooltip": "LoRAs of LoRAtorio LoRA nodes before this one."})},
+        }
+
+    RETURN_TYPES = (STACK_TYPE,)
+    RETURN_NAMES = ("stack",)
+    FUNCTION = "add"
+    CATEGORY = CATEGORY
+
+    def add(self, lora_name: str, strength: float, stack: Optional[LoraStack] = None) -> tuple[LoraStack]:
+        path = folder_paths.get_full_path("loras", lora_name)
+        if path is None:
+            raise LoratorioError(f"LoRA '{lora_name}' is not in ComfyUI's models/loras folders (any more): pick "
+                                 "another in LoRAtorio LoRA, or press R to refresh the lists.")
+        return (pushed(stack, StackEntry(lora_name, path, float(strength))),)
+
+
+class LoratorioApply:
+    DESCRIPTION = ("Composes the stack's LoRAs at sampling time (LoRAtorio): every step the base model and each "
+                   "LoRA run as branches, each LoRA gets the patches where it departs most from the base, and "
+                   "CFG is re-centred on the base. Connect the MODEL to any sampler; bypass the node to turn it off.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {"model": ("MODEL", {"tooltip": "The base model (ComfyUI's own LoRA loaders before this "
+                                                        "node are part of it)."}),
+                         **setting_inputs()},
+            "optional": {"stack": (STACK_TYPE, {"tooltip": "The LoRAs to compose, from LoRAtorio LoRA nodes."})},
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, model: Any, stack: Optional[LoraStack] = None, **settings: Any) -> tuple[Any]:
+        return (apply_loratorio(model, stack, params_from_inputs(settings)),)
+
+
+class LoratorioWeightMaps:
+    DESCRIPTION = ("The weight maps of the last sampling run of a LoRAtorio model (turn on show_weight_maps): one "
+                   "heatmap per LoRA and image, averaged over the steps, over the decoded images of that run.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The MODEL of LoRAtorio Apply that the sampler ran."}),
+            "images": ("IMAGE", {"tooltip": "The decoded images of that run (this also runs the node after it)."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("weight_maps",)
+    FUNCTION = "render"
+    CATEGORY = CATEGORY
+
+    def render(self, model: Any, images: Any) -> tuple[Any]:
+        session = session_of(model)
+        if session is None:
+            raise LoratorioError("This MODEL does not come from LoRAtorio Apply (or its stack was empty): connect the "
+                                 "MODEL output of LoRAtorio Apply.")
+        return (weight_map_images(session, images),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoratorioLora": LoratorioLora,
+    "LoratorioApply": LoratorioApply,
+    "LoratorioWeightMaps": LoratorioWeightMaps,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoratorioLora": "LoRAtorio LoRA",
+    "LoratorioApply": "LoRAtorio Apply",
+    "LoratorioWeightMaps": "LoRAtorio Weight Maps",
+}

@@ -1,0 +1,157 @@
+"""Composing one call of a ComfyUI-lineage ``model_function_wrapper`` (ComfyUI, and Forge's backend, which descends
+from ComfyUI's sampling code). Host-independent: plain dicts and tensors, no host import.
+
+Both hosts batch the rows of a sampling step themselves and, when a patcher has a model function
+wrapper, call ``wrapper(apply_model, {"input", "timestep", "c", "cond_or_uncond"})`` instead of
+``apply_model(input, timestep, **c)``. The rows come as chunks of B images, one chunk per entry of
+``cond_or_uncond`` (0 prompt, 1 negative prompt); ``apply_model`` returns the denoised x0.
+:func:`compose_model_call` replaces such a call by the branch composer's: every (row, branch) pair it
+asks for is evaluated through ``apply_model`` (or the wrapper that was there before, chained), each
+row as a chunk of its own, with the branch's LoRA applied by the branch runner's hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from .branch_runner import BranchRunner
+from .composer import BranchComposer
+from .rows import take_rows
+
+#: A model function wrapper: (apply_model, args) -> x0 rows.
+WrapperFn = Callable[[Callable, dict], torch.Tensor]
+#: ``c`` entries that are not per-row conditioning (Forge's linked ControlNet, the per-call options).
+_NOT_ROWS = ("control_model", "transformer_options")
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Which host row is a negative-prompt row, and which image of the batch it belongs to."""
+
+    is_uncond: list[bool]
+    image_of_row: list[int]
+    per_chunk: int
+
+    @classmethod
+    def of(cls, args: dict) -> Optional[RowLayout]:
+        """The layout of a wrapper call, or None when its rows do not split into its chunks."""
+        flags = list(args["cond_or_uncond"])
+        rows = args["input"].shape[0]
+        per_chunk = rows // max(1, len(flags))
+        if not flags or per_chunk * len(flags) != rows:
+            return None
+        return cls([flags[r // per_chunk] == 1 for r in range(rows)], [r % per_chunk for r in range(rows)], per_chunk)
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One call of the host's model function wrapper, and the wrapper that was set before ours (chained)."""
+
+    apply_model: Callable
+    args: dict
+    previous: Optional[WrapperFn] = None
+
+    def run(self, args: Optional[dict] = None) -> torch.Tensor:
+        """The host's model on ``args`` (this call's by default), through the previous wrapper if any."""
+        a = self.args if args is None else args
+        if self.previous is not None:
+            return self.previous(self.apply_model, a)
+        return self.apply_model(a["input"], a["timestep"], **a["c"])
+
+    def rows(self, idx: torch.Tensor, layout: RowLayout) -> dict:
+        """The wrapper arguments of rows ``idx``, each row a chunk of its own."""
+        x, timestep, c = self.args["input"], self.args["timestep"], self.args["c"]
+        n_rows = x.shape[0]
+        flags = [1 if layout.is_uncond[r] else 0 for r in idx.tolist()]
+        chunks = [r // layout.per_chunk for r in idx.tolist()]
+        sub_c = {k: v if k in _NOT_ROWS else take_rows(v, idx, n_rows) for k, v in c.items()}
+        sub_timestep = timestep[idx.to(timestep.device)]
+        if "transformer_options" in c:
+            sub_c["transformer_options"] = chunk_options(c["transformer_options"], flags, chunks, sub_timestep)
+        return {"input": x[idx.to(x.device)], "timestep": sub_timestep, "c": sub_c, "cond_or_uncond": flags}
+
+
+def chunk_options(options: dict, flags: list[int], chunks: list[int], timestep: torch.Tensor) -> dict:
+    """The per-call transformer options for rows that are each a chunk of one image.
+
+    ``chunks[j]``: the host's chunk row j came from. Keys the host derives from its chunks are
+    rewritten: ``cond_or_uncond`` and ``sigmas`` (both hosts), ``uuids`` (ComfyUI: one per chunk),
+    ``cond_mark`` / ``cond_indices`` / ``uncond_indices`` (Forge).
+    """
+    out = dict(options)
+    out["cond_or_uncond"] = list(flags)
+    out["sigmas"] = timestep[:1]
+    if "uuids" in options:
+        out["uuids"] = [options["uuids"][c] for c in chunks]
+    if "cond_mark" in options:
+        out["cond_mark"] = torch.tensor([float(f) for f in flags]).to(timestep)
+    if "cond_indices" in options:
+        out["cond_indices"] = [j for j, f in enumerate(flags) if f == 0]
+    if "uncond_indices" in options:
+        out["uncond_indices"] = [j for j, f in enumerate(flags) if f == 1]
+    return out
+
+
+def text_tokens(args: dict) -> int:
+    """Text tokens ahead of the image tokens in Flux's joint (single-block) sequences."""
+    text = args["c"].get("c_crossattn")
+    return int(text.shape[1]) if text is not None and text.dim() == 3 else 0
+
+
+def compose_model_call(call: ModelCall, layout: RowLayout, composer: BranchComposer, runner: BranchRunner, *,
+                       step: int, flux: bool, batch_limit: Optional[int] = None,
+                       sub_args: Optional[Callable[[torch.Tensor, torch.Tensor], dict]] = None) -> torch.Tensor:
+    """The composed x0 rows of one wrapper call.
+
+    ``sub_args(idx, branches)``: the arguments of one branch evaluation (by default ``call.rows(idx)``;
+    a host adds e.g. each LoRA branch's own text conditioning). Flux composes its prompt rows only: its
+    negative-prompt rows (CFG above 1) are the base model's, and the text tokens lead its joint
+    sequences.
+    """
+    def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        sub = sub_args(idx, branches) if sub_args is not None else call.rows(idx, layout)
+        with runner.rows(branches, maps=maps, prefix_tokens=text_tokens(sub) if flux else 0):
+            return call.run(sub)
+
+    return composer(call.args["input"], layout.is_uncond, layout.image_of_row, step=step, evaluate=evaluate,
+                    batch_limit=batch_limit, recenter=1.0 if flux else None)
+
+
+def outside_range(runner: BranchRunner, rows: int, outside_steps: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A model call (``run``, of ``rows`` rows) of a step outside the composition range: every LoRA merged on
+    every row ("merge"), or none ("off"). Any host's, not only this protocol's."""
+    if outside_steps == "off":
+        return run()
+    every_lora = torch.ones(rows, runner.n_loras, dtype=torch.bool)
+    with runner.rows(torch.zeros(rows, dtype=torch.long), active=every_lora):
+        return run()
+
+
+def rows_that_fit(model: Any, x: torch.Tensor, free_memory: Callable[[torch.device], float],
+                  margin: float = 1.0) -> Optional[int]:
+    """How many rows one model call may take on a GPU, by the host's own estimate (``model.memory_required``
+    of one row, times ``margin``) and its free memory; None off the GPU or without an estimate."""
+    if x.device.type != "cuda" or not hasattr(model, "memory_required"):
+        return None
+    per_row = model.memory_required([1, *x.shape[1:]]) * margin
+    return max(1, int(free_memory(x.device) // max(per_row, 1)))
+
+
+class OneCallModel:
+    """The host's model with a memory estimate of zero, so that the host batches the prompt's and the negative
+    prompt's rows of a step into one wrapper call: the negative prompt's weights come from the same step's
+    prompt rows (the host would otherwise send the negative prompt first, alone, when memory is short), and
+    LoRAtorio splits its (N+1)x rows by free memory itself (:func:`rows_that_fit`)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def memory_required(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)

@@ -1,0 +1,108 @@
+"""Stand-in checkpoints (tests only): ComfyUI's (MODEL, CLIP, VAE) triple from tests/tiny_models.py.
+
+``load_checkpoint(name)`` -> (ModelPatcher, ToyClip, ToyVae) for "standin-sd15", "standin-sdxl", "standin-flux"
+(the file name's stem), built once per process and name:
+- SD1.5: ``BaseModel`` (eps) around ``UNetModel``, an ldm-named view of ``tiny_sd15_unet`` (context 32);
+- SDXL: ``SDXL`` around the view of ``tiny_sdxl_unet`` (context 64, y = pooled 32 + 48 size features);
+- Flux: ``Flux`` (flow) around ``FluxModel``, a ``TinyBflFlux`` with BFL names, 16 latent channels packed 2x2
+  into tokens (text 32 wide, 256 T5 tokens, pooled 32).
+The networks accept ComfyUI's call ``diffusion_model(x, t, context=, control=, transformer_options=, **conds)``
+and record the last ``transformer_options`` they got (``last_transformer_options``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+import torch
+import torch.nn.functional as F
+from comfy.model_base import SDXL, BaseModel, Flux, ModelSamplingFlux
+from comfy.model_patcher import ModelPatcher
+
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)
+
+from tiny_models import LdmUNetView, TinyBflFlux, ldm_view, tiny_sd15_unet, tiny_sdxl_unet  # noqa: E402
+
+
+class UNetModel(LdmUNetView):
+    """The ldm-named UNet as ComfyUI calls it (``comfy/ldm/modules/diffusionmodules/openaimodel.py``)."""
+
+    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
+        self.last_transformer_options = transformer_options
+        return super().forward(x, timesteps, context, y)
+
+
+class FluxModel(TinyBflFlux):
+    """``comfy/ldm/flux/model.py`` Flux's call: pad to even, pack 2x2 latent pixels into tokens, unpack."""
+
+    def forward(self, x, timestep, context, y=None, guidance=None, control=None, transformer_options=None, **kwargs):
+        self.last_transformer_options = transformer_options
+        b, c, h, w = x.shape
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="circular")
+        hh, ww = x.shape[2] // 2, x.shape[3] // 2
+        img = x.reshape(b, c, hh, 2, ww, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, hh * ww, c * 4)
+        out = super().forward(img, context, timestep, y, guidance)
+        out = out.reshape(b, hh, ww, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh * 2, ww * 2)
+        return out[:, :, :h, :w]
+
+
+class ToyClip:
+    """Text -> ([1, tokens, width] conditioning, [1, pooled] vector), seeded by the words (crc32)."""
+
+    def __init__(self, width: int, tokens: int = 77, pooled: int = 32) -> None:
+        self.width, self.tokens, self.pooled = width, tokens, pooled
+
+    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+        return (torch.randn(1, self.tokens, self.width, generator=g) * 0.5,
+                torch.randn(1, self.pooled, generator=g) * 0.5)
+
+
+class ToyVae:
+    """Latent [B, C, h, w] -> IMAGE [B, 8h, 8w, 3] in 0..1 (first three channels, tanh, nearest x8)."""
+
+    def __init__(self, latent_channels: int) -> None:
+        self.latent_channels = latent_channels
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        rgb = (torch.tanh(samples[:, :3]) + 1) / 2
+        return F.interpolate(rgb, scale_factor=8, mode="nearest").permute(0, 2, 3, 1).contiguous()
+
+
+def _unet(diffusers_unet) -> UNetModel:
+    view = ldm_view(diffusers_unet)
+    view.__class__ = UNetModel
+    return view
+
+
+def _build(name: str):
+    cpu = torch.device("cpu")
+    if name == "standin-sd15":
+        model, clip, channels = BaseModel(_unet(tiny_sd15_unet(seed=0))), ToyClip(32), 4
+    elif name == "standin-sdxl":
+        model, clip, channels = SDXL(_unet(tiny_sdxl_unet(seed=0))), ToyClip(64), 4
+    elif name == "standin-flux":
+        torch.manual_seed(0)
+        dit = FluxModel(in_channels=64, vec_dim=32, context_dim=32, hidden=32, heads=2).eval()
+        model, clip, channels = Flux(dit, ModelSamplingFlux()), ToyClip(32, tokens=256), 16
+    else:
+        raise FileNotFoundError(f"no stand-in checkpoint '{name}'")
+    return ModelPatcher(model.eval(), cpu, cpu), clip, ToyVae(channels)
+
+
+_BUILT: dict = {}
+
+
+def load_checkpoint(ckpt_name: str):
+    name = os.path.splitext(os.path.basename(ckpt_name))[0]
+    if name not in _BUILT:
+        _BUILT[name] = _build(name)
+    return _BUILT[name]
+
+
+def latent_channels(patcher) -> int:
+    return 16 if isinstance(patcher.model, Flux) else 4

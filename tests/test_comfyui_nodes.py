@@ -1,0 +1,361 @@
+"""The ComfyUI node pack end to end in the ComfyUI (3cd7b32) stand-in: the folder loaded as a custom node, the
+example workflow run as an API prompt, SD1.5, SDXL and Flux, ComfyUI's own LoRA loader upstream, the settings
+from LoratorioParams, and the hooks' lifetime (finished, interrupted, failed runs)."""
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lib_loratorio.params import LoratorioParams
+from tests import comfy_standin
+from tests.extension_helpers import UNET_TARGETS, hook_ids
+from tests.lora_writers import write_kohya
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW = os.path.join(ROOT, "docs", "comfyui", "loratorio_two_loras.json")
+FLUX_TARGETS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
+                "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2"]
+# ldm names of the tiny SD1.5 UNet, for the file in ComfyUI's own LoRA naming
+LDM_TARGETS = ["input_blocks.1.1.transformer_blocks.0.attn1.to_q", "input_blocks.1.1.transformer_blocks.0.attn2.to_v",
+               "input_blocks.1.0.in_layers.2", "middle_block.1.transformer_blocks.0.ff.net.2"]
+C = types.SimpleNamespace()  # the stand-in's modules, imported inside the ComfyUI environment
+
+
+def write_comfy_lora(path, network, targets, seed, rank=4, alpha=2.0):
+    """A LoRA in ComfyUI's naming (``diffusion_model.<ldm name>.lora_down.weight``), as its trainers save them."""
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(network.named_modules())
+    tensors = {}
+    for name in targets:
+        w = modules[name].weight
+        kernel = list(w.shape[2:])
+        key = f"diffusion_model.{name}"
+        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, w.shape[1], *kernel, generator=g) * 0.3
+        tensors[f"{key}.lora_up.weight"] = torch.randn(w.shape[0], rank, *([1, 1] if kernel else []), generator=g) * 0.3
+        tensors[f"{key}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, str(path))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def env(one_thread, tmp_path_factory):
+    token = comfy_standin.activate(extra_prefixes=("lib_loratorio.comfyui",))
+    try:
+        import comfy.model_management
+        import comfy.samplers
+        import comfyui_models
+        import execution
+        import folder_paths
+        import nodes
+
+        C.__dict__.update(mm=comfy.model_management, samplers=comfy.samplers, models=comfyui_models,
+                          execution=execution, folder_paths=folder_paths, nodes=nodes)
+        checkpoints, loras = tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.mktemp("loras")
+        for name in ("standin-sd15", "standin-sdxl", "standin-flux"):
+            (checkpoints / f"{name}.safetensors").write_bytes(b"")
+        folder_paths.set_folder("checkpoints", checkpoints)
+        folder_paths.set_folder("loras", loras)
+        sd15 = comfyui_models.load_checkpoint("standin-sd15")[0].model.diffusion_model
+        for i, name in enumerate(("alice", "hat")):
+            write_kohya(loras / f"{name}.safetensors", sd15.unet, UNET_TARGETS, seed=10 + i, alpha=8.0)
+        (loras / "sub").mkdir()
+        write_comfy_lora(loras / "sub" / "comfy_style.safetensors", sd15, LDM_TARGETS, seed=3)
+        xl = comfyui_models.load_checkpoint("standin-sdxl")[0].model.diffusion_model
+        write_kohya(loras / "xl_a.safetensors", xl, ["input_blocks.4.1.transformer_blocks.0.attn1.to_k",
+                                                     "middle_block.1.transformer_blocks.0.attn2.to_k"],
+                    seed=7, alpha=8.0)
+        write_kohya(loras / "xl_b.safetensors", xl, ["output_blocks.2.1.transformer_blocks.1.attn1.to_v"], seed=8,
+                    alpha=8.0)
+        dit = comfyui_models.load_checkpoint("standin-flux")[0].model.diffusion_model
+        for i, name in enumerate(("flux_a", "flux_b")):
+            write_kohya(loras / f"{name}.safetensors", dit, FLUX_TARGETS, seed=20 + i, alpha=8.0)
+        C.pack = nodes.load_custom_node(ROOT)  # as ComfyUI loads custom_nodes/LoRAtorio
+        yield C
+    finally:
+        comfy_standin.deactivate(token)
+
+
+def networks():
+    return [C.models.load_checkpoint(n)[0].model for n in ("standin-sd15", "standin-sdxl", "standin-flux")]
+
+
+@pytest.fixture(autouse=True)
+def untouched(env):
+    """Every test leaves the models' weights (once ComfyUI's own patches are unloaded) and hooks as they were."""
+    C.mm.unload_all_models()
+    before = [({k: v.clone() for k, v in net.state_dict().items()}, hook_ids(net)) for net in networks()]
+    C.mm.free_memory_bytes = float(1 << 50)
+    yield
+    C.mm.interrupt_current_processing(False)
+    C.mm.unload_all_models()
+    for net, (weights, hooks) in zip(networks(), before, strict=True):
+        assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items()), "model weights changed"
+        assert hook_ids(net) == hooks, "hooks left installed"
+
+
+def workflow(ckpt="standin-sd15.safetensors", loras=("alice.safetensors", "hat.safetensors"), **settings):
+    """The example workflow (docs/comfyui), small: 64x64, 3 steps, the stand-in's checkpoint and LoRAs."""
+    with open(WORKFLOW) as f:
+        prompt = json.load(f)
+    prompt["1"]["inputs"]["ckpt_name"] = ckpt
+    prompt["2"]["inputs"]["lora_name"], prompt["3"]["inputs"]["lora_name"] = loras
+    prompt["4"]["inputs"].update(settings)
+    prompt["7"]["inputs"].update(width=64, height=64)
+    prompt["8"]["inputs"].update(steps=3, cfg=5.0)
+    return prompt
+
+
+def without_loratorio(prompt):
+    """The same prompt with LoRAtorio Apply bypassed (its MODEL input wired through) and no weight-map nodes."""
+    prompt = copy.deepcopy(prompt)
+    for node_id in ("2", "3", "4", "11", "12"):
+        del prompt[node_id]
+    prompt["8"]["inputs"]["model"] = ["1", 0]
+    return prompt
+
+
+def run(prompt):
+    return C.execution.execute(prompt)
+
+
+def image(history, node="10"):
+    return history["outputs"][node]["result"][0]
+
+
+def error_of(history):
+    kind, data = history["status"]["messages"][-1]
+    assert history["status"]["status_str"] == "error"
+    return data.get("exception_message", kind)
+
+
+# --- the node pack ----------------------------------------------------------------------------------------------
+def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
+    assert C.pack.NODE_DISPLAY_NAME_MAPPINGS == {"LoratorioLora": "LoRAtorio LoRA", "LoratorioApply": "LoRAtorio Apply",
+                                                 "LoratorioWeightMaps": "LoRAtorio Weight Maps"}
+    apply = C.nodes.NODE_CLASS_MAPPINGS["LoratorioApply"]
+    inputs = apply.INPUT_TYPES()
+    assert apply.RETURN_TYPES == ("MODEL",) and inputs["optional"]["stack"][0] == "LORATORIO_STACK"
+    fields = {f.name: f for f in dataclasses.fields(LoratorioParams)}
+    settings = {k: v for k, v in inputs["required"].items() if k != "model"}
+    assert list(settings) == [n for n in fields if n not in ("enabled", "default_strength", "use_lora_tags", "pool",
+                                                             "text_encoder", "weight_map_steps")]
+    for name, (kind, options) in settings.items():
+        meta = fields[name].metadata
+        assert options["default"] == fields[name].default
+        if meta["choices"]:
+            assert kind == list(meta["choices"])
+        elif kind in ("INT", "FLOAT"):
+            assert (options["min"], options["max"]) == (meta["min"], meta["max"])
+    lora = C.nodes.NODE_CLASS_MAPPINGS["LoratorioLora"].INPUT_TYPES()["required"]["lora_name"][0]
+    assert lora == ["alice.safetensors", "flux_a.safetensors", "flux_b.safetensors", "hat.safetensors",
+                    "sub/comfy_style.safetensors", "xl_a.safetensors", "xl_b.safetensors"]
+    # the example workflow sets every setting of LoRAtorio Apply
+    with open(WORKFLOW) as f:
+        assert set(json.load(f)["4"]["inputs"]) == {"model", "stack", *settings}
+
+
+def test_outside_comfyui_the_folder_defines_no_nodes(tmp_path):
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('LoRAtorio', sys.argv[1], "
+            "submodule_search_locations=[]); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print(m.NODE_CLASS_MAPPINGS, m.NODE_DISPLAY_NAME_MAPPINGS)")
+    out = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "__init__.py")], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{} {}"
+
+
+# --- composing --------------------------------------------------------------------------------------------------
+def test_the_example_workflow_composes_and_shows_weight_maps():
+    prompt = workflow()
+    composed = run(prompt)
+    assert composed["status"]["status_str"] == "success", composed["status"]
+    plain = run(without_loratorio(prompt))
+    assert image(composed).shape == image(plain).shape == (1, 64, 64, 3)
+    assert not torch.equal(image(composed), image(plain))
+    maps = image(composed, "12")
+    assert maps.shape == (2, 64, 64, 3) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert torch.equal(image(run(prompt)), image(composed))  # deterministic; nothing left over from the last run
+
+
+def test_no_lora_in_the_stack_returns_the_model_itself():
+    model = C.models.load_checkpoint("standin-sd15")[0]
+    apply = C.nodes.NODE_CLASS_MAPPINGS["LoratorioApply"]()
+    assert apply.apply(model)[0] is model
+    stack = C.nodes.NODE_CLASS_MAPPINGS["LoratorioLora"]().add("alice.safetensors", 0.0)[0]
+    assert apply.apply(model, stack)[0] is model
+    composed = apply.apply(model, C.nodes.NODE_CLASS_MAPPINGS["LoratorioLora"]().add("alice.safetensors", 1.0)[0])[0]
+    assert composed is not model and "model_function_wrapper" not in model.model_options and not model.wrappers
+
+
+def test_one_lora_without_recentring_equals_comfyuis_own_lora_loader():
+    """The same file merged by ComfyUI's LoraLoaderModelOnly, and as LoRAtorio's only branch at re-centring 0."""
+    prompt = workflow(loras=("sub/comfy_style.safetensors", "alice.safetensors"), recenter=0.0)
+    prompt["3"]["inputs"]["strength"] = 0.0  # leaves the second LoRA out
+    composed = image(run(prompt))
+    merged = without_loratorio(prompt)
+    merged["13"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["1", 0], "lora_name": "sub/comfy_style.safetensors", "strength_model": 0.8}}
+    merged["8"]["inputs"]["model"] = ["13", 0]
+    assert torch.allclose(composed, image(run(merged)), atol=1e-4)
+    assert not torch.allclose(composed, image(run(without_loratorio(prompt))), atol=1e-3)
+
+
+def test_comfyuis_lora_loader_upstream_stays_part_of_the_base():
+    prompt = workflow()
+    upstream = copy.deepcopy(prompt)
+    upstream["13"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["1", 0], "lora_name": "sub/comfy_style.safetensors", "strength_model": 1.0}}
+    upstream["4"]["inputs"]["model"] = ["13", 0]
+    result = run(upstream)
+    assert result["status"]["status_str"] == "success"
+    assert not torch.allclose(image(result), image(run(prompt)), atol=1e-3)
+
+
+XL_LORAS, FLUX_LORAS = ("xl_a.safetensors", "xl_b.safetensors"), ("flux_a.safetensors", "flux_b.safetensors")
+
+
+@pytest.mark.parametrize("ckpt, loras, cfg", [("standin-sdxl.safetensors", XL_LORAS, 5.0),
+                                              ("standin-flux.safetensors", FLUX_LORAS, 1.0),
+                                              ("standin-flux.safetensors", FLUX_LORAS, 3.0)])
+def test_sdxl_and_flux_compose(ckpt, loras, cfg):
+    prompt = workflow(ckpt, loras)
+    prompt["8"]["inputs"]["cfg"] = cfg
+    composed = run(prompt)
+    assert composed["status"]["status_str"] == "success", composed["status"]
+    assert not torch.allclose(image(composed), image(run(without_loratorio(prompt))), atol=1e-4)
+    assert image(composed, "12").shape == (2, 64, 64, 3)
+
+
+def test_fast_mode_and_the_other_modes_run():
+    for mode in ("LoRAtorio Fast", "Composite", "Switch"):
+        prompt = workflow(mode=mode, refresh_first=1, refresh_every=2)
+        if mode != "LoRAtorio Fast":  # no weight maps in these modes
+            del prompt["11"], prompt["12"]
+        result = run(prompt)
+        assert result["status"]["status_str"] == "success", (mode, result["status"])
+
+
+def test_each_branch_row_is_a_chunk_of_its_own_and_a_wrapper_set_before_is_chained():
+    from lib_loratorio.comfyui.composing import apply_loratorio
+    from lib_loratorio.comfyui.stack import StackEntry
+
+    calls = []
+
+    def spy(apply_model, args):
+        options = args["c"]["transformer_options"]
+        calls.append((list(args["cond_or_uncond"]), args["input"].shape[0], list(options["uuids"]),
+                      options["sigmas"].shape, "sample_sigmas" in options))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    base = C.models.load_checkpoint("standin-sd15")[0].clone()
+    base.set_model_unet_function_wrapper(spy)
+    entries = tuple(StackEntry(n, C.folder_paths.get_full_path("loras", n), 1.0) for n in ("alice.safetensors",
+                                                                                             "hat.safetensors"))
+    model = apply_loratorio(base, entries, LoratorioParams(recenter=0.5, text_encoder="UNet only"))
+    C.mm.free_memory_bytes = 1.0  # ComfyUI would run the negative prompt's rows first, alone
+    sample(model, steps=2)
+    assert calls and all(len(flags) == rows == len(uuids) and shape == (1,) and scheduled
+                         for flags, rows, uuids, shape, scheduled in calls)
+    # one call per step (the prompt's and the negative prompt's rows together): the base and 2 LoRAs on both
+    assert [len(flags) for flags, *_ in calls] == [6, 6]
+
+
+def sample(model, steps=3, cfg=5.0, sampler="euler", seed=1):
+    positive = C.nodes.CLIPTextEncode().encode(C.models.load_checkpoint("standin-sd15")[1], "a cat")[0]
+    negative = C.nodes.CLIPTextEncode().encode(C.models.load_checkpoint("standin-sd15")[1], "blurry")[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    return C.nodes.common_ksampler(model, seed, steps, cfg, sampler, "simple", positive, negative, latent)[0]["samples"]
+
+
+def test_little_memory_gives_the_same_image():
+    prompt = workflow()
+    plenty = image(run(prompt))
+    C.mm.free_memory_bytes = 1.0  # one chunk per model call unless LoRAtorio asks for one call
+    assert torch.allclose(image(run(prompt)), plenty, atol=1e-5)
+
+
+def test_step_of_a_call_follows_the_schedule_also_between_its_sigmas():
+    from lib_loratorio.comfyui.composing import ComfySession
+
+    session = ComfySession(LoratorioParams(), [], [], [], [], False)
+    sigmas = torch.tensor([10.0, 5.0, 2.0, 0.5, 0.0])
+    options = {"sample_sigmas": sigmas}
+    assert [session.step_of(torch.tensor([s]), options) for s in (10.0, 7.0, 5.0, 2.0, 1.0, 0.5)] == [
+        (0, 4), (0, 4), (1, 4), (2, 4), (2, 4), (3, 4)]
+    assert run(workflow(step_start=0.3, outside_steps="off"))["status"]["status_str"] == "success"
+    prompt = workflow()
+    prompt["8"]["inputs"]["sampler_name"] = "heun"  # a second model call per step, between the sigmas
+    assert run(prompt)["status"]["status_str"] == "success"
+
+
+# --- hooks' lifetime and errors ------------------------------------------------------------------------------
+def test_an_interrupted_run_removes_the_hooks_and_the_next_run_is_whole():
+    prompt = workflow()
+    C.mm.interrupt_current_processing(True)  # the sampler's progress callback raises at the first step
+    result = run(prompt)
+    assert result["status"]["messages"][-1][0] == "execution_interrupted"  # (hooks: checked by `untouched`)
+    assert run(prompt)["status"]["status_str"] == "success"
+
+
+def test_an_error_while_sampling_removes_the_hooks():
+    from lib_loratorio.comfyui.composing import apply_loratorio, session_of
+    from lib_loratorio.comfyui.stack import StackEntry
+
+    calls = []
+
+    def failing(apply_model, args):
+        calls.append(1)
+        if len(calls) == 2:  # the second step
+            raise RuntimeError("a node's wrapper failed")
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    base = C.models.load_checkpoint("standin-sd15")[0].clone()
+    base.set_model_unet_function_wrapper(failing)
+    entry = StackEntry("alice.safetensors", C.folder_paths.get_full_path("loras", "alice.safetensors"), 1.0)
+    model = apply_loratorio(base, (entry,), LoratorioParams(text_encoder="UNet only"))
+    with pytest.raises(RuntimeError, match="wrapper failed"):
+        sample(model)
+    assert session_of(model).runner is None and session_of(model).composer is None
+
+
+def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():
+    from lib_loratorio.comfyui.composing import apply_loratorio
+    from lib_loratorio.comfyui.stack import StackEntry
+    from lib_loratorio.errors import LoratorioError
+
+    entry = StackEntry("alice.safetensors", C.folder_paths.get_full_path("loras", "alice.safetensors"), 1.0)
+    model = apply_loratorio(C.models.load_checkpoint("standin-sd15")[0], (entry,),
+                            LoratorioParams(text_encoder="UNet only")).clone()
+    model.set_model_unet_function_wrapper(lambda apply_model, args: apply_model(args["input"], args["timestep"],
+                                                                                **args["c"]))
+    with pytest.raises(LoratorioError, match="put LoRAtorio Apply after that node"):
+        sample(model)
+    with pytest.raises(LoratorioError, match="one model composes once"):
+        apply_loratorio(model, (entry,), LoratorioParams())
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(step_start=0.8, step_end=0.5), "'Start at' must be smaller than 'End at'"),
+    (dict(patch_size=0), "patch_size=0 is invalid"),
+    (dict(mode="Merge"), "allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch"),
+    (dict(show_weight_maps=False), "turn on 'show_weight_maps'"),
+    (dict(loras=("alice.safetensors", "xl_a.safetensors")), "LoRA 'xl_a.safetensors'"),
+    (dict(ckpt="standin-flux.safetensors", loras=("flux_a.safetensors", "flux_b.safetensors"), patch_size=3),
+     "use an even patch size"),
+])
+def test_bad_input_is_a_clear_error_in_the_history(change, message):
+    ckpt = change.pop("ckpt", "standin-sd15.safetensors")
+    loras = change.pop("loras", ("alice.safetensors", "hat.safetensors"))
+    assert message in error_of(run(workflow(ckpt, loras, **change)))
+
+
+def test_a_lora_file_gone_is_named():
+    prompt = workflow()
+    prompt["2"]["inputs"]["lora_name"] = "gone.safetensors"
+    assert "LoRA 'gone.safetensors' is not in ComfyUI's models/loras" in error_of(run(prompt))
