@@ -42,12 +42,14 @@ class Method:
     switch_every: int = 5  # Switch mode: steps per turn (the protocol in run.py sets 1)
     refresh_first: int = 2   # LoRAtorio Fast's schedule
     refresh_every: int = 5
+    weight_norm: str = "sum"
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
                                temperature=self.temperature, recenter=self.recenter,
                                top_k=n if self.pool else 0, switch_every=self.switch_every,
-                               refresh_first=self.refresh_first, refresh_every=self.refresh_every)
+                               refresh_first=self.refresh_first, refresh_every=self.refresh_every,
+                               weight_norm=self.weight_norm)
 
 
 def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
@@ -59,6 +61,11 @@ def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: f
         Method("LoRAtorio", "composer", patch_size=patch_size, temperature=temperature, recenter=recenter),
         Method("LoRAtorio (re-centring 1)", "composer", patch_size=patch_size, temperature=temperature, recenter=1.0),
         Method("LoRAtorio Fast", "composer", mode="LoRAtorio Fast", patch_size=patch_size, temperature=temperature),
+        # the owner of a patch at full strength (weight_norm "max"), exact and fast
+        Method("LoRAtorio max", "composer", patch_size=patch_size, temperature=temperature, recenter=recenter,
+               weight_norm="max"),
+        Method("LoRAtorio Fast max", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
+               temperature=temperature, weight_norm="max"),
         Method("LoRAtorio dyn (k=N of 11)", "composer", patch_size=patch_size, temperature=temperature,
                recenter=recenter, pool=True),
         # controls: routing vs guidance change

@@ -32,6 +32,7 @@ from .composition import (
     check_branches_finite,
     check_finite,
     composite,
+    owner_weights,
     patch_weights,
     recentred_uncond,
     switch_branch,
@@ -196,13 +197,14 @@ class BranchComposer:
                 continue
             loras = torch.stack([torch.stack([table[(r, b)] for r in rows]) for b in range(1, n_branches)])
             check_branches_finite(loras, self.labels, _kind(uncond))
+            relative = self.params.weight_norm == "max"
             if uncond:
-                weights = self._uncond_weights(rows, image_of_row, x, base, loras)
-                out[rows] = recentred_uncond(weights, base, loras, recenter).to(out.dtype)
+                weights = self._applied(self._uncond_weights(rows, image_of_row, x, base, loras))
+                out[rows] = recentred_uncond(weights, base, loras, recenter, relative).to(out.dtype)
             else:
                 weights = self._weights(x[rows], base, loras)
-                out[rows] = blend(weights, loras).to(out.dtype)
                 self._remember(rows, image_of_row, weights)
+                out[rows] = blend(self._applied(weights), loras, base if relative else None).to(out.dtype)
         return out
 
     # --- fast mode ------------------------------------------------------------------------------
@@ -227,7 +229,7 @@ class BranchComposer:
             maps = torch.stack([m if m is not None else torch.zeros_like(template) for m in maps_of_row])
         order = sorted(range(len(plan)), key=lambda i: plan[i][1])  # base rows, then mixed rows: two slices
         plan = [plan[i] for i in order]
-        flat = self._run(plan, evaluate, limit, None if maps is None else maps[order])
+        flat = self._run(plan, evaluate, limit, None if maps is None else self._applied(maps[order], dim=1))
         out = torch.empty_like(flat)
         out[order] = flat
         for r in range(x.shape[0]):
@@ -239,6 +241,13 @@ class BranchComposer:
         return out
 
     # --- helpers ------------------------------------------------------------------------------
+    def _applied(self, weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """The weights the LoRAs act with (the SoftMin's, or rescaled to their patch's largest: weight_norm);
+        ``dim``: the LoRA axis."""
+        if self.params.weight_norm != "max":
+            return weights
+        return owner_weights(weights.movedim(dim, 0)).movedim(0, dim)
+
     def _check(self, preds: torch.Tensor, branches: Sequence[int], uncond: bool) -> None:
         for pred, b in zip(preds, branches, strict=True):
             check_finite(pred, BASE_MODEL if b == 0 else self.labels[b - 1], _kind(uncond))

@@ -142,10 +142,29 @@ def patch_weights(
     return upsample_weights(weights, patch_size, *base.shape[-2:])
 
 
-def blend(weights: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
-    """sum_i W_i * branch_i, weights [N,B,H,W] broadcast over channels; result in branches' dtype."""
-    out = (weights.unsqueeze(2) * branches.float()).sum(dim=0)
+def blend(weights: torch.Tensor, branches: torch.Tensor, base: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """sum_i W_i * branch_i, weights [N,B,H,W] broadcast over channels; result in branches' dtype.
+
+    With ``base``: base + sum_i W_i * (branch_i - base), each LoRA's change added at its weight (the
+    same as the plain blend when the weights sum to 1; needed when they do not, see owner_weights).
+    """
+    if base is None:
+        out = (weights.unsqueeze(2) * branches.float()).sum(dim=0)
+    else:
+        out = base.float() + (weights.unsqueeze(2) * (branches.float() - base.float().unsqueeze(0))).sum(dim=0)
     return out.to(branches.dtype)
+
+
+def owner_weights(weights: torch.Tensor) -> torch.Tensor:
+    """Weights divided by the largest of each pixel [N,B,H,W]: the patch's owner acts at full strength,
+    the others at their share of the owner's weight.
+
+    The paper's weights sum to 1, so a patch whose owner has weight 0.6 gets 0.6 of its LoRA's change,
+    where stacking LoRAs gives all of it; and where no LoRA stands out (uniform weights), each LoRA
+    gets 1/N. Rescaled, a clear owner acts fully and undecided patches get every LoRA fully, as a
+    plain <lora> stack would. Use with blend(..., base=...).
+    """
+    return weights / weights.amax(dim=0, keepdim=True).clamp_min(_EPS)
 
 
 def recentred_uncond(
@@ -153,10 +172,12 @@ def recentred_uncond(
     base_uncond: torch.Tensor,
     lora_uncond: Optional[torch.Tensor],
     recenter: float,
+    relative: bool = False,
 ) -> torch.Tensor:
     """recenter * base_uncond + (1 - recenter) * sum_i W_i lora_uncond_i.
 
     With recenter == 1 the LoRA unconditional predictions are not needed (the N+2 fast mode).
+    ``relative``: the LoRA part is blended as changes from base_uncond (blend(..., base=...)).
     """
     if not 0.0 <= recenter <= 1.0:
         raise InvalidParameterError(f"recenter={recenter} is invalid: it must be in [0, 1].")
@@ -167,7 +188,8 @@ def recentred_uncond(
             f"recenter={recenter} needs the LoRA branches' unconditional predictions; "
             "pass lora_uncond or use recenter=1."
         )
-    mixed = recenter * base_uncond.float() + (1.0 - recenter) * blend(weights, lora_uncond).float()
+    loras = blend(weights, lora_uncond, base_uncond if relative else None).float()
+    mixed = recenter * base_uncond.float() + (1.0 - recenter) * loras
     return mixed.to(base_uncond.dtype)
 
 

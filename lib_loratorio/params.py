@@ -20,6 +20,7 @@ SELECTIONS: tuple[str, ...] = ("patch", "global")
 TEXT_ENCODER_MODES: tuple[str, ...] = ("per branch", "UNet only")
 OUTSIDE_STEPS: tuple[str, ...] = ("merge", "off")
 EVALUATIONS: tuple[str, ...] = ("batched", "per branch")
+WEIGHT_NORMS: tuple[str, ...] = ("sum", "max")
 INFOTEXT_PREFIX = "LoRAtorio"
 
 
@@ -88,6 +89,10 @@ class LoratorioParams:
     refresh_every: int = _setting(
         5, "Refresh every", "LoRAtorio Fast: after those, the maps are computed again every k-th step.",
         minimum=1, maximum=1000)
+    weight_norm: str = _setting(
+        "sum", "Weights", "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
+        "divided by the patch's largest weight, so the LoRA that owns a patch acts at full strength there "
+        "and the others by their share of it; where none stands out, every LoRA acts fully.", choices=WEIGHT_NORMS)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -36,11 +36,12 @@ _SLIDERS = {
 # The accordion's layout, row by row: the everyday settings, then the rest under "Advanced" (closed).
 _EVERYDAY_ROWS = (("mode", "show_weight_maps"), ("patch_size", "temperature"), ("recenter", "top_k"),
                   ("refresh_first", "refresh_every"))
-_ADVANCED_ROWS = (("selection", "switch_every"), ("evaluation", "max_batch"), ("default_strength", "use_lora_tags"),
-                  ("pool", "text_encoder"), ("step_start", "step_end", "outside_steps"), ("weight_map_steps",))
+_ADVANCED_ROWS = (("weight_norm", "selection", "switch_every"), ("evaluation", "max_batch"),
+                  ("default_strength", "use_lora_tags"), ("pool", "text_encoder"),
+                  ("step_start", "step_end", "outside_steps"), ("weight_map_steps",))
 # Settings that matter only for some values of another setting, and are shown only then.
 _SHOWN_ONLY_WHEN = {
-    **{name: ("mode", ROUTING_MODES) for name in ("patch_size", "temperature", "top_k", "selection")},
+    **{name: ("mode", ROUTING_MODES) for name in ("patch_size", "temperature", "top_k", "selection", "weight_norm")},
     "recenter": ("mode", ("LoRAtorio",)),  # LoRAtorio Fast always uses the base model's negative prediction
     **{name: ("mode", ("LoRAtorio Fast",)) for name in ("refresh_first", "refresh_every")},
     "switch_every": ("mode", ("Switch",)),

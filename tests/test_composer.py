@@ -311,3 +311,33 @@ def test_fast_mode_separate_calls_and_weight_maps_of_every_step():
     assert model.calls[3][1] == [0, 0]             # step 1, negative rows: the base model
     assert comp.weight_map_counts == {0: 3, 1: 3}
     torch.testing.assert_close(comp.mean_weight_maps()[0], comp.last_weight_maps[0])
+
+
+def test_weight_norm_max_adds_each_loras_change_at_its_share_of_the_owner():
+    from lib_loratorio.composition import owner_weights, patch_weights, recentred_uncond
+
+    x = torch.randn(2, C, H, W)
+    model = FakeModel(x)
+    p = params(weight_norm="max", recenter=0.5)
+    out = run(model, x, [False, True], [0, 0], p)
+    base_c, base_u = model.predict(0, 0)[None], model.predict(1, 0)[None]
+    lora_c = torch.stack([model.predict(0, b)[None] for b in range(1, N + 1)])
+    lora_u = torch.stack([model.predict(1, b)[None] for b in range(1, N + 1)])
+    a = owner_weights(patch_weights(lora_c, base_c, patch_size=4, temperature=0.05))
+    expected_c = base_c + (a.unsqueeze(2) * (lora_c - base_c)).sum(0)
+    torch.testing.assert_close(out[0], expected_c[0])
+    torch.testing.assert_close(out[1], recentred_uncond(a, base_u, lora_u, 0.5, relative=True)[0])
+    assert not torch.allclose(out[0], run(model, x, [False, True], [0, 0], params(recenter=0.5))[0])
+
+
+def test_fast_mode_mixes_by_the_owner_weights_with_weight_norm_max():
+    from lib_loratorio.composition import owner_weights
+
+    x = torch.randn(2, C, H, W)
+    model = MixingModel(x)
+    comp = composer(params(mode="LoRAtorio Fast", refresh_first=1, refresh_every=5, weight_norm="max"))
+    for step in range(2):
+        comp(x, [False, True], [0, 0], step=step, evaluate=model)
+    _, branches, maps = model.calls[1]
+    assert branches[0] == MIXED
+    torch.testing.assert_close(maps[0], owner_weights(comp._refresh_maps[0]))

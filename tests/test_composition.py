@@ -206,3 +206,18 @@ def test_switch_rotates_every_k_steps():
     assert [switch_branch(s, 2, 5) for s in range(6)] == [0, 0, 0, 0, 0, 1]
     with pytest.raises(InvalidParameterError):
         switch_branch(0, 2, 0)
+
+
+def test_owner_weights_give_the_owner_full_strength_and_blend_adds_changes():
+    from lib_loratorio.composition import blend, owner_weights
+
+    w = torch.tensor([0.6, 0.3, 0.1]).reshape(3, 1, 1, 1)
+    torch.testing.assert_close(owner_weights(w).flatten(), torch.tensor([1.0, 0.5, 1 / 6]))
+    uniform = torch.full((4, 1, 1, 1), 0.25)
+    torch.testing.assert_close(owner_weights(uniform).flatten(), torch.ones(4))     # undecided: every LoRA fully
+    base = torch.tensor([1.0]).reshape(1, 1, 1, 1)
+    branches = torch.tensor([3.0, 0.0, 2.0]).reshape(3, 1, 1, 1, 1)
+    # base + 1*(3-1) + 0.5*(0-1) + 1/6*(2-1) = 1 + 2 - 0.5 + 1/6
+    assert blend(owner_weights(w), branches, base).item() == pytest.approx(1 + 2 - 0.5 + 1 / 6)
+    # with weights summing to 1 the relative blend is the paper's blend
+    torch.testing.assert_close(blend(w, branches, base), blend(w, branches))
