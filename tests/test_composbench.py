@@ -75,7 +75,7 @@ def test_detector_finds_each_concept_on_clean_renders_and_not_without_it():
 
     from composbench import detector
     misses, false = [], {}
-    for seed in range(6):
+    for seed in range(4):
         rng = np.random.default_rng(100 + seed)
         for c in world.ALL_CONCEPTS:
             cat = world.CATEGORY_OF[c]
@@ -90,11 +90,11 @@ def test_detector_finds_each_concept_on_clean_renders_and_not_without_it():
                 false[c] = false.get(c, 0) + 1
     assert not misses, misses
     # pixelart is the detector's weak concept on clean renders (block-aligned edges look like it,
-    # about 0.2 false positives): bounded, the others at most one scene in six
-    assert false.get("pixelart", 0) <= 3, false
+    # about 0.2 false positives): bounded, the others at most one scene in four
+    assert false.get("pixelart", 0) <= 2, false
     assert all(k <= 1 for c, k in false.items() if c != "pixelart"), false
     # scenes with other concepts around (any subset, one per category), seeded
-    imgs, labs = detector.labelled_renders(60, 5)
+    imgs, labs = detector.labelled_renders(40, 5)
     det = detector.detect(imgs)
     assert (det == labs).mean() >= 0.93
     assert (det[labs]).mean() >= 0.9  # recall over every concept present
