@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -533,7 +534,8 @@ def detector_check_markdown(r: dict) -> str:
     lines = ["### Detector check", "",
              "Held-out renders (1000 random labelled scenes, seed 7; thresholds were fitted on other renders, "
              "seed 1): detector recall on renders with the concept / false positives on renders without; "
-             "clean and mildly degraded (detector.degrade). Agreement = fraction of images on which detector "
+             "clean and degraded (detector.degrade: the classifier's training augmentation without shifts). "
+             "Agreement = fraction of images on which detector "
              f"and classifier say the same for the concept; generated = {ag['generated_images']} generated images "
              "(single LoRA, base + trigger, base generic; the table below).", "",
              "| concept | threshold | renders: recall / FP (clean) | recall / FP (degraded) | agreement renders "
@@ -698,7 +700,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             "seeds": args.seeds, "seed_list": [SEED0 + k for k in range(args.seeds)], "strength": args.strength,
             "switch_every": args.switch_every, "steps": args.steps, "cfg": CFG, "methods": names,
             "methods_settings": {m.name: method_settings(m, args.strength) for m in methods},
-            "argv": argv, "classifier_threshold": 0.5,
+            "argv": argv if argv is not None else sys.argv[1:], "classifier_threshold": 0.5,
             "detector_thresholds": dict(detector.THRESHOLDS),
             "generation_seconds": round(gen_s, 1), "jobs": args.jobs,
             "composition_list": [list(c) for c in comps]}
