@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping, Optional
 from .errors import InvalidParameterError
 
 MODES: tuple[str, ...] = ("LoRAtorio", "LoRAtorio Fast", "Composite", "Switch")
+#: Values infotexts written before a setting existed imply (that setting's behaviour then), not its default.
+LEGACY_INFOTEXT_VALUES: dict[str, str] = {"weight_norm": "sum"}
 #: Modes that route LoRAs by LoRAtorio's weight maps (and use its patch, temperature and top-k settings).
 ROUTING_MODES: tuple[str, ...] = ("LoRAtorio", "LoRAtorio Fast")
 SELECTIONS: tuple[str, ...] = ("patch", "global")
@@ -36,7 +38,7 @@ def _setting(default: Any, label: str, hint: str, *, choices: Optional[tuple] = 
 class LoratorioParams:
     enabled: bool = _setting(False, "Enable", "Compose the <loratorio:...> LoRAs at sampling time.")
     mode: str = _setting(
-        "LoRAtorio", "Mode",
+        "LoRAtorio Fast", "Mode",
         "LoRAtorio: patch-wise SoftMin routing, every branch every step. LoRAtorio Fast: the same maps, "
         "refreshed on a schedule; in between one forward with every LoRA applied where its map says "
         "(close to a plain step's cost). Composite: plain average of LoRA branches. Switch: one LoRA at a "
@@ -90,7 +92,7 @@ class LoratorioParams:
         5, "Refresh every", "LoRAtorio Fast: after those, the maps are computed again every k-th step.",
         minimum=1, maximum=1000)
     weight_norm: str = _setting(
-        "sum", "Weights", "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
+        "max", "Weights", "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
         "divided by the patch's largest weight, so the LoRA that owns a patch acts at full strength there "
         "and the others by their share of it; where none stands out, every LoRA acts fully.", choices=WEIGHT_NORMS)
 
@@ -182,8 +184,9 @@ class LoratorioParams:
         for name in cls.names():
             key = cls.infotext_key(name)
             if name != "enabled" and key in fields:
-                raw = str(fields[key])
-                values[name] = raw
+                values[name] = str(fields[key])
+            elif name in LEGACY_INFOTEXT_VALUES:
+                values[name] = LEGACY_INFOTEXT_VALUES[name]
         return cls(**values)
 
 

@@ -17,7 +17,7 @@ from modules import scripts
 from modules.ui_components import InputAccordion
 
 from lib_loratorio.errors import LoratorioError
-from lib_loratorio.params import INFOTEXT_PREFIX, ROUTING_MODES, LoratorioParams
+from lib_loratorio.params import INFOTEXT_PREFIX, LEGACY_INFOTEXT_VALUES, ROUTING_MODES, LoratorioParams
 from lib_loratorio.script_args import SCRIPT_TITLE, parse_script_args
 from lib_loratorio.webui import load_adapter
 from lib_loratorio.webui.session import get_session
@@ -96,6 +96,18 @@ def _boolean(key: str):
     return lambda params: None if key not in params else str(params[key]).strip() == "True"
 
 
+def _reader(name: str):
+    """The infotext key of a setting, or a reader: checkboxes (see _boolean), and settings newer than the
+    infotext, which get the value the image was made with (LEGACY_INFOTEXT_VALUES) rather than the default."""
+    key = LoratorioParams.infotext_key(name)
+    if isinstance(_FIELDS[name].default, bool):
+        return _boolean(key)
+    if name in LEGACY_INFOTEXT_VALUES:
+        legacy = LEGACY_INFOTEXT_VALUES[name]
+        return lambda params: params.get(key, legacy if INFOTEXT_PREFIX in params else None)
+    return key
+
+
 class LoratorioScript(scripts.Script):
     def title(self):
         return SCRIPT_TITLE
@@ -118,9 +130,8 @@ class LoratorioScript(scripts.Script):
         settings = [name for name in _FIELDS if name != "enabled"]
         ordered = [enabled, *(controls[name] for name in settings)]
         keys = [INFOTEXT_PREFIX] + [LoratorioParams.infotext_key(name) for name in settings]
-        kinds = [bool] + [type(_FIELDS[name].default) for name in settings]
-        self.infotext_fields = [(c, _boolean(key) if kind is bool else key)
-                                for c, key, kind in zip(ordered, keys, kinds, strict=True)]
+        readers = [_boolean(INFOTEXT_PREFIX)] + [_reader(name) for name in settings]
+        self.infotext_fields = list(zip(ordered, readers, strict=True))
         self.paste_field_names = keys
         return ordered
 

@@ -451,3 +451,19 @@ def test_fast_mode_with_hires_batch_and_weight_maps(runner, sd15):
     first = result.index_of_first_image
     assert len(result.images) == first + 4 + 4 * 2
     assert all(torch.equal(v, weights[k]) for k, v in sd15.state_dict().items())
+
+
+def test_the_defaults_are_loratorio_fast_with_owner_weights_and_old_infotexts_keep_their_weights(runner, sd15):
+    seen, handle = _unet_batches(sd15)
+    try:
+        default = run(runner, [True] + [getattr(LoratorioParams(), n) for n in SETTINGS[1:]], steps=6)
+    finally:
+        handle.remove()
+    assert seen == [4, 4, 2, 2, 2, 4]                       # refresh first 2, every 5: steps 1, 2 and 6
+    params = infotext_utils.parse_generation_parameters(default.infotexts[0])
+    assert (params["LoRAtorio mode"], params["LoRAtorio weights"]) == ("LoRAtorio Fast", "max")
+    script = runner.alwayson_scripts[0]
+    old = default.infotexts[0].replace(", LoRAtorio weights: max", "")   # an image from before the setting
+    pasted = infotext_utils.paste_values(script.infotext_fields, old)
+    by_name = dict(zip(SETTINGS, pasted, strict=True))
+    assert by_name["weight_norm"]["value"] == "sum" and by_name["mode"]["value"] == "LoRAtorio Fast"

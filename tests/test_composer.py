@@ -38,7 +38,9 @@ LABELS = [f"LoRA '{name}'" for name in ("alice", "hat", "forest")]
 
 
 def params(**kw):
-    return LoratorioParams(enabled=True, patch_size=4, temperature=0.05, **kw)
+    """The paper's method unless a test says otherwise (the defaults are LoRAtorio Fast with weights max)."""
+    return LoratorioParams(enabled=True, patch_size=4, temperature=0.05, **{"mode": "LoRAtorio", "weight_norm": "sum",
+                                                                          **kw})
 
 
 def composer(p=None, **kw):

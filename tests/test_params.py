@@ -11,7 +11,8 @@ from lib_loratorio.params import LoratorioParams
 
 def test_defaults_are_valid_and_off():
     p = LoratorioParams()
-    assert not p.enabled and p.mode == "LoRAtorio" and p.patch_size == 4
+    assert not p.enabled and p.mode == "LoRAtorio Fast" and p.weight_norm == "max" and p.patch_size == 4
+    assert (p.refresh_first, p.refresh_every) == (2, 5)
     assert p.temperature == 0.05 and p.recenter == 0.5 and p.top_k == 0 and p.max_batch == 0
     assert p.to_infotext() == {}
 
@@ -58,6 +59,9 @@ def test_infotext_round_trip():
     assert fields["LoRAtorio"] == "True" and fields["LoRAtorio patch size"] == "4"
     assert LoratorioParams.from_infotext(fields) == p
     assert LoratorioParams.from_infotext({"Steps": "20"}) is None
+    # an image made before the Weights setting existed was made with the paper's weights
+    del fields[LoratorioParams.infotext_key("weight_norm")]
+    assert LoratorioParams.from_infotext(fields).weight_norm == "sum"
 
 
 def test_infotext_keys_parse_in_the_webui():
