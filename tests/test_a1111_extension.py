@@ -337,13 +337,16 @@ def test_nan_in_a_branch_is_named_and_the_model_stays_clean(runner, lora_dir):
 
 
 # --- API ----------------------------------------------------------------------------------------------
+PAPER_NAMED = {"patch_size": 4, "mode": "LoRAtorio", "weight_norm": "sum"}  # what on() sets, by name
+
+
 def test_api_positional_and_named_forms(runner):
     request = dict(prompt="a cat <loratorio:alice:0.8> <loratorio:hat:1>", negative_prompt="blurry", steps=2,
                    width=128, height=128, sampler_name="Euler", seed=3)
     status, positional = api.run_txt2img_api({**request, "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 200
     status, named = api.run_txt2img_api(
-        {**request, "alwayson_scripts": {"loratorio": {"args": [{"patch_size": 4}]}}}, runner)
+        {**request, "alwayson_scripts": {"loratorio": {"args": [PAPER_NAMED]}}}, runner)
     assert status == 200 and named["images"][0] == positional["images"][0]
     status, body = api.run_txt2img_api(
         {**request, "alwayson_scripts": {"LoRAtorio": {"args": [{"patch": 4}]}}}, runner)

@@ -195,7 +195,7 @@ def test_no_lora_in_the_stack_returns_the_model_itself():
 
 def test_one_lora_without_recentring_equals_comfyuis_own_lora_loader():
     """The same file merged by ComfyUI's LoraLoaderModelOnly, and as LoRAtorio's only branch at re-centring 0."""
-    prompt = workflow(loras=("sub/comfy_style.safetensors", "alice.safetensors"), recenter=0.0)
+    prompt = workflow(loras=("sub/comfy_style.safetensors", "alice.safetensors"), recenter=0.0, mode="LoRAtorio")
     prompt["3"]["inputs"]["strength"] = 0.0  # leaves the second LoRA out
     composed = image(run(prompt))
     merged = without_loratorio(prompt)
@@ -257,7 +257,7 @@ def test_each_branch_row_is_a_chunk_of_its_own_and_a_wrapper_set_before_is_chain
     base.set_model_unet_function_wrapper(spy)
     entries = tuple(StackEntry(n, C.folder_paths.get_full_path("loras", n), 1.0) for n in ("alice.safetensors",
                                                                                              "hat.safetensors"))
-    model = apply_loratorio(base, entries, LoratorioParams(recenter=0.5, text_encoder="UNet only"))
+    model = apply_loratorio(base, entries, LoratorioParams(mode="LoRAtorio", recenter=0.5, text_encoder="UNet only"))
     C.mm.free_memory_bytes = 1.0  # ComfyUI would run the negative prompt's rows first, alone
     sample(model, steps=2)
     assert calls and all(len(flags) == rows == len(uuids) and shape == (1,) and scheduled

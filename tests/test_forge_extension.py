@@ -480,13 +480,16 @@ def test_nan_in_a_branch_is_named(runner):
 
 
 # --- API ----------------------------------------------------------------------------------------------
+PAPER_NAMED = {"patch_size": 4, "mode": "LoRAtorio", "weight_norm": "sum"}  # what on() sets, by name
+
+
 def test_api_positional_and_named_forms(runner):
     request = dict(prompt="a cat <loratorio:alice:0.8> <loratorio:hat:1>", negative_prompt="blurry", steps=2,
                    width=128, height=128, sampler_name="Euler", seed=3)
     status, positional = W.api.run_txt2img_api({**request, "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
     assert status == 200
     status, named = W.api.run_txt2img_api(
-        {**request, "alwayson_scripts": {"loratorio": {"args": [{"patch_size": 4}]}}}, runner)
+        {**request, "alwayson_scripts": {"loratorio": {"args": [PAPER_NAMED]}}}, runner)
     assert status == 200 and named["images"][0] == positional["images"][0]
     status, body = W.api.run_txt2img_api(
         {**request, "prompt": "x <loratorio:nobody:1>", "alwayson_scripts": {"LoRAtorio": {"args": on()}}}, runner)
