@@ -14,11 +14,11 @@ import copy
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
+
+from tests import live_http
 
 URL = os.environ.get("LORATORIO_COMFYUI_URL", "").rstrip("/")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,13 +27,7 @@ pytestmark = pytest.mark.skipif(not URL, reason="set LORATORIO_COMFYUI_URL to te
 
 
 def call(path, payload=None, timeout=60):
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return live_http.call(URL, path, payload, timeout)
 
 
 def run(prompt, timeout=1800):

@@ -13,10 +13,10 @@ import base64
 import io
 import json
 import os
-import urllib.error
-import urllib.request
 
 import pytest
+
+from tests import live_http
 
 URL = os.environ.get("LORATORIO_WEBUI_URL", "").rstrip("/")
 EXTRA = json.loads(os.environ.get("LORATORIO_TEST_REQUEST", "") or "{}")
@@ -24,13 +24,7 @@ pytestmark = pytest.mark.skipif(not URL, reason="set LORATORIO_WEBUI_URL to test
 
 
 def call(path, payload=None, timeout=1800):
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return live_http.call(URL, path, payload, timeout)
 
 
 @pytest.fixture(scope="module")
