@@ -233,8 +233,8 @@ class BranchComposer:
         out = torch.empty_like(flat)
         out[order] = flat
         for r in range(x.shape[0]):
-            check_finite(out[r], BASE_MODEL if is_uncond[r] else "The LoRAs applied by their weight maps",
-                         _kind(bool(is_uncond[r])))
+            who = BASE_MODEL if is_uncond[r] else f"The LoRAs applied together ({', '.join(self.labels)})"
+            check_finite(out[r], who, _kind(bool(is_uncond[r])))
         if self.keep_weight_maps:  # the maps in use on this step are the last refresh's
             for image in {int(image_of_row[r]) for r in range(x.shape[0]) if not is_uncond[r]}:
                 self._accumulate(image, self._refresh_maps[image])
