@@ -54,7 +54,8 @@ def is_text_side(name: str) -> bool:
 
 
 class LayerMaps:
-    """Weight maps of the mixed rows ([rows, N, H, W], summing to at most 1 over N) at any layer's layout."""
+    """Weight maps of the mixed rows ([rows, N, H, W]: the weights each LoRA acts with, the SoftMin's or
+    rescaled to each patch's owner) at any layer's layout."""
 
     def __init__(self, maps: Tensor, prefix_tokens: int = 0, max_scale: int = 6) -> None:
         self.maps = maps.float()
