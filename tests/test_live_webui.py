@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from lib_loratorio.params import DEFAULTS
+from lib_loratorio.params import LoratorioParams
 from tests import live_http
 
 URL = os.environ.get("LORATORIO_WEBUI_URL", "").rstrip("/")
@@ -62,7 +62,7 @@ def test_two_loratorio_tags_with_and_without_weight_maps(loras):
     assert decode(composed["images"][1]).size == decode(composed["images"][0]).size
     info = json.loads(composed["info"])["infotexts"][0]
     assert "LoRAtorio: True" in info and "LoRAtorio patch size: 4" in info
-    args = {"LoRAtorio": {"args": [True, DEFAULTS.mode, 4]}}         # the positional form, the default mode
+    args = {"LoRAtorio": {"args": [True, LoratorioParams().mode, 4]}}         # the positional form, the default mode
     status, positional = call("/sdapi/v1/txt2img", request(loras, alwayson_scripts=args))
     assert status == 200 and len(positional["images"]) == 1
     # same pixels (the PNGs differ in their embedded infotext: weight maps on/off)
