@@ -628,6 +628,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--recenter", type=float, default=0.5)
     ap.add_argument("--fast-schedules", type=lambda v: [x for x in v.split(",") if x], default=[],
                     help="extra LoRAtorio Fast methods, e.g. 1/3,3/4 (refresh first / refresh every)")
+    ap.add_argument("--fast-weights", choices=("max", "sum"), default="max",
+                    help="the weights of the --fast-schedules methods (named 'LoRAtorio Fast max 1/3')")
+    ap.add_argument("--fast-folded", action="store_true",
+                    help="the --fast-schedules methods also with cross-attention folded (not once per LoRA), "
+                         "named 'LoRAtorio Fast max folded 1/3'")
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
     ap.add_argument("--limit", type=int, default=0, help="keep only the first K compositions (tests)")
     ap.add_argument("--rescore", action="store_true",
@@ -660,7 +665,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     else:
         per_n = args.per_n or (12 if args.quick else 0)
         methods = standard_methods(args.patch, args.temperature, args.recenter)
-        methods += [fast_method(schedule, args.patch, args.temperature) for schedule in args.fast_schedules]
+        methods += [fast_method(schedule, args.patch, args.temperature, args.fast_weights, per_lora)
+                    for per_lora in ((True, False) if args.fast_folded else (True,))
+                    for schedule in args.fast_schedules]
         out = Path(args.out or (f"outputs/bench-{args.part}" + ("-quick" if args.quick else "")))
     methods = [dataclasses.replace(m, switch_every=args.switch_every) for m in methods]
     if args.methods:

@@ -43,6 +43,7 @@ class Method:
     refresh_first: int = 2   # LoRAtorio Fast's schedule
     refresh_every: int = 5
     weight_norm: str = "sum"
+    attention_per_lora: bool = True  # LoRAtorio Fast's rule for cross-attention (BranchRunner)
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
@@ -76,11 +77,14 @@ def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: f
     ]
 
 
-def fast_method(schedule: str, patch_size: int = 2, temperature: float = 0.05) -> Method:
+def fast_method(schedule: str, patch_size: int = 2, temperature: float = 0.05, weight_norm: str = "max",
+                attention_per_lora: bool = True) -> Method:
     """LoRAtorio Fast at ``schedule`` "FIRST/EVERY" (refresh the first FIRST steps, then every EVERY-th)."""
     first, every = (int(v) for v in schedule.split("/"))
-    return Method(f"LoRAtorio Fast {first}/{every}", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
-                  temperature=temperature, refresh_first=first, refresh_every=every)
+    folded = "" if attention_per_lora else " folded"
+    return Method(f"LoRAtorio Fast {weight_norm}{folded} {first}/{every}", "composer", mode="LoRAtorio Fast",
+                  patch_size=patch_size, temperature=temperature, refresh_first=first, refresh_every=every,
+                  weight_norm=weight_norm, attention_per_lora=attention_per_lora)
 
 
 class Bench:
@@ -157,7 +161,7 @@ class Bench:
                 state["x"], state["t"] = torch.cat([x, x]), t
                 e = composer(state["x"], is_uncond, image_of_row, step=i, evaluate=evaluate)
                 return e[:b], e[b:]
-            with BranchRunner(loras, [strength] * len(loras)) as runner:
+            with BranchRunner(loras, [strength] * len(loras), attention_per_lora=method.attention_per_lora) as runner:
                 x = self._ddim(x, ts, eps_fn, cfg, progress)
             info["lora_names"] = names
             if keep_weight_maps:

@@ -48,9 +48,13 @@ class BranchRunner:
     """
 
     def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, labels: Sequence[str] | None = None) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, labels: Sequence[str] | None = None, *,
+                 attention_per_lora: bool = True) -> None:
         """``cache_bytes``: the most that LyCORIS/DoRA deltas may keep built between forwards.
-        ``labels[i]``: LoRA i as the errors its layers raise name it (by default its file name)."""
+        ``labels[i]``: LoRA i as the errors its layers raise name it (by default its file name).
+        ``attention_per_lora``: mixed rows compute a cross-attention once per LoRA and blend the
+        outputs by the maps; False treats its projections like any layer (the query and output
+        projections weighted per image token, the keys' and values' by each LoRA's mean weight)."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)
@@ -65,7 +69,7 @@ class BranchRunner:
                 comp, dotted = name.split(":", 1) if ":" in name else ("", name)
                 self._by_module.setdefault(module, []).append((i, delta))
                 self._text_side[module] = is_text_side(dotted)
-                parent = cross_attention_of(dotted)
+                parent = cross_attention_of(dotted) if attention_per_lora else None
                 if parent is not None and comp in lora.roots:
                     self._attentions.setdefault(lora.roots[comp].get_submodule(parent), set()).add(module)
         self._in_attention: set[nn.Module] = {m for children in self._attentions.values() for m in children}

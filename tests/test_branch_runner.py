@@ -237,6 +237,17 @@ def test_mixed_row_with_one_hot_maps_equals_that_lora_branch(setup):
     torch.testing.assert_close(out[3], out[1], atol=1e-5, rtol=1e-4)
 
 
+def merged_at_half(unet, bound):
+    """A copy of ``unet`` with every LoRA of ``bound`` merged at half its strength."""
+    both = copy.deepcopy(unet)
+    modules, names = dict(both.named_modules()), {m: n for n, m in unet.named_modules()}
+    with torch.no_grad():
+        for b, s in zip(bound, STRENGTHS, strict=True):
+            for _, module, delta in b.targets:
+                modules[names[module]].weight += s / 2 * delta.weight_delta(module)
+    return both
+
+
 def test_mixed_row_with_uniform_maps_equals_every_lora_at_its_share(setup):
     """Uniform maps 1/N: every layer outside the cross-attention gets sum_i (1/N) s_i dW_i x, which is
     the model with each LoRA merged at s_i / N, spatial layers and time embeddings alike."""
@@ -248,13 +259,20 @@ def test_mixed_row_with_uniform_maps_equals_every_lora_at_its_share(setup):
     with torch.no_grad(), BranchRunner(bound, STRENGTHS) as runner:
         with runner.rows(torch.tensor([MIXED]), maps=torch.full((1, 2, 16, 16), 0.5)):
             mixed = unet(x, t, ctx).sample
-    both = copy.deepcopy(unet)
-    modules, names = dict(both.named_modules()), {m: n for n, m in unet.named_modules()}
-    with torch.no_grad():
-        for b, s in zip(bound, STRENGTHS, strict=True):
-            for _, module, delta in b.targets:
-                modules[names[module]].weight += s / 2 * delta.weight_delta(module)
-    torch.testing.assert_close(mixed, both(x, t, ctx).sample, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mixed, merged_at_half(unet, bound)(x, t, ctx).sample, atol=1e-5, rtol=1e-4)
+
+
+def test_folded_cross_attention_with_uniform_maps_equals_every_lora_at_its_share(setup):
+    """attention_per_lora=False: the cross-attention's projections are layers like any other (keys and
+    values at each LoRA's mean weight), so uniform maps give the merged model in every layer."""
+    unet, files = setup
+    bound = [bind_lora(f, {"unet": unet}) for f in files]
+    assert any(".attn2." in t[0] for t in bound[0].targets)
+    x, t, ctx = inputs(1)
+    with torch.no_grad(), BranchRunner(bound, STRENGTHS, attention_per_lora=False) as runner:
+        with runner.rows(torch.tensor([MIXED]), maps=torch.full((1, 2, 16, 16), 0.5)):
+            mixed = unet(x, t, ctx).sample
+    torch.testing.assert_close(mixed, merged_at_half(unet, bound)(x, t, ctx).sample, atol=1e-5, rtol=1e-4)
 
 
 def test_mixed_rows_route_each_patch_to_its_lora_in_a_conv_layer(tmp_path):
