@@ -577,7 +577,9 @@ def _write_report(out: Path, name: str, data: dict, text: str) -> dict:
 
 
 _RELEVANT = {"Switch": ("switch_every",), "Composite": (),
-             "LoRAtorio": ("patch_size", "temperature", "recenter", "pool")}
+             "LoRAtorio": ("patch_size", "temperature", "recenter", "pool", "weight_norm"),
+             "LoRAtorio Fast": ("patch_size", "temperature", "pool", "weight_norm", "refresh_first", "refresh_every",
+                                "attention_per_lora")}
 
 
 def method_settings(m: Method, strength: float) -> dict:
