@@ -159,7 +159,7 @@ class BranchComposer:
         limit = min((n for n in (batch_limit, self.params.max_batch) if n), default=None)
         if self.params.mode == "LoRAtorio Fast":
             recenter = 1.0  # the uncond rows are the base model's on every step of the fast mode
-            if not self._is_refresh(step):
+            if not self.params.is_refresh_step(step):
                 out = self._between_refreshes(x, is_uncond, image_of_row, evaluate, limit)
                 if out is not None:
                     return out
@@ -208,10 +208,6 @@ class BranchComposer:
         return out
 
     # --- fast mode ------------------------------------------------------------------------------
-    def _is_refresh(self, step: int) -> bool:
-        p = self.params
-        return step < p.refresh_first or step % p.refresh_every == 0
-
     def _between_refreshes(self, x: torch.Tensor, is_uncond: Sequence[bool], image_of_row: Sequence[int],
                            evaluate: BranchEvaluator, limit: int | None) -> torch.Tensor | None:
         """One evaluation per row: prompt rows MIXED by their image's last maps, negative rows the base

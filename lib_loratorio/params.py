@@ -126,6 +126,10 @@ class LoratorioParams:
         fraction = step / max(1, total_steps)
         return self.step_start <= fraction and (fraction < self.step_end or self.step_end >= 1.0)
 
+    def is_refresh_step(self, step: int) -> bool:
+        """LoRAtorio Fast: whether step ``step`` (from 0) computes the weight maps with every branch."""
+        return step < self.refresh_first or step % self.refresh_every == 0
+
     # --- dict / API ----------------------------------------------------------------------
     @classmethod
     def names(cls) -> list[str]:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from composbench import speed
 
 
@@ -26,3 +28,16 @@ def test_memory_per_lora_type(one_thread):
         assert row["files_mib"] > 0 and row["step_peak_mib"] >= 0
         assert (row["dense_kept_before_mib"] > 0) == (kind in ("loha", "lokr"))
     assert "| loha | 2 |" in speed.format_memory(report["memory"], "cpu")
+
+
+def test_flop_count_of_each_method(capsys):
+    """Counted on the meta device: the ratios follow from the rows each method evaluates."""
+    from composbench import flops
+
+    report = flops.main(["--loras", "1", "2", "--width", "16", "--latent", "8", "--steps", "10"])
+    assert "| 2 |" in capsys.readouterr().out
+    one, two = report["rows"]
+    assert one["branch_row"] > 1 and two["mixed_per_lora_row"] > two["mixed_folded_row"] > one["mixed_folded_row"] > 1
+    for r in (one, two):
+        assert r["loratorio"] == pytest.approx(1 + r["n"] * r["branch_row"])
+        assert r["mixed_step_folded"] < r["fast_mode_folded"] < r["loratorio_recenter1"] < r["loratorio"]
