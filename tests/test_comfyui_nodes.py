@@ -359,3 +359,12 @@ def test_a_lora_file_gone_is_named():
     prompt = workflow()
     prompt["2"]["inputs"]["lora_name"] = "gone.safetensors"
     assert "LoRA 'gone.safetensors' is not in ComfyUI's models/loras" in error_of(run(prompt))
+
+
+def test_example_workflow_uses_the_default_settings():
+    """The example users start from shows the defaults (weight maps on, to feed its preview)."""
+    with open(WORKFLOW) as f:
+        apply = next(n for n in json.load(f).values() if n["class_type"] == "LoratorioApply")["inputs"]
+    defaults = {f.name: f.default for f in dataclasses.fields(LoratorioParams) if f.name in apply}
+    settings = {k: v for k, v in apply.items() if not isinstance(v, list)}
+    assert settings == {**defaults, "show_weight_maps": True}
