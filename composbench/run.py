@@ -216,6 +216,36 @@ def summarize(records: list[dict], method_names: Sequence[str], baseline: str = 
     return summary
 
 
+def compare_pairs(records: list[dict], pairs: Sequence[tuple[str, str]]) -> list[dict]:
+    """Paired differences A - B (classifier and detector recall) over the run's compositions, and on
+    each part of the split separately (dev: settings were chosen there; test: never tuned on)."""
+    parts = {"all": None, **{p: set(split(p)) for p in ("dev", "test")}}
+    out = []
+    for a, b in pairs:
+        row = {"a": a, "b": b}
+        ra, rb = ([r for r in records if r["method"] == m] for m in (a, b))
+        for part, comps in parts.items():
+            for key in ("recall", "recall_det"):
+                pa, pb = ({c: v for c, v in _per_comp(rs, key).items() if comps is None or c in comps}
+                          for rs in (ra, rb))
+                if pa and pb:
+                    row[f"{part} {key}"] = paired_stats(pa, pb)
+        out.append(row)
+    return out
+
+
+def pairs_markdown(rows: list[dict]) -> str:
+    lines = ["", "Paired differences (mean over compositions of A − B, ± paired s.e.), classifier / detector:", "",
+             "| A | B | all | dev part | test part |", "|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for part in ("all", "dev", "test"):
+            st = [r.get(f"{part} {key}") for key in ("recall", "recall_det")]
+            cells.append(" / ".join(_signed(x["mean"], x["se"]) for x in st) if all(st) else "–")
+        lines.append(f"| {r['a']} | {r['b']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _f(v, se=None, digits=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -636,6 +666,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     help="the --fast-schedules methods also with cross-attention folded (not once per LoRA), "
                          "named 'LoRAtorio Fast max folded 1/3'")
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
+    ap.add_argument("--pairs", type=lambda v: [tuple(p.split(" - ")) for p in v.split(",") if p], default=[],
+                    help='paired differences to report, e.g. "LoRAtorio Fast max - LoRAtorio max" (comma-separated)')
     ap.add_argument("--limit", type=int, default=0, help="keep only the first K compositions (tests)")
     ap.add_argument("--rescore", action="store_true",
                     help="score the images of an earlier run again (--out's images.pt) instead of generating")
@@ -716,8 +748,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     title = (f"Sweep ({len(comps)} compositions)" if args.sweep else
              f"Composition benchmark, part {args.part}: {len(comps)} compositions, {args.seeds} seed(s), "
              f"strength {args.strength}")
-    text = markdown(summary, title, meta, agree)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "agreement": agree}, indent=1))
+    pairs = compare_pairs(records, args.pairs)
+    text = markdown(summary, title, meta, agree) + (pairs_markdown(pairs) if pairs else "")
+    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "agreement": agree,
+                                                  "pairs": pairs}, indent=1))
     (out / "results.md").write_text(text)
     write_plot(summary, out / "recall.png")
     every = max(1, len(comps) // 8)
