@@ -662,9 +662,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     help="extra LoRAtorio Fast methods, e.g. 1/3,3/4 (refresh first / refresh every)")
     ap.add_argument("--fast-weights", choices=("max", "sum"), default="max",
                     help="the weights of the --fast-schedules methods (named 'LoRAtorio Fast max 1/3')")
-    ap.add_argument("--fast-folded", action="store_true",
-                    help="the --fast-schedules methods also with cross-attention folded (not once per LoRA), "
-                         "named 'LoRAtorio Fast max folded 1/3'")
+    ap.add_argument("--fast-attention-per-lora", action="store_true",
+                    help="the --fast-schedules methods also with each cross-attention computed once per LoRA "
+                         "and blended (BranchRunner's attention_per_lora), named 'LoRAtorio Fast max attention "
+                         "per LoRA 1/3'")
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
     ap.add_argument("--pairs", type=lambda v: [tuple(p.split(" - ")) for p in v.split(",") if p], default=[],
                     help='paired differences to report, e.g. "LoRAtorio Fast max - LoRAtorio max" (comma-separated)')
@@ -700,7 +701,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         per_n = args.per_n or (12 if args.quick else 0)
         methods = standard_methods(args.patch, args.temperature, args.recenter)
         methods += [fast_method(schedule, args.patch, args.temperature, args.fast_weights, per_lora)
-                    for per_lora in ((True, False) if args.fast_folded else (True,))
+                    for per_lora in ((False, True) if args.fast_attention_per_lora else (False,))
                     for schedule in args.fast_schedules]
         out = Path(args.out or (f"outputs/bench-{args.part}" + ("-quick" if args.quick else "")))
     methods = [dataclasses.replace(m, switch_every=args.switch_every) for m in methods]

@@ -40,10 +40,10 @@ class Method:
     recenter: float = 0.5
     pool: bool = False  # dynamic selection over the whole pool with top_k = N
     switch_every: int = 5  # Switch mode: steps per turn (the protocol in run.py sets 1)
-    refresh_first: int = 2   # LoRAtorio Fast's schedule
-    refresh_every: int = 5
+    refresh_first: int = 1   # LoRAtorio Fast's schedule
+    refresh_every: int = 10
     weight_norm: str = "sum"
-    attention_per_lora: bool = True  # LoRAtorio Fast's rule for cross-attention (BranchRunner)
+    attention_per_lora: bool = False  # LoRAtorio Fast's rule for cross-attention (BranchRunner)
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
@@ -78,11 +78,11 @@ def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: f
 
 
 def fast_method(schedule: str, patch_size: int = 2, temperature: float = 0.05, weight_norm: str = "max",
-                attention_per_lora: bool = True) -> Method:
+                attention_per_lora: bool = False) -> Method:
     """LoRAtorio Fast at ``schedule`` "FIRST/EVERY" (refresh the first FIRST steps, then every EVERY-th)."""
     first, every = (int(v) for v in schedule.split("/"))
-    folded = "" if attention_per_lora else " folded"
-    return Method(f"LoRAtorio Fast {weight_norm}{folded} {first}/{every}", "composer", mode="LoRAtorio Fast",
+    rule = " attention per LoRA" if attention_per_lora else ""
+    return Method(f"LoRAtorio Fast {weight_norm}{rule} {first}/{every}", "composer", mode="LoRAtorio Fast",
                   patch_size=patch_size, temperature=temperature, refresh_first=first, refresh_every=every,
                   weight_norm=weight_norm, attention_per_lora=attention_per_lora)
 

@@ -49,12 +49,14 @@ class BranchRunner:
 
     def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
                  cache_bytes: int = DEFAULT_CACHE_BYTES, labels: Sequence[str] | None = None, *,
-                 attention_per_lora: bool = True) -> None:
+                 attention_per_lora: bool = False) -> None:
         """``cache_bytes``: the most that LyCORIS/DoRA deltas may keep built between forwards.
         ``labels[i]``: LoRA i as the errors its layers raise name it (by default its file name).
-        ``attention_per_lora``: mixed rows compute a cross-attention once per LoRA and blend the
-        outputs by the maps; False treats its projections like any layer (the query and output
-        projections weighted per image token, the keys' and values' by each LoRA's mean weight)."""
+        ``attention_per_lora``: for mixed rows, a cross-attention's projections are layers like any
+        other (False, the default: the query and output projections weighted per image token, the
+        keys and values, which act on the text, by each LoRA's mean weight), or the attention is
+        computed once per LoRA and the outputs blended by the maps (True; the same recall on
+        composbench, at up to 1.5x the mixed row's cost, so kept only as the measured alternative)."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)

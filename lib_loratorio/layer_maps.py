@@ -14,10 +14,11 @@ delta there. The maps are computed on the latent grid [H, W]; a layer's output i
   LoRA's change is scaled by the mean of its weight map over the image, i.e. folded in at the share
   of the image the LoRA owns.
 
-A UNet's cross-attention is not split that way: its keys and values come from the text, and a
-patch owned by LoRA i should attend with LoRA i's keys and values. The branch runner computes such
-a module once per LoRA on the mixed rows and blends the outputs (image tokens) by the maps
-(``cross_attention_of`` names the module).
+A UNet's cross-attention follows these rules too: its query and output projections act on image
+tokens, its keys and values on the text (each LoRA's change at its mean weight). The branch runner
+can instead compute the module once per LoRA on the mixed rows and blend the outputs by the maps, so
+that a patch owned by LoRA i attends with LoRA i's keys and values (``cross_attention_of`` names the
+module; BranchRunner's ``attention_per_lora``): the same recall on composbench at a higher cost.
 
 Layers that act on the text are named so by the caller (``text_side``): the token count alone can
 coincide with a grid size.

@@ -51,7 +51,7 @@ class LoratorioParams:
         minimum=1e-4, maximum=100.0)
     recenter: float = _setting(
         0.5, "Re-centring", "Weight of the base model's unconditional prediction in CFG "
-        "(1 = base only, fastest: N+2 evaluations per step).", minimum=0.0, maximum=1.0)
+        "(1 = base only, fastest: N+2 evaluations per step). LoRAtorio Fast always uses 1.", minimum=0.0, maximum=1.0)
     top_k: int = _setting(
         0, "Auto-select top-k", "Keep only the k most divergent LoRAs (0 = use all).", minimum=0, maximum=64)
     selection: str = _setting(
@@ -86,10 +86,10 @@ class LoratorioParams:
         [], "Weight maps at", "Also show the maps of single steps, as fractions of the run, e.g. 0.25, 0.5.",
         minimum=0.0, maximum=1.0)
     refresh_first: int = _setting(
-        2, "Refresh first", "LoRAtorio Fast: the first steps that compute the weight maps (every branch).",
+        1, "Refresh first", "LoRAtorio Fast: the first steps that compute the weight maps (every branch).",
         minimum=1, maximum=1000)
     refresh_every: int = _setting(
-        5, "Refresh every", "LoRAtorio Fast: after those, the maps are computed again every k-th step.",
+        10, "Refresh every", "LoRAtorio Fast: after those, the maps are computed again every k-th step.",
         minimum=1, maximum=1000)
     weight_norm: str = _setting(
         "max", "Weights", "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "

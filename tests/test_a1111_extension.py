@@ -462,7 +462,7 @@ def test_the_defaults_are_loratorio_fast_with_owner_weights_and_old_infotexts_ke
         default = run(runner, [True] + [getattr(LoratorioParams(), n) for n in SETTINGS[1:]], steps=6)
     finally:
         handle.remove()
-    assert seen == [4, 4, 2, 2, 2, 4]                       # refresh first 2, every 5: steps 1, 2 and 6
+    assert seen == [4, 2, 2, 2, 2, 2]                       # refresh first 1, every 10: step 1 of 6
     params = infotext_utils.parse_generation_parameters(default.infotexts[0])
     assert (params["LoRAtorio mode"], params["LoRAtorio weights"]) == ("LoRAtorio Fast", "max")
     script = runner.alwayson_scripts[0]

@@ -334,7 +334,7 @@ def test_cross_attention_of_mixed_rows_is_computed_per_lora_and_blended(setup):
     left = torch.zeros(16, 16, dtype=torch.bool)
     left[:, :8] = True
     left = left.flatten()
-    with torch.no_grad(), BranchRunner(bound, STRENGTHS) as runner:
+    with torch.no_grad(), BranchRunner(bound, STRENGTHS, attention_per_lora=True) as runner:
         with runner.rows(torch.tensor([1, 2, MIXED]), maps=maps):
             out = attention(tokens, encoder_hidden_states=text)
     torch.testing.assert_close(out[2, left], out[0, left], atol=1e-5, rtol=1e-4)
