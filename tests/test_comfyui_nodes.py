@@ -368,3 +368,18 @@ def test_example_workflow_uses_the_default_settings():
     defaults = {f.name: f.default for f in dataclasses.fields(LoratorioParams) if f.name in apply}
     settings = {k: v for k, v in apply.items() if not isinstance(v, list)}
     assert settings == {**defaults, "show_weight_maps": True}
+
+
+def test_the_ui_workflow_is_the_api_example_as_a_graph():
+    """docs/comfyui has the example twice: API format (POST /prompt) and the UI's graph (drag into ComfyUI);
+    the graph's widgets hold the API file's values, in the node's input order."""
+    with open(WORKFLOW) as f:
+        api = json.load(f)
+    with open(WORKFLOW.replace(".json", ".workflow.json")) as f:
+        graph = json.load(f)
+    assert sorted(n["type"] for n in graph["nodes"]) == sorted(n["class_type"] for n in api.values())
+    for node in graph["nodes"]:
+        widgets = [v for v in api[str(node["id"])]["inputs"].values() if not isinstance(v, list)]
+        if node["type"] == "KSampler":
+            widgets.insert(1, "fixed")            # the seed's "control after generate" widget
+        assert (node.get("widgets_values") or []) == widgets, node["type"]
