@@ -19,46 +19,14 @@ or ``with forge_standin.forge_env(): ...``.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
-import sys
+
+from tests.standin_env import StandinEnv
 
 FORGE_DIR = os.path.dirname(os.path.abspath(__file__))
 A1111_DIR = os.path.join(os.path.dirname(FORGE_DIR), "a1111_standin")
 
 # top-level names that both stand-ins (may) provide; the fake gradio is shared (it imports nothing of ours)
 OWNED = ("modules", "backend", "modules_forge", "networks", "network", "standin_models", "lora", "extra_networks_lora")
-
-
-def _owned(name, extra_prefixes):
-    return name.split(".")[0] in OWNED or any(name == p or name.startswith(p + ".") for p in extra_prefixes)
-
-
-def activate(extra_prefixes=()):
-    """Evicts the webui stand-in modules (and any module under ``extra_prefixes``, e.g.
-    ``"lib_loratorio.webui"``, whose cached ``modules.*`` references would be stale), then puts
-    FORGE_DIR, A1111_DIR at the front of sys.path. Returns a token for :func:`deactivate`."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if _owned(k, extra_prefixes)}
-    saved_path = list(sys.path)
-    sys.path[:] = [FORGE_DIR, A1111_DIR] + [p for p in sys.path if p not in (FORGE_DIR, A1111_DIR)]
-    importlib.invalidate_caches()
-    return saved, saved_path, tuple(extra_prefixes)
-
-
-def deactivate(token):
-    saved, saved_path, extra_prefixes = token
-    for k in [k for k in sys.modules if _owned(k, extra_prefixes)]:
-        del sys.modules[k]
-    sys.modules.update(saved)
-    sys.path[:] = saved_path
-    importlib.invalidate_caches()
-
-
-@contextlib.contextmanager
-def forge_env(extra_prefixes=()):
-    token = activate(extra_prefixes)
-    try:
-        yield
-    finally:
-        deactivate(token)
+_ENV = StandinEnv(OWNED, [FORGE_DIR, A1111_DIR])
+activate, deactivate, forge_env = _ENV.activate, _ENV.deactivate, _ENV.env
