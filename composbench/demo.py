@@ -5,8 +5,10 @@
 Concepts (one per category at most): characters zorbot, kittra, glimmy; clothing tophat,
 stripescarf; styles pixelart, scanlines; backgrounds brickwall, starnight; objects sunorb,
 pinetree. Writes to outputs/demo/<concepts>/: loratorio.png, weight_maps.png (one heatmap per
-LoRA: its SoftMin weight averaged over the steps), side_by_side.png (prompt only | Merge |
-LoRAtorio, with the classifier's verdict). Runs offline on CPU in well under a minute.
+LoRA: its SoftMin weight, the share of each patch it owns, averaged over the steps),
+side_by_side.png (prompt only | Merge | LoRAtorio, with the classifier's verdict). LoRAtorio
+runs with the extension's default mode and weights (LoRAtorio Fast, weights max) unless --mode /
+--weights say otherwise. Runs offline on CPU in well under a minute.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lib_loratorio.params import LoratorioParams
 
 from . import world
 from .sampling import CFG, STEPS, Bench, Method
@@ -46,6 +50,9 @@ def main(argv=None) -> Path:
                     help="LoRAtorio patch size (2 = the sweep's choice; the extension's default is 4)")
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
+    ap.add_argument("--mode", default=LoratorioParams().mode, choices=("LoRAtorio Fast", "LoRAtorio"))
+    ap.add_argument("--weights", default=LoratorioParams().weight_norm, choices=("max", "sum"),
+                    help="max: a patch's owning LoRA at full strength; sum: the paper's blend")
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--scale", type=int, default=8, help="upscaling of the 32x32 images")
     ap.add_argument("--out", default="outputs/demo")
@@ -67,8 +74,8 @@ def main(argv=None) -> Path:
 
     bench = Bench()
     n = len(concepts)
-    lora_method = Method("LoRAtorio", "composer", patch_size=args.patch, temperature=args.temperature,
-                         recenter=args.recenter)
+    lora_method = Method(args.mode, "composer", mode=args.mode, patch_size=args.patch,
+                         temperature=args.temperature, recenter=args.recenter, weight_norm=args.weights)
     methods = [Method("prompt only", "base"), Method("Merge", "merge"), lora_method]
     kw = dict(steps=args.steps, cfg=args.cfg, strength=args.strength)
     results = {}
@@ -80,17 +87,17 @@ def main(argv=None) -> Path:
 
     from .scoring import Scorer
     scorer = Scorer()
-    img, info = results["LoRAtorio"]
+    img, info = results[lora_method.name]
     _to_pil(img[0], args.scale).save(out / "loratorio.png")
 
-    # weight maps: mean SoftMin weight of each LoRA over the steps
+    # weight maps: each LoRA's SoftMin weight averaged over the steps
     maps = info["weight_maps"][0].numpy()  # [N, H, W]
     s = args.scale
     tile = world.SIZE * s
     sheet = Image.new("RGB", (tile * (n + 1), tile + 20), "white")
     d = ImageDraw.Draw(sheet)
     sheet.paste(_to_pil(img[0], s), (0, 20))
-    d.text((2, 4), "LoRAtorio", fill="black")
+    d.text((2, 4), lora_method.name, fill="black")
     for i, c in enumerate(concepts):
         heat = Image.fromarray(_heat(maps[i])).resize((tile, tile), Image.NEAREST)
         sheet.paste(heat, (tile * (i + 1), 20))
@@ -108,12 +115,13 @@ def main(argv=None) -> Path:
         side.paste(_to_pil(im[0], s), (tile * j, 34))
         d.text((tile * j + 2, 2), f"{m.name}: recall {sc['recall'][0]:.2f}", fill="black")
         d.text((tile * j + 2, 16), f"{inf['evals_per_image']:.0f} evals, {inf['seconds_per_image']:.1f}s", fill="black")
-        lines.append(f"{m.name:12s} recall {sc['recall'][0]:.2f}  detected {found}  "
+        lines.append(f"{m.name:14s} recall {sc['recall'][0]:.2f}  detected {found}  "
                      f"{inf['evals_per_image']:.0f} UNet evals  {inf['seconds_per_image']:.1f}s")
     side.save(out / "side_by_side.png")
     print(f"prompt: {world.composition_prompt(concepts)!r}, seed {args.seed}")
     print("\n".join(lines))
-    print("mean LoRAtorio weight per LoRA: " + ", ".join(f"{c} {maps[i].mean():.2f}" for i, c in enumerate(concepts)))
+    print(f"mean {lora_method.name} weight per LoRA: "
+          + ", ".join(f"{c} {maps[i].mean():.2f}" for i, c in enumerate(concepts)))
     print(f"wrote {out}/loratorio.png, weight_maps.png, side_by_side.png")
     return out
 
