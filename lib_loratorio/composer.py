@@ -177,14 +177,14 @@ class BranchComposer:
         if self.params.mode == "Switch":
             for r in range(x.shape[0]):
                 (b,) = plan_rows[r]
-                self._check(table[(r, b)].unsqueeze(0), [b], bool(is_uncond[r]))
+                check_finite(table[(r, b)], BASE_MODEL if b == 0 else self.labels[b - 1], _kind(bool(is_uncond[r])))
                 out[r] = table[(r, b)]
             return out
         if self.params.mode == "Composite":
             rows = list(range(x.shape[0]))
             loras = torch.stack([torch.stack([table[(r, b)] for r in rows]) for b in range(1, n_branches)])
             for r in rows:
-                self._check(loras[:, r], list(range(1, n_branches)), bool(is_uncond[r]))
+                check_branches_finite(loras[:, r], self.labels, _kind(bool(is_uncond[r])))
             return composite(loras).cond
 
         for rows, uncond in ((cond_rows, False), (uncond_rows, True)):
@@ -219,7 +219,7 @@ class BranchComposer:
                 return None
             maps_of_row.append(maps)
         plan = [(r, 0 if is_uncond[r] else MIXED) for r in range(x.shape[0])]
-        template = next(m for m in maps_of_row if m is not None) if any(m is not None for m in maps_of_row) else None
+        template = next((m for m in maps_of_row if m is not None), None)
         maps = None
         if template is not None:
             maps = torch.stack([m if m is not None else torch.zeros_like(template) for m in maps_of_row])
@@ -243,10 +243,6 @@ class BranchComposer:
         if self.params.weight_norm != "max":
             return weights
         return owner_weights(weights.movedim(dim, 0)).movedim(0, dim)
-
-    def _check(self, preds: torch.Tensor, branches: Sequence[int], uncond: bool) -> None:
-        for pred, b in zip(preds, branches, strict=True):
-            check_finite(pred, BASE_MODEL if b == 0 else self.labels[b - 1], _kind(uncond))
 
     def _weights(self, x: torch.Tensor, base: torch.Tensor, loras: torch.Tensor) -> torch.Tensor:
         if self.prediction == "x0":
