@@ -75,6 +75,18 @@ class ModelCall:
         return {"input": x[idx.to(x.device)], "timestep": sub_timestep, "c": sub_c, "cond_or_uncond": flags}
 
 
+def chained_wrapper(session: Any, previous: Optional[WrapperFn]) -> WrapperFn:
+    """The model function wrapper to set on the host's patcher: ``session.call(apply_model, args, previous)``.
+
+    A closure, not a bound method: the patchers' clone() deep-copies model_options, which copies
+    functions by reference but would copy a bound method's whole session.
+    """
+    def loratorio_model_function_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+        return session.call(apply_model, args, previous)
+
+    return loratorio_model_function_wrapper
+
+
 def chunk_options(options: dict, flags: list[int], chunks: list[int], timestep: torch.Tensor) -> dict:
     """The per-call transformer options for rows that are each a chunk of one image.
 

@@ -38,7 +38,16 @@ from ..branch_runner import BranchRunner
 from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..lora_library import LoraLibrary
-from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperFn, compose_model_call, outside_range, rows_that_fit
+from ..model_call import (
+    ModelCall,
+    OneCallModel,
+    RowLayout,
+    WrapperFn,
+    chained_wrapper,
+    compose_model_call,
+    outside_range,
+    rows_that_fit,
+)
 from ..network_names import BoundLora, bind_lora
 from ..params import LoratorioParams
 from .stack import LoraStack
@@ -110,7 +119,7 @@ class ComfySession:
 
     def install(self, patcher: Any) -> Any:
         clone = patcher.clone()
-        self.wrapper = _model_wrapper(self, clone.model_options.get("model_function_wrapper"))
+        self.wrapper = chained_wrapper(self, clone.model_options.get("model_function_wrapper"))
         clone.set_model_unet_function_wrapper(self.wrapper)
         clone.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _outer_sample(self))
         clone.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, KEY, _calc_cond_batch(self))
@@ -184,13 +193,6 @@ def _free_memory(device: torch.device) -> float:
 
 # Closures, not bound methods: ModelPatcher.clone() deep-copies model_options, which copies functions by
 # reference but would copy a bound method's whole session.
-def _model_wrapper(session: ComfySession, previous: Optional[WrapperFn]) -> WrapperFn:
-    def loratorio_model_function_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
-        return session.call(apply_model, args, previous)
-
-    return loratorio_model_function_wrapper
-
-
 def _outer_sample(session: ComfySession) -> Callable:
     def loratorio_outer_sample(executor: Any, *args: Any, **kwargs: Any) -> Any:
         options = getattr(executor.class_obj, "model_options", None) or {}

@@ -31,7 +31,15 @@ from modules import prompt_parser
 
 from ..composer import BranchComposer
 from ..errors import LoratorioError
-from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperFn, compose_model_call, rows_that_fit
+from ..model_call import (
+    ModelCall,
+    OneCallModel,
+    RowLayout,
+    WrapperFn,
+    chained_wrapper,
+    compose_model_call,
+    rows_that_fit,
+)
 from ..params import LoratorioParams
 from .adapter import HostAdapter
 from .session import Session
@@ -112,7 +120,7 @@ class ForgeSession(Session):
             return
         clone = before.clone()
         previous = clone.model_options.get("model_function_wrapper")
-        clone.set_model_unet_function_wrapper(_wrapper(self, previous))
+        clone.set_model_unet_function_wrapper(chained_wrapper(self, previous))
         clone.add_sampler_pre_cfg_function(_one_call_pre_cfg(self))
         # room for the LoRA deltas beside the weights Forge keeps on the GPU
         dtype = getattr(clone.model, "computation_dtype", None) or torch.float32
@@ -234,15 +242,6 @@ def _one_call_pre_cfg(session: ForgeSession) -> Callable:
         return model, cond, uncond, x, timestep, model_options
 
     return loratorio_pre_cfg
-
-
-def _wrapper(session: ForgeSession, previous: Optional[WrapperFn]) -> WrapperFn:
-    """A closure, not a bound method: UnetPatcher.clone() deep-copies model_options, which copies
-    functions by reference but would copy a bound method's whole session."""
-    def loratorio_model_function_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
-        return session.call(apply_model, args, previous)
-
-    return loratorio_model_function_wrapper
 
 
 class ForgeAdapter(HostAdapter):
