@@ -50,7 +50,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import world
+from . import duo, world
 
 RING_CONTRAST = 0.2  # RGB distance between a ring group's median and its colour's median for full marks
 TILE = 4  # template colours are split into TILE x TILE pixel tiles for the correlation
@@ -100,12 +100,15 @@ def _layers(cat: str, dx: int, dy: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def background_region() -> np.ndarray:
-    """Pixels no character, clothing, object or generic figure/thing can cover (356 of 1024)."""
+def background_region(two_figures: bool = False) -> np.ndarray:
+    """Pixels no character, clothing, object or generic figure/thing can cover (356 of 1024); with
+    ``two_figures``, nor the figures of the two-figure world's slots (208 of 1024)."""
     m = np.zeros((world.SIZE, world.SIZE), bool)
     for dx, dy in JITTERS:
         for cat in ("character", "clothing", "object", "figure", "thing"):
             m |= _layers(cat, dx, dy)
+    if two_figures:
+        m |= duo.slot_region(0) | duo.slot_region(1)
     return ~m
 
 
@@ -127,10 +130,13 @@ def _grow(m: np.ndarray) -> np.ndarray:
     return h
 
 
-def _template(concept: str, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _template(concept: str, dx: int, dy: int, slot: Optional[int] = None,
+              two_figures: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The concept's visible pixels (colours, NaN elsewhere) at a jitter, every pixel it paints, and
     the pixels next to it that something else can paint. Its ring, the pixels around it that
-    nothing else can paint, must not look like the concept."""
+    nothing else can paint, must not look like the concept. ``slot``: a figure of the two-figure
+    world (``dx`` then includes the slot's offset; the other figure is something else that can paint).
+    ``two_figures``: the brick wall is checked where no figure of either world can be."""
     cat = world.CATEGORY_OF[concept]
     if concept == "brickwall":
         # brick shades vary per brick: two parts, mortar and the mean brick colour
@@ -141,7 +147,7 @@ def _template(concept: str, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray, n
         t = np.empty_like(renders[0])
         t[is_mortar] = mortar
         t[~is_mortar] = renders[:, ~is_mortar].mean((0, 1))
-        t[~background_region()] = np.nan
+        t[~background_region(two_figures)] = np.nan
         return t, np.ones(t.shape[:2], bool), np.ones(t.shape[:2], bool)  # no ring
     t = _layer(_DRAW[cat], {cat: concept}, dx, dy)
     own = _painted(t)
@@ -150,6 +156,8 @@ def _template(concept: str, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray, n
     near = np.zeros_like(own)
     for other in _NEXT_TO[cat]:
         near |= _layers(other, dx, dy)
+    if slot is not None:
+        near |= duo.slot_region(1 - slot)
     return t, own, near
 
 
@@ -225,15 +233,17 @@ def _check(t: np.ndarray, own: np.ndarray, near: np.ndarray, min_part: int) -> O
 
 
 @functools.lru_cache(maxsize=None)
-def _hypotheses(concept: str) -> list[tuple[str, dict]]:
+def _hypotheses(concept: str, slot: Optional[int] = None, two_figures: bool = False) -> list[tuple[str, dict]]:
     """Per (jitter, style hypothesis): the template pixels and ring cells to check, on the full image
     (none; scanlines: even rows only) or on the 16x16 image of 2x2 block means (pixelart: blocks the
-    concept fills entirely, at their 4-level colour; ring: blocks with none of its pixels)."""
+    concept fills entirely, at their 4-level colour; ring: blocks with none of its pixels).
+    ``slot``: at the two-figure world's left (0) or right (1) figure; ``two_figures``: in that world."""
     out = []
     jitters = ((0, 0),) if concept == "brickwall" else JITTERS
+    offset = 0 if slot is None or concept == "brickwall" else duo.SLOT_DX[slot]
     even_rows = (np.arange(world.SIZE) % 2 == 0)[:, None]
     for dx, dy in jitters:
-        t, own, near = _template(concept, dx, dy)
+        t, own, near = _template(concept, dx + offset, dy, slot, two_figures or slot is not None)
         even = t.copy()
         even[~even_rows[:, 0]] = np.nan
         own_b, near_b = _blocks(own.astype(np.float32)) > 0, _blocks(near.astype(np.float32)) > 0
@@ -254,7 +264,8 @@ def _as_numpy(images) -> np.ndarray:
     return a[None] if a.ndim == 3 else a
 
 
-def _template_score(imgs: np.ndarray, concept: str) -> np.ndarray:
+def _template_score(imgs: np.ndarray, concept: str, slot: Optional[int] = None,
+                    two_figures: bool = False) -> np.ndarray:
     """Max over jitters and style hypotheses of min(layout score, ring score).
 
     Layout score: the weighted correlation between the template's colours and the image's over the
@@ -267,7 +278,7 @@ def _template_score(imgs: np.ndarray, concept: str) -> np.ndarray:
     full = imgs.reshape(b, -1, 3)
     blocks = _blocks(imgs.transpose(1, 2, 0, 3)).transpose(2, 0, 1, 3).reshape(b, -1, 3)
     best = np.zeros(b)
-    for hyp, c in _hypotheses(concept):
+    for hyp, c in _hypotheses(concept, slot, two_figures):
         src = blocks if hyp == "pixelart" else full
         x = src[:, c["idx"]]  # [B, n, 3]
         w = c["w"][None, :, None]
@@ -312,12 +323,12 @@ def pixelart_score(imgs: np.ndarray) -> np.ndarray:
     return np.clip((across - inside) / (across + 0.005), 0, 1)
 
 
-def starnight_score(imgs: np.ndarray) -> np.ndarray:
+def starnight_score(imgs: np.ndarray, two_figures: bool = False) -> np.ndarray:
     """The background region dark (median luminance under 0.25 for full marks, 0.4 for none), blue
     above red and green (by 0.08 for full marks), and with stars (3 pixels 0.2 brighter than the
     median for full marks, but no more than 15 % of the region: stars, not stripes). Medians over
     all rows and over even rows only (scanlines), the better."""
-    reg = background_region()
+    reg = background_region(two_figures)
     best = np.zeros(len(imgs))
     for rows in (np.ones(world.SIZE, bool), np.arange(world.SIZE) % 2 == 0):
         px = imgs[:, reg & rows[:, None]]  # [B, P, 3]
@@ -397,13 +408,7 @@ def fit_thresholds(n: int = 3000, seed: int = 1) -> dict[str, float]:
     imgs, labs = labelled_renders(n, seed)
     s = np.concatenate([scores(imgs), scores(degrade(imgs, seed + 1))])
     y = np.concatenate([labs, labs])
-    grid = np.round(np.arange(0.05, 1.0, 0.05), 2)
-    out = {}
-    for j, c in enumerate(world.ALL_CONCEPTS):
-        bal = np.array([0.5 * ((s[y[:, j], j] >= t).mean() + (s[~y[:, j], j] < t).mean()) for t in grid])
-        best = np.flatnonzero(bal >= bal.max() - 1e-3)
-        out[c] = float(grid[best[len(best) // 2]])
-    return out
+    return {c: _best_threshold(s[:, j], y[:, j]) for j, c in enumerate(world.ALL_CONCEPTS)}
 
 
 def render_check(n: int = 1000, seed: int = 7) -> dict:
@@ -419,4 +424,79 @@ def render_check(n: int = 1000, seed: int = 7) -> dict:
                          "positives": int(labs[:, j].sum())}
                      for j, c in enumerate(world.ALL_CONCEPTS)}
         res[name]["mean_accuracy"] = float((det == labs).mean())
+    return res
+
+
+# --- the two-figure world (duo.py) --------------------------------------------------------------------
+# Set on renders only, by fit_duo_thresholds() (2000 random two-figure world renders without blended
+# figures, seed 1, clean + degraded, both figures pooled); checked with duo_render_check().
+DUO_THRESHOLDS: dict[str, float] = {
+    "zorbot": 0.25, "kittra": 0.35, "glimmy": 0.25, "tophat": 0.4, "stripescarf": 0.25, "pixelart": 0.2,
+    "scanlines": 0.35, "brickwall": 0.35, "starnight": 0.05,
+}
+
+
+def duo_scores(images) -> tuple[np.ndarray, np.ndarray]:
+    """Figure scores [B, 2, 5] (duo.FIGURE_CONCEPTS at the left and the right figure, templates at the
+    slot's place, the other figure counted as something else that can paint) and whole-image scores
+    [B, 4] (duo.GLOBAL_CONCEPTS; the background checked where no figure of either world can be)."""
+    imgs = _as_numpy(images)
+    figures = np.stack([np.stack([_template_score(imgs, c, k) for c in duo.FIGURE_CONCEPTS], -1) for k in (0, 1)], 1)
+    whole = {"pixelart": pixelart_score(imgs), "scanlines": scanline_score(imgs),
+             "brickwall": _template_score(imgs, "brickwall", two_figures=True),
+             "starnight": starnight_score(imgs, two_figures=True)}
+    return figures, np.stack([whole[c] for c in duo.GLOBAL_CONCEPTS], -1)
+
+
+def duo_detect(images) -> tuple[np.ndarray, np.ndarray]:
+    """Booleans [B, 2, 5] and [B, 4]: what the detector finds at each figure and in the whole image."""
+    figures, whole = duo_scores(images)
+    return (figures >= np.array([DUO_THRESHOLDS[c] for c in duo.FIGURE_CONCEPTS]),
+            whole >= np.array([DUO_THRESHOLDS[c] for c in duo.GLOBAL_CONCEPTS]))
+
+
+def duo_labelled_renders(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n renders of duo.random_labelled scenes with the blends taken out (the detector judges what the
+    world draws), [n, 32, 32, 3], their figure labels [n, 2, 5] and whole-image labels [n, 4] (bool)."""
+    rng = np.random.default_rng(seed)
+    scenes = [duo.random_labelled(rng) for _ in range(n)]
+    for sc in scenes:
+        for f in sc.figures:
+            f.blend = None
+    return (np.stack([duo.render(s) for s in scenes]), np.stack([duo.slot_labels(s) for s in scenes]).astype(bool),
+            np.stack([duo.global_labels(s) for s in scenes]).astype(bool))
+
+
+def _best_threshold(s: np.ndarray, y: np.ndarray) -> float:
+    """The threshold (grid of 0.05) with the best balanced accuracy; among equally good ones, the middle."""
+    grid = np.round(np.arange(0.05, 1.0, 0.05), 2)
+    bal = np.array([0.5 * ((s[y] >= t).mean() + (s[~y] < t).mean()) for t in grid])
+    best = np.flatnonzero(bal >= bal.max() - 1e-3)
+    return float(grid[best[len(best) // 2]])
+
+
+def fit_duo_thresholds(n: int = 2000, seed: int = 1) -> dict[str, float]:
+    """How DUO_THRESHOLDS were set: fit_thresholds' rule on two-figure renders, both figures pooled."""
+    imgs, fig, whole = duo_labelled_renders(n, seed)
+    s_fig, s_whole = (np.concatenate(p) for p in zip(duo_scores(imgs), duo_scores(degrade(imgs, seed + 1)),
+                                                     strict=True))
+    fig, whole = np.concatenate([fig, fig]), np.concatenate([whole, whole])
+    out = {c: _best_threshold(s_fig[..., j].ravel(), fig[..., j].ravel()) for j, c in enumerate(duo.FIGURE_CONCEPTS)}
+    out.update({c: _best_threshold(s_whole[:, j], whole[:, j]) for j, c in enumerate(duo.GLOBAL_CONCEPTS)})
+    return out
+
+
+def duo_render_check(n: int = 1000, seed: int = 7) -> dict:
+    """Per concept, recall and false positives on held-out two-figure renders, clean and degraded."""
+    imgs, fig, whole = duo_labelled_renders(n, seed)
+    res = {}
+    for name, x in (("clean", imgs), ("degraded", degrade(imgs, seed + 1))):
+        d_fig, d_whole = duo_detect(x)
+        rows = {}
+        columns = [(c, d_fig[..., j].ravel(), fig[..., j].ravel()) for j, c in enumerate(duo.FIGURE_CONCEPTS)]
+        columns += [(c, d_whole[:, j], whole[:, j]) for j, c in enumerate(duo.GLOBAL_CONCEPTS)]
+        for c, det, lab in columns:
+            rows[c] = {"recall": float(det[lab].mean()), "false_positive": float(det[~lab].mean()),
+                       "accuracy": float((det == lab).mean())}
+        res[name] = rows
     return res

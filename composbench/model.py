@@ -24,21 +24,29 @@ MAX_TOKENS = 24
 WIDTH = 64
 SPECIALS = ("<pad>", "<unk>")
 VOCAB: tuple[str, ...] = SPECIALS + tuple(world.GENERIC_WORDS) + tuple(world.ALL_CONCEPTS)
-_INDEX = {w: i for i, w in enumerate(VOCAB)}
 
 
-def tokenize(prompts: list[str]) -> torch.Tensor:
-    ids = torch.zeros(len(prompts), MAX_TOKENS, dtype=torch.long)
+def vocabulary(generic_words, concepts) -> tuple[str, ...]:
+    """A world's vocabulary: the specials, its generic words, then its trigger words."""
+    return SPECIALS + tuple(generic_words) + tuple(concepts)
+
+
+def tokenize(prompts: list[str], vocab: tuple[str, ...] = VOCAB, length: int = MAX_TOKENS) -> torch.Tensor:
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = torch.zeros(len(prompts), length, dtype=torch.long)
     for i, p in enumerate(prompts):
-        words = [w for w in re.split(r"[\s,]+", p.lower()) if w][:MAX_TOKENS]
-        ids[i, :len(words)] = torch.tensor([_INDEX.get(w, 1) for w in words], dtype=torch.long)
+        words = [w for w in re.split(r"[\s,]+", p.lower()) if w][:length]
+        ids[i, :len(words)] = torch.tensor([index.get(w, 1) for w in words], dtype=torch.long)
     return ids
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, vocab: int = len(VOCAB), width: int = WIDTH, length: int = MAX_TOKENS) -> None:
+    """Token + position embedding + LayerNorm over its own vocabulary and prompt length."""
+
+    def __init__(self, vocab: tuple[str, ...] = VOCAB, width: int = WIDTH, length: int = MAX_TOKENS) -> None:
         super().__init__()
-        self.token = nn.Embedding(vocab, width)
+        self.vocab, self.length = tuple(vocab), length
+        self.token = nn.Embedding(len(self.vocab), width)
         self.position = nn.Embedding(length, width)
         self.norm = nn.LayerNorm(width)
         nn.init.normal_(self.token.weight, std=1.0)
@@ -49,7 +57,7 @@ class TextEncoder(nn.Module):
         return self.norm(self.token(ids) + self.position(pos))
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        return self(tokenize(prompts))
+        return self(tokenize(prompts, self.vocab, self.length))
 
 
 UNET_CONFIG = dict(
@@ -89,18 +97,25 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.T
 
 
 # --- loading the bundled artifacts ---------------------------------------------------------------
-def save_base(unet, text_encoder, path: Path = ARTIFACTS / "base.safetensors") -> None:
+def save_base(unet, text_encoder: TextEncoder, path: Path = ARTIFACTS / "base.safetensors") -> None:
     from safetensors.torch import save_file
     tensors = {f"unet.{k}": v.detach().half().contiguous() for k, v in unet.state_dict().items()}
     tensors.update({f"text.{k}": v.detach().half().contiguous() for k, v in text_encoder.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"vocab": " ".join(VOCAB)})
+    save_file(tensors, str(path), metadata={"vocab": " ".join(text_encoder.vocab),
+                                            "max_tokens": str(text_encoder.length)})
 
 
 def load_base(path: Path = ARTIFACTS / "base.safetensors"):
+    """The UNet and the text encoder of a base checkpoint (its vocabulary and length from its metadata)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
     sd = load_file(str(path))
-    unet, te = make_unet(), TextEncoder()
+    unet = make_unet()
+    te = TextEncoder(tuple(meta["vocab"].split()) if "vocab" in meta else VOCAB,
+                     length=int(meta.get("max_tokens", MAX_TOKENS)))
     unet.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("unet.")})
     te.load_state_dict({k[5:]: v.float() for k, v in sd.items() if k.startswith("text.")})
     unet.eval().requires_grad_(False)
@@ -108,5 +123,5 @@ def load_base(path: Path = ARTIFACTS / "base.safetensors"):
     return unet, te
 
 
-def lora_path(concept: str) -> Path:
-    return ARTIFACTS / "loras" / f"{concept}.safetensors"
+def lora_path(concept: str, root: Path = ARTIFACTS) -> Path:
+    return root / "loras" / f"{concept}.safetensors"

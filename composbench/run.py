@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from . import world
 from .protocol import fingerprint, split
 from .sampling import CFG, STEPS, Method, fast_method, standard_methods
+from .stats import comp_stats, fmt, paired_stats, signed
 
 SEED0 = 111  # noise seeds of a composition: SEED0, SEED0 + 1, ...
 PROTOCOL = {"seeds": 3, "strength": 0.8, "switch_every": 1}
@@ -127,23 +127,6 @@ def score(records: list[dict]) -> None:
 def _mean(xs):
     xs = [x for x in xs]
     return float(np.mean(xs)) if xs else float("nan")
-
-
-def comp_stats(per_comp: dict) -> dict:
-    """Mean and standard error with the composition as the unit: ``per_comp`` maps a composition
-    to its per-seed values; the seeds of a composition are averaged first, then the s.e. is the
-    standard deviation across compositions (ddof 1) over sqrt(number of compositions)."""
-    vals = np.array([np.mean(v) for v in per_comp.values() if len(v)], float)
-    if len(vals) == 0:
-        return {"mean": None, "se": None, "n": 0}
-    se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
-    return {"mean": float(vals.mean()), "se": se, "n": int(len(vals))}
-
-
-def paired_stats(a: dict, b: dict) -> dict:
-    """Mean per-composition difference a - b over the compositions both have, and its s.e."""
-    common = [c for c in a if c in b and len(a[c]) and len(b[c])]
-    return comp_stats({c: [float(np.mean(a[c]) - np.mean(b[c]))] for c in common})
 
 
 def _per_comp(rs: list[dict], key: str, n: Optional[int] = None, cat: Optional[str] = None) -> dict:
@@ -241,23 +224,9 @@ def pairs_markdown(rows: list[dict]) -> str:
         cells = []
         for part in ("all", "dev", "test"):
             st = [r.get(f"{part} {key}") for key in ("recall", "recall_det")]
-            cells.append(" / ".join(_signed(x["mean"], x["se"]) for x in st) if all(st) else "–")
+            cells.append(" / ".join(signed(x["mean"], x["se"]) for x in st) if all(st) else "–")
         lines.append(f"| {r['a']} | {r['b']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _f(v, se=None, digits=3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if se is None or (isinstance(se, float) and math.isnan(se)):
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} ± {se:.{digits}f}"
-
-
-def _signed(v, se) -> str:
-    if v is None:
-        return "–"
-    return f"{v:+.3f}" + ("" if se is None or math.isnan(se) else f" ± {se:.3f}")
 
 
 def markdown(summary: dict, title: str, meta: Optional[dict] = None, agree: Optional[dict] = None,
@@ -278,25 +247,25 @@ def markdown(summary: dict, title: str, meta: Optional[dict] = None, agree: Opti
               "Δ vs Merge (detector) | spurious | FD | evals/img | s/img |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in summary.items():
-        cells = [_f(r[f"N={n}"], r[f"N={n} se"]) for n in range(2, 6)]
-        diff = _signed(r.get(f"avg_diff_vs_{baseline}"), r.get("avg_diff_se")) if m != baseline else "0"
-        ddet = _signed(r.get(f"avg_det_diff_vs_{baseline}"), r.get("avg_det_diff_se")) if m != baseline else "0"
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_f(r['avg'], r['avg_se'])} | {diff} | "
-                     f"{_f(r['avg_det'], r['avg_det_se'])} | {ddet} | {r['spurious']:.3f} | {r['fd']:.2f} | "
+        cells = [fmt(r[f"N={n}"], r[f"N={n} se"]) for n in range(2, 6)]
+        diff = signed(r.get(f"avg_diff_vs_{baseline}"), r.get("avg_diff_se")) if m != baseline else "0"
+        ddet = signed(r.get(f"avg_det_diff_vs_{baseline}"), r.get("avg_det_diff_se")) if m != baseline else "0"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {fmt(r['avg'], r['avg_se'])} | {diff} | "
+                     f"{fmt(r['avg_det'], r['avg_det_se'])} | {ddet} | {r['spurious']:.3f} | {r['fd']:.2f} | "
                      f"{r['evals_per_image']:.0f} | {r['seconds_per_image']:.2f} |")
     if floor:
         lines += ["", "False-positive floor per N (prompt only), classifier / detector: " + ", ".join(
-            f"N={n}: {_f(floor[f'N={n}'])} / {_f(floor[f'N={n} det'])}" for n in range(2, 6))]
+            f"N={n}: {fmt(floor[f'N={n}'])} / {fmt(floor[f'N={n} det'])}" for n in range(2, 6))]
     lines += ["", "Detector recall per N:", "", "| method | N=2 | N=3 | N=4 | N=5 |", "|---|---|---|---|---|"]
     for m, r in summary.items():
-        lines.append(f"| {m} | " + " | ".join(_f(r[f"N={n} det"], r[f"N={n} det se"]) for n in range(2, 6)) + " |")
+        lines.append(f"| {m} | " + " | ".join(fmt(r[f"N={n} det"], r[f"N={n} det se"]) for n in range(2, 6)) + " |")
     lines += ["", "Recall per category (requested concepts of that category found; ± s.e. over the compositions "
               "that have the category), classifier / detector:", "",
               "| method | " + " | ".join(world.CATEGORIES) + " |", "|---|" + "---|" * len(world.CATEGORIES)]
     for m, r in summary.items():
         lines.append(f"| {m} | " + " | ".join(
-            f"{_f(r['per_category'][c]['mean'], r['per_category'][c]['se'], 2)} / "
-            f"{_f(r['per_category_det'][c]['mean'], r['per_category_det'][c]['se'], 2)}"
+            f"{fmt(r['per_category'][c]['mean'], r['per_category'][c]['se'], 2)} / "
+            f"{fmt(r['per_category_det'][c]['mean'], r['per_category_det'][c]['se'], 2)}"
             for c in world.CATEGORIES) + " |")
     if agree:
         lines += ["", f"Classifier vs detector on this run's {agree['all']['images']} generated images (all "
@@ -306,7 +275,7 @@ def markdown(summary: dict, title: str, meta: Optional[dict] = None, agree: Opti
                   "|---|---|---|---|---|---|---|"]
         for c in world.ALL_CONCEPTS:
             a = agree[c]
-            lines.append(f"| {c} | {a['agree']:.3f} | {_f(a['kappa'], digits=2)} | {a['both']} | "
+            lines.append(f"| {c} | {a['agree']:.3f} | {fmt(a['kappa'], digits=2)} | {a['both']} | "
                          f"{a['classifier_only']} | {a['detector_only']} | {a['neither']} |")
     if meta and meta.get("methods_settings"):
         lines += ["", "Method settings:", ""]

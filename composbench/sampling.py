@@ -24,6 +24,7 @@ from lib_loratorio.params import LoratorioParams
 
 from . import world
 from .model import ALPHAS_CUMPROD, T, load_base, lora_path
+from .worlds import SOLO, WorldSpec
 
 STEPS = 20
 CFG = 4.0
@@ -88,11 +89,12 @@ def fast_method(schedule: str, patch_size: int = 2, temperature: float = 0.05, w
 
 
 class Bench:
-    """The bundled base model, text encoder and LoRAs, loaded once."""
+    """A world's bundled base model, text encoder and LoRAs (worlds.py), loaded once."""
 
-    def __init__(self) -> None:
-        self.unet, self.te = load_base()
-        self.files = {c: read_lora_file(lora_path(c)) for c in world.ALL_CONCEPTS}
+    def __init__(self, spec: WorldSpec = SOLO) -> None:
+        self.spec = spec
+        self.unet, self.te = load_base(spec.root / "base.safetensors")
+        self.files = {c: read_lora_file(lora_path(c, spec.root)) for c in spec.concepts}
         self.bound = {c: bind_lora(f, {"unet": self.unet}) for c, f in self.files.items()}
         for c, b in self.bound.items():
             if not b.targets:
@@ -125,7 +127,7 @@ class Bench:
                prompt: Optional[str] = None, keep_weight_maps: bool = False, progress=None):
         """Images [B, 3, 32, 32] in [-1, 1] for one composition and B seeds; plus info dict."""
         b = len(seeds)
-        prompt = prompt if prompt is not None else world.composition_prompt(tuple(concepts))
+        prompt = prompt if prompt is not None else self.spec.composition_prompt(tuple(concepts))
         cond = self.te.encode([prompt]).expand(b, -1, -1)
         uncond = self._uncond.expand(b, -1, -1)
         ctx = torch.cat([cond, uncond])
@@ -144,7 +146,7 @@ class Bench:
                 return e[:b], e[b:]
             x = self._ddim(x, ts, eps_fn, cfg, progress)
         else:
-            names = list(world.ALL_CONCEPTS) if method.pool else list(concepts)
+            names = list(self.spec.concepts) if method.pool else list(concepts)
             loras = [self.bound[c] for c in names]
             state = {}
 
