@@ -246,7 +246,7 @@ def composition_prompt(concepts: tuple[str, ...]) -> str:
 
 SALT = "composbench-duo-split-v1"
 #: sha256 of the dev compositions, one "a,b,c" line each in compositions() order
-SPLIT_SHA256 = "to be pinned"
+SPLIT_SHA256 = "b9fa90914d01f16bdc16280a64e460bdbb9dbae292b493e70ffa53c9c99efcf0"
 
 
 def _dev_set() -> set[tuple[str, ...]]:

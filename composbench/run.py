@@ -35,33 +35,39 @@ import numpy as np
 import torch
 
 from . import world
-from .protocol import fingerprint, split
-from .sampling import CFG, STEPS, Method, fast_method, standard_methods
+from .protocol import split
+from .sampling import CFG, STEPS, Method, control_methods, fast_method, standard_methods
 from .stats import comp_stats, fmt, paired_stats, signed
+from .worlds import DUO, SOLO, WORLDS, WorldSpec
 
 SEED0 = 111  # noise seeds of a composition: SEED0, SEED0 + 1, ...
 PROTOCOL = {"seeds": 3, "strength": 0.8, "switch_every": 1}
+DEFAULT_METHOD = "LoRAtorio Fast max"  # the extension's defaults (mode LoRAtorio Fast, weights max)
 
 _BENCH = None
 
 
-def _init_worker() -> None:
+def _init_worker(world_name: str = "solo") -> None:
     global _BENCH
     torch.set_num_threads(1)
     from .sampling import Bench
-    _BENCH = Bench()
+    _BENCH = Bench(WORLDS[world_name])
 
 
 def _job(args):
     method, comp, seeds, steps, strength = args
-    imgs, info = _BENCH.sample(method, comp, seeds, steps=steps, strength=strength)
+    routed = method.kind == "composer" and method.mode in ("LoRAtorio", "LoRAtorio Fast")
+    imgs, info = _BENCH.sample(method, comp, seeds, steps=steps, strength=strength, keep_weight_maps=routed)
+    maps = info.get("weight_maps")  # per image [N, H, W], the mean over the steps: who owns which region
+    maps = torch.stack([maps[i] for i in range(len(seeds))]).half() if maps else None
     return method.name, comp, list(seeds), ((imgs + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), \
-        info["evals_per_image"], info["seconds_per_image"]
+        info["evals_per_image"], info["seconds_per_image"], maps
 
 
-def sample_compositions(n_per_n: int, seed: int = 0, part: str = "all") -> list[tuple[str, ...]]:
-    """n_per_n compositions per N (all of them where a part has fewer), drawn from ``part``."""
-    comps = split(part)
+def sample_compositions(n_per_n: int, seed: int = 0, part: str = "all",
+                        spec: WorldSpec = SOLO) -> list[tuple[str, ...]]:
+    """n_per_n compositions per N (all of them where a part has fewer), drawn from ``part`` of a world."""
+    comps = spec.split(part)
     rng = np.random.default_rng(seed)
     out = []
     for n in range(2, 6):
@@ -72,8 +78,9 @@ def sample_compositions(n_per_n: int, seed: int = 0, part: str = "all") -> list[
 
 
 def generate(methods: Sequence[Method], comps: Sequence[tuple[str, ...]], seeds_per_comp: int = 1,
-             steps: int = STEPS, jobs: int = 2, base_seed: int = SEED0, strength: float = 1.0) -> list[dict]:
-    """Every method on every composition; one record per (method, composition), all seeds."""
+             steps: int = STEPS, jobs: int = 2, base_seed: int = SEED0, strength: float = 1.0,
+             world_name: str = "solo") -> list[dict]:
+    """Every method on every composition of a world; one record per (method, composition), all seeds."""
     tasks = [(m, comp, [base_seed + k for k in range(seeds_per_comp)], steps, strength)
              for comp in comps for m in methods]
     # costly tasks first for better load balance
@@ -88,18 +95,19 @@ def generate(methods: Sequence[Method], comps: Sequence[tuple[str, ...]], seeds_
     if jobs > 1:
         import multiprocessing as mp
         ctx = mp.get_context("spawn")
-        with ctx.Pool(jobs, initializer=_init_worker) as pool:
+        with ctx.Pool(jobs, initializer=_init_worker, initargs=(world_name,)) as pool:
             for r in pool.imap_unordered(_job, tasks):
                 records.append(r)
                 bar and bar.update(1)
     else:
-        _init_worker()
+        _init_worker(world_name)
         for t in tasks:
             records.append(_job(t))
             bar and bar.update(1)
     bar and bar.close()
     print(f"generated {len(tasks)} tasks in {time.time() - t0:.0f}s", flush=True)
-    return [dict(method=r[0], comp=tuple(r[1]), seeds=r[2], images=r[3], evals=r[4], secs=r[5]) for r in records]
+    return [dict(method=r[0], comp=tuple(r[1]), seeds=r[2], images=r[3], evals=r[4], secs=r[5], maps=r[6])
+            for r in records]
 
 
 def score(records: list[dict]) -> None:
@@ -291,7 +299,7 @@ def _font():
 
 
 def write_grid(records: list[dict], method_names: Sequence[str], comps: Sequence[tuple[str, ...]], path: Path,
-               scale: int = 3) -> None:
+               scale: int = 3, label=world.composition_prompt) -> None:
     from PIL import Image, ImageDraw
     cell = world.SIZE * scale
     label_w, head_h = 230, 28
@@ -303,7 +311,7 @@ def write_grid(records: list[dict], method_names: Sequence[str], comps: Sequence
             draw.text((label_w + j * cell + 2, 14), m[16:32], fill="black", font=_font())
     index = {(r["method"], r["comp"]): r for r in records}
     for i, comp in enumerate(comps):
-        draw.text((2, head_h + i * cell + cell // 2 - 6), world.composition_prompt(comp), fill="black", font=_font())
+        draw.text((2, head_h + i * cell + cell // 2 - 6), label(comp), fill="black", font=_font())
         for j, m in enumerate(method_names):
             r = index.get((m, comp))
             if r is None:
@@ -601,9 +609,18 @@ def _settings(args, comps, methods) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", choices=sorted(WORLDS), default="solo",
+                    help="solo: the single-figure world's 240 compositions (world.py); duo: the two-figure "
+                         "world's 81 (duo.py), two characters competing for two figures")
     ap.add_argument("--part", choices=("dev", "test", "all"), default="dev",
-                    help="compositions of the fixed split (protocol.py): dev = tuning and ablations, "
-                         "test = reported numbers (never tune on it), all = the 240")
+                    help="compositions of the world's fixed split (protocol.py, duo.py): dev = tuning and "
+                         "ablations, test = reported numbers (never tune on it), all")
+    ap.add_argument("--baseline", default="",
+                    help="the method every other is paired with (default: Merge in the solo world, the "
+                         "extension's default in the duo world)")
+    ap.add_argument("--controls", action="store_true",
+                    help="add the controls: the default and exact mode with uniform maps, Merge at strengths "
+                         "0.8/1.0/1.2/1.5 with its own or the base model's unconditional prediction")
     ap.add_argument("--quick", action="store_true", help="12 compositions per N of the part (seeded sample)")
     ap.add_argument("--per-n", type=int, default=0, help="compositions per N of the part (sampled, seed --sample-seed)")
     ap.add_argument("--sample-seed", type=int, default=0)
@@ -669,6 +686,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     else:
         per_n = args.per_n or (12 if args.quick else 0)
         methods = standard_methods(args.patch, args.temperature, args.recenter)
+        methods += control_methods(args.patch, args.temperature) if args.controls else []
         methods += [fast_method(schedule, args.patch, args.temperature, args.fast_weights, per_lora)
                     for per_lora in ((False, True) if args.fast_attention_per_lora else (False,))
                     for schedule in args.fast_schedules]
@@ -680,14 +698,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if unknown:
             raise SystemExit(f"unknown method(s): {sorted(unknown)}; known: {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in keep]
+    spec = WORLDS[args.world]
     # the sweep draws its own compositions (sample seed + 1), apart from the quick benchmark's
-    comps = (sample_compositions(per_n, args.sample_seed + (1 if args.sweep else 0), args.part) if per_n
-             else split(args.part))
+    comps = (sample_compositions(per_n, args.sample_seed + (1 if args.sweep else 0), args.part, spec) if per_n
+             else spec.split(args.part))
     if args.limit:
         comps = comps[::max(1, len(comps) // args.limit)][:args.limit]
     out.mkdir(parents=True, exist_ok=True)
-    print(f"part {args.part}: {len(comps)} compositions x {len(methods)} methods x {args.seeds} seed(s), "
-          f"{args.steps} steps, strength {args.strength}, Switch every {args.switch_every} -> {out}", flush=True)
+    print(f"{spec.name} world, part {args.part}: {len(comps)} compositions x {len(methods)} methods x "
+          f"{args.seeds} seed(s), {args.steps} steps, strength {args.strength}, Switch every {args.switch_every} "
+          f"-> {out}", flush=True)
     from . import detector
     t0 = time.time()
     if args.rescore:  # same images, scored again (e.g. after a scorer change); the settings must match
@@ -697,36 +717,48 @@ def main(argv: Optional[list[str]] = None) -> dict:
             raise SystemExit(f"--rescore: {out}/images.pt was made with other settings: {saved['settings']}")
         gen_s = saved["generation_seconds"]
     else:
-        records = generate(methods, comps, args.seeds, args.steps, args.jobs, strength=args.strength)
+        records = generate(methods, comps, args.seeds, args.steps, args.jobs, strength=args.strength,
+                           world_name=spec.name)
         gen_s = time.time() - t0
-        torch.save({"records": [{k: r[k] for k in ("method", "comp", "seeds", "images", "evals", "secs")}
+        torch.save({"records": [{k: r[k] for k in ("method", "comp", "seeds", "images", "evals", "secs", "maps")}
                                 for r in records],
                     "settings": _settings(args, comps, methods), "generation_seconds": gen_s}, out / "images.pt")
-    score(records)
     names = [m.name for m in methods]
-    summary = summarize(records, names)
-    agree = agreement(records)
-    meta = {"part": args.part, "split_sha256": fingerprint(args.part),
+    meta = {"world": spec.name, "part": args.part, "split_sha256": spec.fingerprint(args.part),
             "compositions": len(comps), "per_n": per_n, "sample_seed": args.sample_seed, "limit": args.limit,
             "seeds": args.seeds, "seed_list": [SEED0 + k for k in range(args.seeds)], "strength": args.strength,
             "switch_every": args.switch_every, "steps": args.steps, "cfg": CFG, "methods": names,
             "methods_settings": {m.name: method_settings(m, args.strength) for m in methods},
             "argv": argv if argv is not None else sys.argv[1:], "classifier_threshold": 0.5,
-            "detector_thresholds": dict(detector.THRESHOLDS),
+            "detector_thresholds": dict(detector.THRESHOLDS if spec is SOLO else detector.DUO_THRESHOLDS),
             "generation_seconds": round(gen_s, 1), "jobs": args.jobs,
             "composition_list": [list(c) for c in comps]}
     title = (f"Sweep ({len(comps)} compositions)" if args.sweep else
-             f"Composition benchmark, part {args.part}: {len(comps)} compositions, {args.seeds} seed(s), "
-             f"strength {args.strength}")
-    pairs = compare_pairs(records, args.pairs)
-    text = markdown(summary, title, meta, agree) + (pairs_markdown(pairs) if pairs else "")
+             f"Composition benchmark, {spec.name} world, part {args.part}: {len(comps)} compositions, "
+             f"{args.seeds} seed(s), strength {args.strength}")
+    if spec is DUO:
+        from . import duo_report
+        baseline = args.baseline or DEFAULT_METHOD
+        duo_report.score(records)
+        summary = duo_report.summarize(records, names, baseline)
+        agree, pairs = {}, []
+        text = duo_report.markdown(summary, title, baseline, meta)
+        for r in records:
+            r["recall"] = r["clf"]["recall"]  # what the grid shows under each image
+    else:
+        score(records)
+        summary = summarize(records, names, args.baseline or "Merge")
+        agree = agreement(records)
+        pairs = compare_pairs(records, args.pairs)
+        text = markdown(summary, title, meta, agree, args.baseline or "Merge")
+        text += pairs_markdown(pairs) if pairs else ""
+        write_plot(summary, out / "recall.png")
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "agreement": agree,
                                                   "pairs": pairs}, indent=1))
     (out / "results.md").write_text(text)
-    write_plot(summary, out / "recall.png")
     every = max(1, len(comps) // 8)
     grid_comps = [c for i, c in enumerate(comps) if i % every == 0][:8]
-    write_grid(records, names, grid_comps or comps[:4], out / "grid.png")
+    write_grid(records, names, grid_comps or comps[:4], out / "grid.png", label=spec.composition_prompt)
     print(text, flush=True)
     return summary
 

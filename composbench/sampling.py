@@ -45,6 +45,8 @@ class Method:
     refresh_every: int = 10
     weight_norm: str = "sum"
     attention_per_lora: bool = False  # LoRAtorio Fast's rule for cross-attention (BranchRunner)
+    strength: Optional[float] = None  # the LoRAs' strength in this method, instead of the run's
+    base_uncond: bool = False  # Merge: the negative prompt's prediction from the base model (re-centring 1)
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
@@ -75,6 +77,22 @@ def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: f
                recenter=recenter),
         Method("ctrl: LoRAtorio no recentre", "composer", patch_size=patch_size, temperature=temperature,
                recenter=0.0),
+    ]
+
+
+def control_methods(patch_size: int = 2, temperature: float = 0.05,
+                    merge_strengths: Sequence[float] = (0.8, 1.0, 1.2, 1.5)) -> list[Method]:
+    """What separates routing from guidance and strength (issue 17): the default and the exact mode with
+    uniform maps (temperature 100: every LoRA at full strength everywhere, weights max), and Merge at
+    several strengths, with its own or the base model's unconditional prediction."""
+    merges = [Method(f"Merge{uncond} s={s:g}", "merge", strength=s, base_uncond=bool(uncond))
+              for uncond in ("", " + base uncond") for s in merge_strengths]
+    return [
+        Method("ctrl: default, uniform maps", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
+               temperature=100.0, weight_norm="max"),
+        Method("ctrl: LoRAtorio max, uniform maps", "composer", patch_size=patch_size, temperature=100.0,
+               weight_norm="max"),
+        *merges,
     ]
 
 
@@ -138,10 +156,13 @@ class Bench:
         self.evals = 0
         t0 = time.perf_counter()
 
+        strength = strength if method.strength is None else method.strength
         if method.kind in ("base", "merge"):
             net = self.unet if method.kind == "base" else self.merged_unet(concepts, strength)
 
             def eps_fn(x, i, t):
+                if method.base_uncond:
+                    return self._unet(net, x, t, cond), self._unet(self.unet, x, t, uncond)
                 e = self._unet(net, torch.cat([x, x]), t, ctx)
                 return e[:b], e[b:]
             x = self._ddim(x, ts, eps_fn, cfg, progress)
