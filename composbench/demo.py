@@ -4,7 +4,9 @@
 
 Concepts (one per category at most): characters zorbot, kittra, glimmy; clothing tophat,
 stripescarf; styles pixelart, scanlines; backgrounds brickwall, starnight; objects sunorb,
-pinetree. Writes to outputs/demo/<concepts>/: loratorio.png, weight_maps.png (one heatmap per
+pinetree. Two characters (e.g. --concepts zorbot,kittra,tophat) compose in the two-figure world
+(duo.py: its own base model and LoRAs; no objects there), where the two character LoRAs compete for
+the two figures. Writes to outputs/demo/<concepts>/: loratorio.png, weight_maps.png (one heatmap per
 LoRA: its SoftMin weight, the share of each patch it owns, averaged over the steps),
 side_by_side.png (prompt only | Merge | LoRAtorio, with the classifier's verdict). LoRAtorio
 runs with the extension's default mode and weights (LoRAtorio Fast, weights max) unless --mode /
@@ -21,8 +23,9 @@ import torch
 
 from lib_loratorio.params import LoratorioParams
 
-from . import world
+from . import duo, world
 from .sampling import CFG, STEPS, Bench, Method
+from .worlds import DUO, SOLO
 
 
 def _heat(v: np.ndarray) -> np.ndarray:
@@ -38,6 +41,30 @@ def _to_pil(img: torch.Tensor, scale: int):
     from PIL import Image
     a = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST)
+
+
+def _verdict(spec, concepts: tuple[str, ...]):
+    """image batch -> (short, long) text of what the world's classifier finds in the first image."""
+    if spec is DUO:
+        from .duo_scoring import DuoScorer, measures
+        scorer = DuoScorer()
+
+        def duo_verdict(images):
+            figures, whole, _ = scorer.decide(images)
+            m = measures(figures, whole, concepts)
+            sides = [[c for j, c in enumerate(duo.FIGURE_CONCEPTS) if figures[0, k, j]] for k in (0, 1)]
+            ok = "two characters apart" if m["success"][0] else ("hybrid" if m["hybrid"][0] else "not apart")
+            return f"{ok}, recall {m['recall'][0]:.2f}", f"{ok}; left {sides[0]}, right {sides[1]}; " \
+                f"recall {m['recall'][0]:.2f}"
+        return duo_verdict
+    from .scoring import Scorer
+    scorer = Scorer()
+
+    def solo_verdict(images):
+        sc = scorer.score(images, concepts)
+        found = [c for c in concepts if sc["per_concept"][c][0] > 0]
+        return f"recall {sc['recall'][0]:.2f}", f"recall {sc['recall'][0]:.2f}  detected {found}"
+    return solo_verdict
 
 
 def main(argv=None) -> Path:
@@ -66,13 +93,16 @@ def main(argv=None) -> Path:
     if unknown:
         raise SystemExit(f"unknown concept(s) {unknown}; choose from {', '.join(world.ALL_CONCEPTS)}")
     cats = [world.CATEGORY_OF[c] for c in concepts]
-    if len(set(cats)) != len(cats):
-        raise SystemExit("choose at most one concept per category")
+    spec = DUO if cats.count("character") == 2 else SOLO
+    if spec is DUO and "object" in cats:
+        raise SystemExit("the two-figure world has no objects: leave sunorb and pinetree out with two characters")
+    if len(set(cats)) != len(cats) - (spec is DUO):
+        raise SystemExit("choose at most one concept per category (two characters for the two-figure world)")
     concepts = tuple(sorted(concepts, key=lambda c: world.CATEGORIES.index(world.CATEGORY_OF[c])))
     out = Path(args.out) / "_".join(concepts)
     out.mkdir(parents=True, exist_ok=True)
 
-    bench = Bench()
+    bench = Bench(spec)
     n = len(concepts)
     lora_method = Method(args.mode, "composer", mode=args.mode, patch_size=args.patch,
                          temperature=args.temperature, recenter=args.recenter, weight_norm=args.weights)
@@ -85,8 +115,7 @@ def main(argv=None) -> Path:
             results[m.name] = bench.sample(m, concepts, [args.seed], keep_weight_maps=m is lora_method,
                                            progress=lambda: bar.update(1), **kw)
 
-    from .scoring import Scorer
-    scorer = Scorer()
+    verdict = _verdict(spec, concepts)
     img, info = results[lora_method.name]
     _to_pil(img[0], args.scale).save(out / "loratorio.png")
 
@@ -110,15 +139,13 @@ def main(argv=None) -> Path:
     lines = []
     for j, m in enumerate(methods):
         im, inf = results[m.name]
-        sc = scorer.score(im, concepts)
-        found = [c for c in concepts if sc["per_concept"][c][0] > 0]
+        short, long = verdict(im)
         side.paste(_to_pil(im[0], s), (tile * j, 34))
-        d.text((tile * j + 2, 2), f"{m.name}: recall {sc['recall'][0]:.2f}", fill="black")
+        d.text((tile * j + 2, 2), f"{m.name}: {short}", fill="black")
         d.text((tile * j + 2, 16), f"{inf['evals_per_image']:.0f} evals, {inf['seconds_per_image']:.1f}s", fill="black")
-        lines.append(f"{m.name:14s} recall {sc['recall'][0]:.2f}  detected {found}  "
-                     f"{inf['evals_per_image']:.0f} UNet evals  {inf['seconds_per_image']:.1f}s")
+        lines.append(f"{m.name:14s} {long}  {inf['evals_per_image']:.0f} UNet evals  {inf['seconds_per_image']:.1f}s")
     side.save(out / "side_by_side.png")
-    print(f"prompt: {world.composition_prompt(concepts)!r}, seed {args.seed}")
+    print(f"prompt: {spec.composition_prompt(concepts)!r} ({spec.name} world), seed {args.seed}")
     print("\n".join(lines))
     print(f"mean {lora_method.name} weight per LoRA: "
           + ", ".join(f"{c} {maps[i].mean():.2f}" for i, c in enumerate(concepts)))

@@ -300,3 +300,22 @@ def slot_region(k: int, clothing: bool = True) -> np.ndarray:
                 world._clothing(layer, world.Scene(concepts={"clothing": cl}, dx=dx, dy=jy), rng)
                 m |= ~np.isnan(layer[..., 0])
     return m
+
+
+def region_masks(comp: tuple[str, ...]) -> np.ndarray:
+    """[N, 32, 32] float: where a user with perfect hand-drawn masks would let each LoRA act, the first
+    character on the left figure and the second on the right (either way counts as success), the
+    clothing on the first character, the background where neither figure can be, the style everywhere."""
+    figures = [slot_region(0), slot_region(1)]
+    out = []
+    for c in comp:
+        cat = world.CATEGORY_OF[c]
+        if cat == "character":
+            out.append(figures[comp.index(c)])
+        elif cat == "clothing":
+            out.append(figures[0])
+        elif cat == "background":
+            out.append(~(figures[0] | figures[1]))
+        else:
+            out.append(np.ones((world.SIZE, world.SIZE), bool))
+    return np.stack(out).astype(np.float32)

@@ -24,6 +24,7 @@ from lib_loratorio.params import LoratorioParams
 
 from . import world
 from .model import ALPHAS_CUMPROD, T, load_base, lora_path
+from .routing import RoutedComposer, hint_prior
 from .worlds import SOLO, WorldSpec
 
 STEPS = 20
@@ -47,6 +48,8 @@ class Method:
     attention_per_lora: bool = False  # LoRAtorio Fast's rule for cross-attention (BranchRunner)
     strength: Optional[float] = None  # the LoRAs' strength in this method, instead of the run's
     base_uncond: bool = False  # Merge: the negative prompt's prediction from the base model (re-centring 1)
+    rule: str = "softmin"  # routing.RULES: how the weight maps are computed (prototypes)
+    hint_strength: float = 0.0  # routing: region hints from the world's ground truth, this strong (0 = none)
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
@@ -175,8 +178,15 @@ class Bench:
                 with runner.rows(branches, maps=maps):
                     return self._unet(self.unet, state["x"][rows], state["t"], ctx[rows])
 
-            composer = BranchComposer(method.params(len(concepts)), [f"LoRA '{c}'" for c in names], prediction="eps",
-                                      keep_weight_maps=keep_weight_maps)
+            labels = [f"LoRA '{c}'" for c in names]
+            if method.rule != "softmin" or method.hint_strength:
+                prior = (hint_prior(names, self.spec.region_masks(tuple(names)), method.hint_strength)
+                         if method.hint_strength else None)
+                composer = RoutedComposer(method.params(len(concepts)), labels, rule=method.rule, prior=prior,
+                                          prediction="eps", keep_weight_maps=keep_weight_maps)
+            else:
+                composer = BranchComposer(method.params(len(concepts)), labels, prediction="eps",
+                                          keep_weight_maps=keep_weight_maps)
             is_uncond = [False] * b + [True] * b
             image_of_row = list(range(b)) * 2
 

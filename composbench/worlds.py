@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class WorldSpec:
     composition_prompt: Callable[[tuple[str, ...]], str]
     split: Callable[[str], list[tuple[str, ...]]]
     fingerprint: Callable[[str], str]
+    region_masks: Optional[Callable[[tuple[str, ...]], np.ndarray]]  # ground truth [N, H, W] per concept
 
 
 def _solo_concept_scene(rng: np.random.Generator, concept: str) -> world.Scene:
@@ -38,8 +39,8 @@ def _solo_concept_scene(rng: np.random.Generator, concept: str) -> world.Scene:
 
 
 SOLO = WorldSpec("solo", ARTIFACTS, world.ALL_CONCEPTS, VOCAB, MAX_TOKENS, world.render, world.random_generic,
-                 _solo_concept_scene, world.composition_prompt, protocol.split, protocol.fingerprint)
+                 _solo_concept_scene, world.composition_prompt, protocol.split, protocol.fingerprint, None)
 DUO = WorldSpec("duo", ARTIFACTS / duo.ARTIFACTS_SUBDIR, duo.ALL_CONCEPTS,
                 vocabulary(duo.GENERIC_WORDS, duo.ALL_CONCEPTS), duo.MAX_TOKENS, duo.render, duo.random_scene,
-                duo.concept_scene, duo.composition_prompt, duo.split, duo.fingerprint)
+                duo.concept_scene, duo.composition_prompt, duo.split, duo.fingerprint, duo.region_masks)
 WORLDS: dict[str, WorldSpec] = {w.name: w for w in (SOLO, DUO)}
