@@ -1,0 +1,21 @@
+"""Oracle region masks: each LoRA's change applied only inside its ground-truth region.
+
+Not a published method: what a user with perfect hand-drawn masks gets from masked LoRA
+application (regional LoRA tools, FreeFuse with manual masks). The regions come from
+``composbench.regions.region_masks`` (the pixels world.py can paint for a concept, union over its
+jitters; a style everywhere; a background everywhere the other requested concepts are not). The
+masks are the same for every seed and step; applied as in ``masked.py``: ordinary CFG, both rows
+with the masks. Cost: two UNet rows a step, as Merge.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..regions import region_masks
+from .masked import sample_with_masks
+
+
+def run(bench, ctx) -> torch.Tensor:
+    masks = torch.from_numpy(region_masks(ctx.concepts)).unsqueeze(0).expand(ctx.b, -1, -1, -1)
+    return sample_with_masks(bench, ctx, ctx.x, masks)
