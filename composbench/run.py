@@ -602,7 +602,9 @@ def peer_methods() -> list[Method]:
     """Published multi-LoRA methods as we implemented them (composbench/peers), and the oracle masks."""
     names = {"K-LoRA": "K-LoRA", "CMLoRA": "CMLoRA", "MultLFG": "MultLFG", "FreeFuse": "FreeFuse-style masks"}
     return [Method(f"{name} (as we implemented it)", "peer", mode=peer) for peer, name in names.items()] + [
-        Method("Oracle region masks", "peer", mode="Oracle")]
+        Method("Oracle region masks", "peer", mode="Oracle"),
+        # the same masks with LoRAtorio's guidance (the base model's unconditional prediction): routing alone
+        Method("Oracle region masks, base uncond", "peer", mode="Oracle", options=(("uncond", "base"),))]
 
 
 def _write_report(out: Path, name: str, data: dict, text: str) -> dict:

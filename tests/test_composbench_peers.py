@@ -95,18 +95,28 @@ def test_oracle_masks_run_at_merges_cost(bench, comp):
 
 
 @needs_artifacts
-def test_oracle_with_every_mask_one_is_every_lora_everywhere(bench):
-    """The masked runner with all-ones masks is Merge: each LoRA's full change on every row."""
+def test_masked_runner_limits(bench):
+    """All-ones masks with the folded attention rule are Merge (every LoRA's full change on every row);
+    all-zero masks are the base model, whichever the unconditional rows' treatment."""
     from composbench.peers import make_context
     from composbench.peers.masked import sample_with_masks
     from composbench.sampling import Method
     comp = COMPS[0]
-    ctx = make_context(bench, comp, [111], steps=STEPS, cfg=4.0, strength=0.8, prompt=None, options=())
-    masked = sample_with_masks(bench, ctx, ctx.x, torch.ones(1, len(comp), world.SIZE, world.SIZE))
+
+    def masked(value, **options):
+        ctx = make_context(bench, comp, [111], steps=STEPS, cfg=4.0, strength=0.8, prompt=None,
+                           options=tuple(options.items()))
+        return sample_with_masks(bench, ctx, ctx.x, torch.full((1, len(comp), world.SIZE, world.SIZE), value))
+
     merged, _ = bench.sample(Method("Merge", "merge"), comp, [111], steps=STEPS, strength=0.8)
     # one UNet call agrees to ~5e-5; four DDIM steps with clamping grow that to ~1e-2 at a few pixels
-    diff = (masked.clamp(-1, 1) - merged).abs()
+    diff = (masked(1.0, attention_per_lora=False).clamp(-1, 1) - merged).abs()
     assert float(diff.max()) < 0.05 and float(diff.mean()) < 2e-3
+    base, _ = bench.sample(Method("prompt only", "base"), comp, [111], steps=STEPS, strength=0.8)
+    for uncond in ("masked", "base"):
+        assert torch.allclose(masked(0.0, uncond=uncond).clamp(-1, 1), base, atol=1e-4)
+    # with the LoRAs on, the base model's unconditional prediction changes the image
+    assert not torch.allclose(masked(1.0, uncond="base"), masked(1.0), atol=1e-2)
 
 
 def test_run_lists_the_peers_behind_a_flag():
@@ -114,9 +124,11 @@ def test_run_lists_the_peers_behind_a_flag():
     names = [m.name for m in run.peer_methods()]
     assert names == ["K-LoRA (as we implemented it)", "CMLoRA (as we implemented it)",
                      "MultLFG (as we implemented it)", "FreeFuse-style masks (as we implemented it)",
-                     "Oracle region masks"]
+                     "Oracle region masks", "Oracle region masks, base uncond"]
     st = run.method_settings(run.peer_methods()[0], 0.8)
     assert st == {"kind": "peer", "peer": "K-LoRA", "strength": 0.8}
+    assert run.method_settings(run.peer_methods()[-1], 1.0) == {"kind": "peer", "peer": "Oracle", "strength": 1.0,
+                                                                "uncond": "base"}
     assert not any(m.kind == "peer" for m in run.standard_methods())
 
 

@@ -35,8 +35,10 @@ What we implemented:
   background text).
 * Stage 2: sampling again from the same noise, every row (conditional and unconditional) a
   BranchRunner MIXED row with the masks (8x8 upsampled to 32x32, nearest), ordinary CFG (the paper
-  does not change guidance): see ``masked.py``. The authors' nodes leave the cross-attention's key
-  and value LoRA changes unmasked (they act on text); the runner scales them by the mask's mean.
+  does not change guidance), each cross-attention computed once per LoRA and blended by the masks
+  so that a LoRA keeps its own keys and values inside its mask (the authors' nodes leave the key
+  and value changes, which act on the text, unmasked): see ``masked.py`` for both, and its options
+  ``attention_per_lora`` and ``uncond``.
 
 Defaults ``block`` and ``mask_step`` were chosen on 12 dev compositions x 2 seeds by the masks'
 mean IoU with the oracle regions (``mask_quality``), over the three 8x8 cross-attention blocks, steps

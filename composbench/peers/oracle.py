@@ -4,8 +4,11 @@ Not a published method: what a user with perfect hand-drawn masks gets from mask
 application (regional LoRA tools, FreeFuse with manual masks). The regions come from
 ``composbench.regions.region_masks`` (the pixels world.py can paint for a concept, union over its
 jitters; a style everywhere; a background everywhere the other requested concepts are not). The
-masks are the same for every seed and step; applied as in ``masked.py``: ordinary CFG, both rows
-with the masks. Cost: two UNet rows a step, as Merge.
+masks are the same for every seed and step; applied as in ``masked.py``: by default ordinary CFG,
+both rows with the masks (what a user's masks on a LoRA-patched model do); option
+``uncond="base"`` takes the base model's unconditional prediction instead, as LoRAtorio does, so
+that oracle routing can be compared with LoRAtorio's routing under the same guidance. Cost: two
+UNet rows a step, as Merge.
 """
 
 from __future__ import annotations
