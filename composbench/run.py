@@ -604,7 +604,7 @@ def peer_methods() -> list[Method]:
     return [Method(f"{name} (as we implemented it)", "peer", mode=peer) for peer, name in names.items()] + [
         Method("Oracle region masks", "peer", mode="Oracle"),
         # the same masks with LoRAtorio's guidance (the base model's unconditional prediction): routing alone
-        Method("Oracle region masks, base uncond", "peer", mode="Oracle", options=(("uncond", "base"),))]
+        Method("Oracle region masks (base uncond)", "peer", mode="Oracle", options=(("uncond", "base"),))]
 
 
 def _write_report(out: Path, name: str, data: dict, text: str) -> dict:

@@ -124,7 +124,7 @@ def test_run_lists_the_peers_behind_a_flag():
     names = [m.name for m in run.peer_methods()]
     assert names == ["K-LoRA (as we implemented it)", "CMLoRA (as we implemented it)",
                      "MultLFG (as we implemented it)", "FreeFuse-style masks (as we implemented it)",
-                     "Oracle region masks", "Oracle region masks, base uncond"]
+                     "Oracle region masks", "Oracle region masks (base uncond)"]
     st = run.method_settings(run.peer_methods()[0], 0.8)
     assert st == {"kind": "peer", "peer": "K-LoRA", "strength": 0.8}
     assert run.method_settings(run.peer_methods()[-1], 1.0) == {"kind": "peer", "peer": "Oracle", "strength": 1.0,
