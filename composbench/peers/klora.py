@@ -33,8 +33,8 @@ What we implemented:
 * Category in our world: styles (pixelart, scanlines) are "style"; characters, clothing, objects
   and backgrounds are "subject". A composition has at most one style; without one, the time scale
   plays no part (every LoRA is a subject).
-* K = 64 as in the authors' code (our layers have 2,304 to 36,864 elements, SDXL's up to
-  ~6.5 million, so K is a larger share of ours; an option).
+* K = 64 as in the authors' code (our layers have 2,304 to 73,728 weights, SDXL's attention
+  projections 0.4 to 2.6 million, so K is a larger share of ours; option ``k``).
 
 Cost: Merge's, two UNet rows a step (a copy of the UNet whose layer weights are swapped when the
 choice changes).
