@@ -575,6 +575,15 @@ def sweep_methods(patches=(2, 4, 8, 16), temps=(0.01, 0.05, 0.2), recenters=(0.0
     return ms
 
 
+def peer_methods() -> list[Method]:
+    """Published multi-LoRA methods as we implemented them (composbench/peers), and the oracle masks."""
+    names = {"K-LoRA": "K-LoRA", "CMLoRA": "CMLoRA", "MultLFG": "MultLFG", "FreeFuse": "FreeFuse-style masks"}
+    return [Method(f"{name} (as we implemented it)", "peer", mode=peer) for peer, name in names.items()] + [
+        Method("Oracle region masks", "peer", mode="Oracle"),
+        # the same masks with LoRAtorio's guidance (the base model's unconditional prediction): routing alone
+        Method("Oracle region masks (base uncond)", "peer", mode="Oracle", options=(("uncond", "base"),))]
+
+
 def _write_report(out: Path, name: str, data: dict, text: str) -> dict:
     """``name``.json and ``name``.md in ``out``; the markdown is also printed."""
     (out / f"{name}.json").write_text(json.dumps(data, indent=1))
@@ -597,6 +606,8 @@ def method_settings(m: Method, strength: float) -> dict:
         return {"kind": "base"}
     if m.kind == "merge":
         return {"kind": "merge", "strength": strength}
+    if m.kind == "peer":
+        return {"kind": "peer", "peer": m.mode, "strength": strength, **dict(m.options)}
     if m.kind == "composer" and m.mode in _RELEVANT:
         return {"kind": m.kind, "mode": m.mode, "strength": strength, **{k: st[k] for k in _RELEVANT[m.mode]}}
     return {**st, "strength": strength}
@@ -652,6 +663,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     help="the --fast-schedules methods also with each cross-attention computed once per LoRA "
                          "and blended (BranchRunner's attention_per_lora), named 'LoRAtorio Fast max attention "
                          "per LoRA 1/3'")
+    ap.add_argument("--peers", action="store_true",
+                    help="also the published methods as we implemented them (K-LoRA, CMLoRA, MultLFG, FreeFuse-style "
+                         "masks; composbench/peers) and the oracle region masks")
     ap.add_argument("--methods", default="", help="comma-separated subset of method names")
     ap.add_argument("--pairs", type=lambda v: [tuple(p.split(" - ")) for p in v.split(",") if p], default=[],
                     help='paired differences to report, e.g. "LoRAtorio Fast max - LoRAtorio max" (comma-separated)')
@@ -690,6 +704,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         methods += [fast_method(schedule, args.patch, args.temperature, args.fast_weights, per_lora)
                     for per_lora in ((False, True) if args.fast_attention_per_lora else (False,))
                     for schedule in args.fast_schedules]
+        methods += peer_methods() if args.peers else []
         out = Path(args.out or (f"outputs/bench-{args.part}" + ("-quick" if args.quick else "")))
     methods = [dataclasses.replace(m, switch_every=args.switch_every) for m in methods]
     if args.methods:

@@ -50,6 +50,7 @@ class Method:
     base_uncond: bool = False  # Merge: the negative prompt's prediction from the base model (re-centring 1)
     rule: str = "softmin"  # routing.RULES: how the weight maps are computed (prototypes)
     hint_strength: float = 0.0  # routing: region hints from the world's ground truth, this strong (0 = none)
+    options: tuple = ()  # kind "peer": (name, value) pairs for the peer named by mode (composbench/peers)
 
     def params(self, n: int) -> LoratorioParams:
         return LoratorioParams(enabled=True, mode=self.mode, patch_size=self.patch_size,
@@ -147,6 +148,9 @@ class Bench:
                steps: int = STEPS, cfg: float = CFG, strength: float = STRENGTH,
                prompt: Optional[str] = None, keep_weight_maps: bool = False, progress=None):
         """Images [B, 3, 32, 32] in [-1, 1] for one composition and B seeds; plus info dict."""
+        if method.kind == "peer":  # published methods as we implemented them (composbench/peers)
+            from .peers import sample as peer_sample
+            return peer_sample(self, method, concepts, seeds, steps=steps, cfg=cfg, strength=strength, prompt=prompt)
         b = len(seeds)
         prompt = prompt if prompt is not None else self.spec.composition_prompt(tuple(concepts))
         cond = self.te.encode([prompt]).expand(b, -1, -1)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
-from . import duo, protocol, world
+from . import duo, protocol, regions, world
 from .model import ARTIFACTS, MAX_TOKENS, VOCAB, vocabulary
 
 
@@ -31,7 +31,7 @@ class WorldSpec:
     composition_prompt: Callable[[tuple[str, ...]], str]
     split: Callable[[str], list[tuple[str, ...]]]
     fingerprint: Callable[[str], str]
-    region_masks: Optional[Callable[[tuple[str, ...]], np.ndarray]]  # ground truth [N, H, W] per concept
+    region_masks: Callable[[tuple[str, ...]], np.ndarray]  # ground truth [N, H, W] per concept
 
 
 def _solo_concept_scene(rng: np.random.Generator, concept: str) -> world.Scene:
@@ -39,7 +39,7 @@ def _solo_concept_scene(rng: np.random.Generator, concept: str) -> world.Scene:
 
 
 SOLO = WorldSpec("solo", ARTIFACTS, world.ALL_CONCEPTS, VOCAB, MAX_TOKENS, world.render, world.random_generic,
-                 _solo_concept_scene, world.composition_prompt, protocol.split, protocol.fingerprint, None)
+                 _solo_concept_scene, world.composition_prompt, protocol.split, protocol.fingerprint, regions.region_masks)
 DUO = WorldSpec("duo", ARTIFACTS / duo.ARTIFACTS_SUBDIR, duo.ALL_CONCEPTS,
                 vocabulary(duo.GENERIC_WORDS, duo.ALL_CONCEPTS), duo.MAX_TOKENS, duo.render, duo.random_scene,
                 duo.concept_scene, duo.composition_prompt, duo.split, duo.fingerprint, duo.region_masks)
