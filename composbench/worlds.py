@@ -39,7 +39,8 @@ def _solo_concept_scene(rng: np.random.Generator, concept: str) -> world.Scene:
 
 
 SOLO = WorldSpec("solo", ARTIFACTS, world.ALL_CONCEPTS, VOCAB, MAX_TOKENS, world.render, world.random_generic,
-                 _solo_concept_scene, world.composition_prompt, protocol.split, protocol.fingerprint, regions.region_masks)
+                 _solo_concept_scene, world.composition_prompt, protocol.split, protocol.fingerprint,
+                 regions.region_masks)
 DUO = WorldSpec("duo", ARTIFACTS / duo.ARTIFACTS_SUBDIR, duo.ALL_CONCEPTS,
                 vocabulary(duo.GENERIC_WORDS, duo.ALL_CONCEPTS), duo.MAX_TOKENS, duo.render, duo.random_scene,
                 duo.concept_scene, duo.composition_prompt, duo.split, duo.fingerprint, duo.region_masks)
