@@ -36,7 +36,7 @@ import torch
 
 from . import world
 from .protocol import split
-from .sampling import CFG, STEPS, Method, control_methods, fast_method, standard_methods
+from .sampling import CFG, STEPS, Method, control_methods, fast_method, standard_methods, variant_methods
 from .stats import comp_stats, fmt, paired_stats, signed
 from .worlds import DUO, SOLO, WORLDS, WorldSpec
 
@@ -602,14 +602,17 @@ def method_settings(m: Method, strength: float) -> dict:
     """What defines a method's run, for the results (fields a method does not use left out)."""
     st = dataclasses.asdict(m)
     st.pop("name", None)
+    strength = strength if m.strength is None else m.strength
     if m.kind == "base":
         return {"kind": "base"}
     if m.kind == "merge":
-        return {"kind": "merge", "strength": strength}
+        return {"kind": "merge", "strength": strength, "base_uncond": m.base_uncond}
     if m.kind == "peer":
         return {"kind": "peer", "peer": m.mode, "strength": strength, **dict(m.options)}
     if m.kind == "composer" and m.mode in _RELEVANT:
-        return {"kind": m.kind, "mode": m.mode, "strength": strength, **{k: st[k] for k in _RELEVANT[m.mode]}}
+        routing = {k: st[k] for k in ("rule", "hint_strength") if st[k] != Method.__dataclass_fields__[k].default}
+        return {"kind": m.kind, "mode": m.mode, "strength": strength, **{k: st[k] for k in _RELEVANT[m.mode]},
+                **routing}
     return {**st, "strength": strength}
 
 
@@ -629,6 +632,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--baseline", default="",
                     help="the method every other is paired with (default: Merge in the solo world, the "
                          "extension's default in the duo world)")
+    ap.add_argument("--variants", action="store_true",
+                    help="add the routing variants under test (routing.py; sampling.variant_methods)")
     ap.add_argument("--controls", action="store_true",
                     help="add the controls: the default and exact mode with uniform maps, Merge at strengths "
                          "0.8/1.0/1.2/1.5 with its own or the base model's unconditional prediction")
@@ -701,6 +706,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         per_n = args.per_n or (12 if args.quick else 0)
         methods = standard_methods(args.patch, args.temperature, args.recenter)
         methods += control_methods(args.patch, args.temperature) if args.controls else []
+        methods += variant_methods(args.patch) if args.variants else []
         methods += [fast_method(schedule, args.patch, args.temperature, args.fast_weights, per_lora)
                     for per_lora in ((False, True) if args.fast_attention_per_lora else (False,))
                     for schedule in args.fast_schedules]

@@ -100,6 +100,23 @@ def control_methods(patch_size: int = 2, temperature: float = 0.05,
     ]
 
 
+def variant_methods(patch_size: int = 2) -> list[Method]:
+    """The routing variants under test (routing.py), each beside the default it changes: divergence
+    relative to the step's mean (sharper maps early), more refresh steps while the layout forms, and
+    region hints of several strengths (the world's ground truth as the hint a user would give)."""
+    fast = dict(mode="LoRAtorio Fast", patch_size=patch_size, weight_norm="max")
+    out = [Method(f"variant: relative {tau:g}", "composer", rule="relative", temperature=tau, **fast)
+           for tau in (0.25, 0.5, 1.0)]
+    out += [Method(f"variant: relative {tau:g} 3/10", "composer", rule="relative", temperature=tau, refresh_first=3,
+                   **fast) for tau in (0.25, 0.5)]
+    out += [Method("variant: default 3/10", "composer", temperature=0.05, refresh_first=3, **fast),
+            Method("variant: LoRAtorio max relative 0.5", "composer", rule="relative", temperature=0.5,
+                   patch_size=patch_size, weight_norm="max")]
+    out += [Method(f"variant: hints {beta:g}", "composer", temperature=0.05, hint_strength=beta, **fast)
+            for beta in (2.0, 4.0, 8.0)]
+    return out
+
+
 def fast_method(schedule: str, patch_size: int = 2, temperature: float = 0.05, weight_norm: str = "max",
                 attention_per_lora: bool = False) -> Method:
     """LoRAtorio Fast at ``schedule`` "FIRST/EVERY" (refresh the first FIRST steps, then every EVERY-th)."""
