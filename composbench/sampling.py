@@ -92,9 +92,9 @@ def control_methods(patch_size: int = 2, temperature: float = 0.05,
     merges = [Method(f"Merge{uncond} s={s:g}", "merge", strength=s, base_uncond=bool(uncond))
               for uncond in ("", " + base uncond") for s in merge_strengths]
     return [
-        Method("ctrl: default, uniform maps", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
+        Method("ctrl: default with uniform maps", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
                temperature=100.0, weight_norm="max"),
-        Method("ctrl: LoRAtorio max, uniform maps", "composer", patch_size=patch_size, temperature=100.0,
+        Method("ctrl: LoRAtorio max with uniform maps", "composer", patch_size=patch_size, temperature=100.0,
                weight_norm="max"),
         *merges,
     ]

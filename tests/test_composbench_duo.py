@@ -139,7 +139,7 @@ def test_reduced_duo_benchmark_end_to_end(tmp_path):
 
     from composbench import run
     torch.set_num_threads(1)
-    names = ["Merge", "LoRAtorio Fast max", "ctrl: default, uniform maps", "Merge + base uncond s=1"]
+    names = ["Merge", "LoRAtorio Fast max", "ctrl: default with uniform maps", "Merge + base uncond s=1"]
     summary = run.main(["--world", "duo", "--part", "dev", "--per-n", "1", "--limit", "2", "--seeds", "2",
                         "--steps", "4", "--jobs", "1", "--controls", "--methods", ",".join(names),
                         "--out", str(tmp_path)])
