@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 
 from .branch_runner import BranchRunner
+from .choices import OutsideSteps
 from .composer import BranchComposer
 from .rows import take_rows
 
@@ -133,10 +134,11 @@ def compose_model_call(call: ModelCall, layout: RowLayout, composer: BranchCompo
                     batch_limit=batch_limit, recenter=1.0 if flux else None)
 
 
-def outside_range(runner: BranchRunner, rows: int, outside_steps: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+def outside_range(runner: BranchRunner, rows: int, outside_steps: OutsideSteps,
+                  run: Callable[[], torch.Tensor]) -> torch.Tensor:
     """A model call (``run``, of ``rows`` rows) of a step outside the composition range: every LoRA merged on
     every row ("merge"), or none ("off"). Any host's, not only this protocol's."""
-    if outside_steps == "off":
+    if outside_steps is OutsideSteps.OFF:
         return run()
     every_lora = torch.ones(rows, runner.n_loras, dtype=torch.bool)
     with runner.rows(torch.zeros(rows, dtype=torch.long), active=every_lora):

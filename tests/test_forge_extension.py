@@ -151,9 +151,9 @@ class WrapperSpy:
 
 # --- UI and detection ------------------------------------------------------------------------------------
 def test_forge_is_detected_and_the_accordion_is_the_same(runner):
-    from lib_loratorio import webui
+    from lib_loratorio.webui import host
 
-    assert webui.HOST == "forge"
+    assert host.HOST == "forge"
     script = runner.alwayson_scripts[0]
     controls = runner.inputs[script.args_from:script.args_to]
     assert script.title() == "LoRAtorio" and len(controls) == len(SETTINGS) and controls[0].value is False
@@ -506,14 +506,14 @@ def test_the_older_forge_is_refused_with_a_message(runner, monkeypatch):
     import importlib
     import importlib.util
 
-    from lib_loratorio import webui
+    from lib_loratorio.webui import host
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "ldm_patched" else real(name, *a))
     try:
-        importlib.reload(webui)
-        assert webui.HOST == "forge-legacy"
+        importlib.reload(host)
+        assert host.HOST == "forge-legacy"
         W.scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
         old = W.scripts.ScriptRunner()
         old.initialize_scripts(False)
@@ -523,9 +523,9 @@ def test_the_older_forge_is_refused_with_a_message(runner, monkeypatch):
             run(old, on())
     finally:
         monkeypatch.undo()
-        importlib.reload(webui)
+        importlib.reload(host)
         W.scripts.load_scripts([os.path.join(ROOT, "scripts", "loratorio.py")])
-    assert webui.HOST == "forge"
+    assert host.HOST == "forge"
 
 
 # --- LoRAtorio Fast ------------------------------------------------------------------------------------------

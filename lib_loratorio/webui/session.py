@@ -19,6 +19,7 @@ from torch import nn
 from modules import prompt_parser, shared
 
 from ..branch_runner import BranchRunner
+from ..choices import TextEncoder
 from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..lora_library import LoraLibrary
@@ -136,7 +137,7 @@ class Session:
             # Nothing is hooked, so the image is the WebUI's own.
             self.warn_once(f"LoRAtorio is on but the prompt has no <{EXTRA_NETWORK_NAME}:NAME:STRENGTH> tag and "
                            "the pool is empty: generating without it.")
-        unet_only = self.params.text_encoder == "UNet only"
+        unet_only = self.params.text_encoder is TextEncoder.UNET_ONLY
         components = self.model_components(sd_model, unet_only=unet_only)
         loras, hashes, labels = [], [], []
         left_out = TEXT_ENCODERS if unet_only else ()
