@@ -283,7 +283,7 @@ def test_little_memory_gives_the_same_image():
 def test_step_of_a_call_follows_the_schedule_also_between_its_sigmas():
     from lib_loratorio.comfyui.composing import ComfySession
 
-    session = ComfySession(LoratorioParams(), [], [], [], [], False)
+    session = ComfySession(LoratorioParams())
     sigmas = torch.tensor([10.0, 5.0, 2.0, 0.5, 0.0])
     options = {"sample_sigmas": sigmas}
     assert [session.step_of(torch.tensor([s]), options) for s in (10.0, 7.0, 5.0, 2.0, 1.0, 0.5)] == [
@@ -321,7 +321,7 @@ def test_an_error_while_sampling_removes_the_hooks():
     model = apply_loratorio(base, (entry,), LoratorioParams(text_encoder="UNet only"))
     with pytest.raises(RuntimeError, match="wrapper failed"):
         sample(model)
-    assert session_of(model).runner is None and session_of(model).composer is None
+    assert session_of(model).runner is None and not session_of(model).composers
 
 
 def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():
