@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from lib_loratorio.params import LoratorioParams
-from tests import comfy_standin
 from tests.extension_helpers import UNET_TARGETS, hook_ids
 from tests.lora_writers import write_kohya
+from tests.standins import COMFYUI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(ROOT, "docs", "comfyui", "loratorio_two_loras.json")
@@ -46,8 +46,7 @@ def write_comfy_lora(path, network, targets, seed, rank=4, alpha=2.0):
 
 @pytest.fixture(scope="module", autouse=True)
 def env(one_thread, tmp_path_factory):
-    token = comfy_standin.activate(extra_prefixes=("lib_loratorio.comfyui",))
-    try:
+    with COMFYUI.active():
         import comfy.model_management
         import comfy.samplers
         import comfyui_models
@@ -78,8 +77,6 @@ def env(one_thread, tmp_path_factory):
             write_kohya(loras / f"{name}.safetensors", dit, FLUX_TARGETS, seed=20 + i, alpha=8.0)
         C.pack = nodes.load_custom_node(ROOT)  # as ComfyUI loads custom_nodes/LoRAtorio
         yield C
-    finally:
-        comfy_standin.deactivate(token)
 
 
 def networks():
