@@ -29,7 +29,6 @@ from .lora_lookup import pool_names, resolve_lora
 from .memory_settings import build_cache_bytes, file_cache_bytes
 from .tags import EXTRA_NETWORK_NAME, RequestedLora, check_stray_tags, read_tags
 
-__all__ = ["LIBRARY", "Session", "get_session"]
 # bindings whose left-out modules were logged: id -> weak reference (ids are reused once freed)
 _REPORTED: dict[int, weakref.ref] = {}
 _SESSION_ATTR = "_loratorio_session"

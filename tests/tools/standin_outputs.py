@@ -20,17 +20,11 @@ import subprocess
 import sys
 import tempfile
 
+from tests.extension_helpers import UNET_TARGETS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.join(ROOT, "tests")
 HOSTS = ("a1111", "forge", "comfyui")
-UNET_TARGETS = [
-    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
-    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
-    "down_blocks.0.resnets.0.conv1",
-    "down_blocks.1.attentions.0.proj_out",
-    "up_blocks.1.resnets.0.conv2",
-    "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
-]
 FLUX_TARGETS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
                 "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2"]
 XL_TARGETS = ["input_blocks.4.1.transformer_blocks.0.attn1.to_k", "middle_block.1.transformer_blocks.0.attn2.to_k"]
