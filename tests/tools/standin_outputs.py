@@ -2,9 +2,12 @@
 changes no image (run it before and after on the SAME machine: float results differ between CPUs, so this
 is no cross-machine golden test).
 
-    python -m tests.tools.standin_outputs save BEFORE_DIR      # on the commit before the change
-    python -m tests.tools.standin_outputs save AFTER_DIR       # on the commit after
+    python -m tests.tools.standin_outputs save BEFORE_DIR      # in a checkout of the commit before the change
+    python -m tests.tools.standin_outputs save AFTER_DIR       # in a checkout of the commit after
     python -m tests.tools.standin_outputs compare BEFORE_DIR AFTER_DIR
+
+(Copy this file into the older checkout if it predates it: it needs only the stand-ins, tests/lora_writers.py and
+tests/extension_helpers.py's UNET_TARGETS.)
 
 Each host runs in a process of its own (``--host``), with its stand-in first on sys.path. The requests use
 only what users use (the script's API dict form, prompt tags, ComfyUI API prompts), so the same file runs
