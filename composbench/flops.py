@@ -30,6 +30,7 @@ from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
 from lib_loratorio.params import LoratorioParams
 
+from .attention_per_lora import AttentionPerLoraRunner
 from .random_loras import write_lora_of_type
 from .speed import build_unet
 
@@ -50,9 +51,8 @@ def row_flops(unet, loras, n: int, latent: int) -> dict[str, float]:
     rows = {"plain": _count(unet, x, t, ctx)}
     with BranchRunner(loras[:n], [0.8] * n) as runner, runner.rows(torch.tensor([1])):
         rows["branch"] = _count(unet, x, t, ctx)
-    for label, per_lora in (("mixed_per_lora", True), ("mixed_folded", False)):
-        with BranchRunner(loras[:n], [0.8] * n, attention_per_lora=per_lora) as runner, \
-                runner.rows(torch.tensor([MIXED]), maps=maps):
+    for label, runner_class in (("mixed_per_lora", AttentionPerLoraRunner), ("mixed_folded", BranchRunner)):
+        with runner_class(loras[:n], [0.8] * n) as runner, runner.rows(torch.tensor([MIXED]), maps=maps):
             rows[label] = _count(unet, x, t, ctx)
     return rows
 

@@ -666,7 +666,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     help="the weights of the --fast-schedules methods (named 'LoRAtorio Fast max 1/3')")
     ap.add_argument("--fast-attention-per-lora", action="store_true",
                     help="the --fast-schedules methods also with each cross-attention computed once per LoRA "
-                         "and blended (BranchRunner's attention_per_lora), named 'LoRAtorio Fast max attention "
+                         "and blended (composbench/attention_per_lora.py), named 'LoRAtorio Fast max attention "
                          "per LoRA 1/3'")
     ap.add_argument("--peers", action="store_true",
                     help="also the published methods as we implemented them (K-LoRA, CMLoRA, MultLFG, FreeFuse-style "

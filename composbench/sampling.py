@@ -23,6 +23,7 @@ from lib_loratorio.network_names import bind_lora
 from lib_loratorio.params import LoratorioParams
 
 from . import world
+from .attention_per_lora import AttentionPerLoraRunner
 from .model import ALPHAS_CUMPROD, T, load_base, lora_path
 from .routing import RoutedComposer, hint_prior
 from .worlds import SOLO, WorldSpec
@@ -215,7 +216,8 @@ class Bench:
                 state["x"], state["t"] = torch.cat([x, x]), t
                 e = composer(state["x"], is_uncond, image_of_row, step=i, evaluate=evaluate)
                 return e[:b], e[b:]
-            with BranchRunner(loras, [strength] * len(loras), attention_per_lora=method.attention_per_lora) as runner:
+            runner_class = AttentionPerLoraRunner if method.attention_per_lora else BranchRunner
+            with runner_class(loras, [strength] * len(loras)) as runner:
                 x = self._ddim(x, ts, eps_fn, cfg, progress)
             info["lora_names"] = names
             if keep_weight_maps:

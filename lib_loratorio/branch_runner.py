@@ -17,17 +17,17 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .branches import BASE, MIXED, lora_of, loras_of
 from .delta_cache import DeltaCache
 from .errors import LoratorioError
-from .layer_maps import LayerMaps, cross_attention_of, is_text_side
+from .layer_maps import LayerMaps, is_text_side
 from .lora_layers import FusedAttentionDelta, ModuleDelta
 from .low_rank_stack import LowRankStack, stackable
 from .network_names import BoundLora
 
 RowSelector = Union[slice, torch.Tensor]
 DEFAULT_CACHE_BYTES = 1 << 30
-#: Branch index of a row that sees every LoRA, each scaled by its weight map (the fast mode).
-MIXED = -1
+__all__ = ["DEFAULT_CACHE_BYTES", "MIXED", "BranchRunner"]  # MIXED: see branches.py
 
 
 def _selector(mask: torch.Tensor) -> Optional[RowSelector]:
@@ -44,20 +44,13 @@ def _selector(mask: torch.Tensor) -> Optional[RowSelector]:
 class BranchRunner:
     """Per-row LoRA activation through forward hooks (a context manager).
 
-    ``loras[i]`` is LoRA i+1 of the composition (branch 0 is the base model).
+    ``loras[i]`` is LoRA i of the composition, run alone by branch ``branches.lora_branch(i)``.
     """
 
     def __init__(self, loras: Sequence[BoundLora], strengths: Sequence[float],
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, labels: Sequence[str] | None = None, *,
-                 attention_per_lora: bool = False) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, labels: Sequence[str] | None = None) -> None:
         """``cache_bytes``: the most that LyCORIS/DoRA deltas may keep built between forwards.
-        ``labels[i]``: LoRA i as the errors its layers raise name it (by default its file name).
-        ``attention_per_lora``: for mixed rows, a cross-attention's projections are layers like any
-        other (False, the default: the query and output projections weighted per image token, the
-        keys and values, which act on the text, by each LoRA's mean weight), or the attention is
-        computed once per LoRA and the outputs blended by the maps (True: the same recall on
-        composbench at a higher cost, e.g. 1.27 instead of 1.05 plain rows' FLOPs for a mixed row
-        with four LoRAs at SD1.5's size; kept as the measured alternative)."""
+        ``labels[i]``: LoRA i as the errors its layers raise name it (by default its file name)."""
         if len(loras) != len(strengths):
             raise LoratorioError(f"{len(loras)} LoRAs but {len(strengths)} strengths.")
         self.n_loras = len(loras)
@@ -65,17 +58,10 @@ class BranchRunner:
         self.labels = list(labels) if labels is not None else [f"LoRA '{lora.lora.name}'" for lora in loras]
         self._by_module: dict[nn.Module, list[tuple[int, ModuleDelta]]] = {}
         self._text_side: dict[nn.Module, bool] = {}
-        # cross-attention module -> its LoRA-targeted projections (blended per LoRA on mixed rows)
-        self._attentions: dict[nn.Module, set[nn.Module]] = {}
         for i, lora in enumerate(loras):
             for name, module, delta in lora.targets:
-                comp, dotted = name.split(":", 1) if ":" in name else ("", name)
                 self._by_module.setdefault(module, []).append((i, delta))
-                self._text_side[module] = is_text_side(dotted)
-                parent = cross_attention_of(dotted) if attention_per_lora else None
-                if parent is not None and comp in lora.roots:
-                    self._attentions.setdefault(lora.roots[comp].get_submodule(parent), set()).add(module)
-        self._in_attention: set[nn.Module] = {m for children in self._attentions.values() for m in children}
+                self._text_side[module] = is_text_side(name.split(":", 1)[-1])
         self._handles: list = []
         self._device_copies: dict = {}
         self._stacks: dict = {}  # (module, device, dtype, active LoRAs) -> (LowRankStack or None, other deltas)
@@ -90,8 +76,6 @@ class BranchRunner:
         try:
             for module in self._by_module:
                 self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
-            for attention in self._attentions:
-                self._handles.append(attention.register_forward_hook(self._attention_hook, with_kwargs=True))
         except BaseException:
             self.remove()
             raise
@@ -131,8 +115,8 @@ class BranchRunner:
             raise LoratorioError("LoRAtorio's mixed rows and their weight maps do not match; please report this.")
         if active is None:
             active = torch.zeros(len(branches), self.n_loras, dtype=torch.bool)
-            lora_rows = branches > 0
-            active[lora_rows.nonzero().flatten(), branches[lora_rows] - 1] = True
+            lora_rows = branches > BASE
+            active[lora_rows.nonzero().flatten(), loras_of(branches[lora_rows])] = True
         self._n_rows = active.shape[0]
         self._selectors = [_selector(active[:, i]) for i in range(self.n_loras)]
         if maps is not None:
@@ -150,7 +134,7 @@ class BranchRunner:
         encoding a LoRA branch's prompts.
         """
         self._n_rows = None
-        self._selectors = [slice(None) if i == branch - 1 else None for i in range(self.n_loras)]
+        self._selectors = [slice(None) if i == lora_of(branch) else None for i in range(self.n_loras)]
         try:
             yield
         finally:
@@ -181,11 +165,15 @@ class BranchRunner:
                 continue
             with self._naming(i):
                 out = self._add_delta(module, args, kwargs, x, out, sel, i, delta)
-        if self._mixed is not None and module not in self._in_attention:  # those: see _attention_hook
+        if self._mixed is not None and self._mixes(module):
             out = self._add_mixed(module, x, out)
         if isinstance(output, tuple):
             return (out, *output[1:])
         return out
+
+    def _mixes(self, module: nn.Module) -> bool:
+        """Whether this module's hook adds the LoRAs' changes to mixed rows (a subclass may do it elsewhere)."""
+        return True
 
     def _add_delta(self, module: nn.Module, args: tuple, kwargs: dict, x: torch.Tensor, out: torch.Tensor,
                    sel: RowSelector, i: int, delta: ModuleDelta) -> torch.Tensor:
@@ -219,39 +207,6 @@ class BranchRunner:
             d = d * (weights[i] * self.strengths[i])
             total = d if total is None else total + d
         return out if total is None else _add_rows(out, sel, total)
-
-    def _attention_hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
-        """Mixed rows of a cross-attention: computed once per LoRA (its q/k/v/out deltas, its keys and
-        values from the text) and blended by the maps over the image tokens."""
-        if self._mixed is None:
-            return None
-        sel, maps, n_rows = self._mixed, self._layer_maps, self._n_rows
-        out = output[0] if isinstance(output, tuple) else output
-
-        def rows(value):
-            return value[sel] if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n_rows else value
-
-        sub_args, sub_kwargs = tuple(rows(a) for a in args), {k: rows(v) for k, v in kwargs.items()}
-        weights = maps.weights_for(out[sel], False).to(out.device, out.dtype)
-        lora_here = {j for child in self._attentions[module] for j, _ in self._by_module[child]}
-        included = [i for i in range(self.n_loras) if maps.active[i] and i in lora_here and self.strengths[i] != 0]
-        if not included:
-            return None
-        saved = self._selectors, self._mixed, self._layer_maps, self._n_rows
-        blend = 0.0
-        try:
-            for i in included:
-                self._selectors = [slice(None) if j == i else None for j in range(self.n_loras)]
-                self._mixed, self._layer_maps, self._n_rows = None, None, None
-                part = module.forward(*sub_args, **sub_kwargs)
-                blend = blend + (part[0] if isinstance(part, tuple) else part) * weights[i]
-        finally:
-            self._selectors, self._mixed, self._layer_maps, self._n_rows = saved
-        # LoRAs without a projection here keep the base attention (this pass's output) on their share
-        rest = 1.0 - weights[included].sum(0)
-        out = out.clone()
-        out[sel] = blend + rest * out[sel]
-        return (out, *output[1:]) if isinstance(output, tuple) else out
 
     def _mixed_plan(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
                     active: tuple[bool, ...]) -> tuple[LowRankStack | None, list[tuple[int, ModuleDelta]]]:

@@ -25,7 +25,8 @@ from typing import Literal
 
 import torch
 
-from .branch_runner import MIXED
+from .branches import BASE, MIXED, lora_branch, lora_of
+from .choices import Evaluation, Mode, WeightNorm
 from .composition import (
     BASE_MODEL,
     blend,
@@ -40,8 +41,8 @@ from .composition import (
 from .errors import LoratorioError
 from .params import LoratorioParams
 
-# evaluate(host_rows, branches[, maps]) -> predictions [len(host_rows), C, H, W]; branch 0 = base, i = LoRA i,
-# MIXED = every LoRA by its weight map (fast mode; maps [MIXED rows, N, H, W] then come as a third argument).
+# evaluate(host_rows, branches[, maps]) -> predictions [len(host_rows), C, H, W]; branches: see branches.py (MIXED rows'
+# weight maps [MIXED rows, N, H, W] then come as a third argument).
 BranchEvaluator = Callable[..., torch.Tensor]
 Prediction = Literal["x0", "eps"]
 
@@ -87,13 +88,14 @@ class BranchComposer:
     # --- planning ---------------------------------------------------------------------------
     def _branches_for(self, is_uncond: bool, step: int, recenter: float) -> list[int]:
         n, mode = self.n_loras, self.params.mode
-        if mode == "Switch":
-            return [switch_branch(step, n, self.params.switch_every) + 1]
-        if mode == "Composite":
-            return list(range(1, n + 1))
+        if mode is Mode.SWITCH:
+            return [lora_branch(switch_branch(step, n, self.params.switch_every))]
+        loras = [lora_branch(i) for i in range(n)]
+        if mode is Mode.COMPOSITE:
+            return loras
         if is_uncond and recenter == 1.0:
-            return [0]
-        return list(range(n + 1))
+            return [BASE]
+        return [BASE, *loras]
 
     def _run(self, plan: list[tuple[int, int]], evaluate: BranchEvaluator, batch_limit: int | None,
              maps: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,7 +109,7 @@ class BranchComposer:
         outputs, start = [], 0
         while start < len(plan):
             size = min((n for n in (batch_limit, self.oom_batch_limit) if n), default=len(plan))
-            if self.params.evaluation == "per branch":
+            if self.params.evaluation is Evaluation.PER_BRANCH:
                 size = min(size, int((branches[start:] == branches[start]).sum()))
             try:
                 chunk = slice(start, start + size)
@@ -157,7 +159,7 @@ class BranchComposer:
             self._step, self._step_weights = step, {}
         recenter = self.params.recenter if recenter is None else recenter
         limit = min((n for n in (batch_limit, self.params.max_batch) if n), default=None)
-        if self.params.mode == "LoRAtorio Fast":
+        if self.params.mode is Mode.FAST:
             recenter = 1.0  # the uncond rows are the base model's on every step of the fast mode
             if not self.params.is_refresh_step(step):
                 out = self._between_refreshes(x, is_uncond, image_of_row, evaluate, limit)
@@ -166,23 +168,23 @@ class BranchComposer:
             self.refresh_steps.add(step)
 
         plan_rows = {r: self._branches_for(bool(is_uncond[r]), step, recenter) for r in range(x.shape[0])}
-        n_branches = self.n_loras + 1
-        plan = [(r, b) for b in range(n_branches) for r in range(x.shape[0]) if b in plan_rows[r]]
+        branches = [BASE, *(lora_branch(i) for i in range(self.n_loras))]
+        plan = [(r, b) for b in branches for r in range(x.shape[0]) if b in plan_rows[r]]
         flat = self._run(plan, evaluate, limit)
         table: dict[tuple[int, int], torch.Tensor] = {key: flat[i] for i, key in enumerate(plan)}
 
         out = torch.empty_like(flat[: x.shape[0]])
         cond_rows = [r for r in range(x.shape[0]) if not is_uncond[r]]
         uncond_rows = [r for r in range(x.shape[0]) if is_uncond[r]]
-        if self.params.mode == "Switch":
+        if self.params.mode is Mode.SWITCH:
             for r in range(x.shape[0]):
                 (b,) = plan_rows[r]
-                check_finite(table[(r, b)], BASE_MODEL if b == 0 else self.labels[b - 1], _kind(bool(is_uncond[r])))
+                check_finite(table[(r, b)], self.labels[lora_of(b)], _kind(bool(is_uncond[r])))
                 out[r] = table[(r, b)]
             return out
-        if self.params.mode == "Composite":
+        if self.params.mode is Mode.COMPOSITE:
             rows = list(range(x.shape[0]))
-            loras = torch.stack([torch.stack([table[(r, b)] for r in rows]) for b in range(1, n_branches)])
+            loras = torch.stack([torch.stack([table[(r, b)] for r in rows]) for b in branches[1:]])
             for r in rows:
                 check_branches_finite(loras[:, r], self.labels, _kind(bool(is_uncond[r])))
             return composite(loras).cond
@@ -190,14 +192,14 @@ class BranchComposer:
         for rows, uncond in ((cond_rows, False), (uncond_rows, True)):
             if not rows:
                 continue
-            base = torch.stack([table[(r, 0)] for r in rows])
+            base = torch.stack([table[(r, BASE)] for r in rows])
             check_finite(base, BASE_MODEL, _kind(uncond))
             if uncond and recenter == 1.0:
                 out[rows] = base
                 continue
-            loras = torch.stack([torch.stack([table[(r, b)] for r in rows]) for b in range(1, n_branches)])
+            loras = torch.stack([torch.stack([table[(r, b)] for r in rows]) for b in branches[1:]])
             check_branches_finite(loras, self.labels, _kind(uncond))
-            relative = self.params.weight_norm == "max"
+            relative = self.params.weight_norm is WeightNorm.MAX
             if uncond:
                 weights = self._applied(self._uncond_weights(rows, image_of_row, x, base, loras))
                 out[rows] = recentred_uncond(weights, base, loras, recenter, relative).to(out.dtype)
@@ -218,7 +220,7 @@ class BranchComposer:
             if maps is None and not is_uncond[r]:
                 return None
             maps_of_row.append(maps)
-        plan = [(r, 0 if is_uncond[r] else MIXED) for r in range(x.shape[0])]
+        plan = [(r, BASE if is_uncond[r] else MIXED) for r in range(x.shape[0])]
         template = next((m for m in maps_of_row if m is not None), None)
         maps = None
         if template is not None:
@@ -240,7 +242,7 @@ class BranchComposer:
     def _applied(self, weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """The weights the LoRAs act with (the SoftMin's, or rescaled to their patch's largest: weight_norm);
         ``dim``: the LoRA axis."""
-        if self.params.weight_norm != "max":
+        if self.params.weight_norm is not WeightNorm.MAX:
             return weights
         return owner_weights(weights.movedim(dim, 0)).movedim(0, dim)
 

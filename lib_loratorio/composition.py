@@ -19,16 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from einops import reduce
 
+from .choices import Selection
 from .errors import InvalidParameterError, NonFiniteError
-
-Selection = Literal["patch", "global"]
-SELECTIONS: tuple[str, ...] = ("patch", "global")
 
 # Norm floor for the cosine: keeps an all-zero patch finite (its similarity is then 0).
 _EPS = 1e-8
@@ -94,7 +92,7 @@ def softmin_weights(
     similarity: torch.Tensor,
     temperature: float,
     top_k: Optional[int] = None,
-    selection: Selection = "patch",
+    selection: Selection = Selection.PATCH,
 ) -> torch.Tensor:
     """SoftMin over the LoRA axis (dim 0) of per-patch similarities [N,B,h,w] -> weights.
 
@@ -103,12 +101,12 @@ def softmin_weights(
     """
     if not temperature > 0:
         raise InvalidParameterError(f"temperature={temperature} is invalid: it must be > 0.")
-    if selection not in SELECTIONS:
-        raise InvalidParameterError(f"selection={selection!r} is invalid: use one of {SELECTIONS}.")
+    if selection not in Selection.values():
+        raise InvalidParameterError(f"selection={selection!r} is invalid: use one of {Selection.values()}.")
     logits = -similarity.float() / temperature
     n = similarity.shape[0]
     if top_k is not None and 0 < top_k < n:
-        if selection == "patch":
+        if selection == Selection.PATCH:
             keep_idx = similarity.topk(top_k, dim=0, largest=False).indices
         else:
             mean = reduce(similarity, "n b h w -> n b 1 1", "mean")
@@ -132,7 +130,7 @@ def patch_weights(
     patch_size: int,
     temperature: float,
     top_k: Optional[int] = None,
-    selection: Selection = "patch",
+    selection: Selection = Selection.PATCH,
 ) -> torch.Tensor:
     """Full-resolution LoRAtorio weights [N,B,H,W] (float32, summing to 1 over N per pixel)."""
     if patch_size < 1:
@@ -203,7 +201,7 @@ def compose(
     temperature: float,
     recenter: float = 0.5,
     top_k: Optional[int] = None,
-    selection: Selection = "patch",
+    selection: Selection = Selection.PATCH,
 ) -> CompositionResult:
     """One LoRAtorio step on noise predictions (docs/METHOD.md, steps 3-7).
 

@@ -15,10 +15,9 @@ delta there. The maps are computed on the latent grid [H, W]; a layer's output i
   of the image the LoRA owns.
 
 A UNet's cross-attention follows these rules too: its query and output projections act on image
-tokens, its keys and values on the text (each LoRA's change at its mean weight). The branch runner
-can instead compute the module once per LoRA on the mixed rows and blend the outputs by the maps, so
-that a patch owned by LoRA i attends with LoRA i's keys and values (``cross_attention_of`` names the
-module; BranchRunner's ``attention_per_lora``): the same recall on composbench at a higher cost.
+tokens, its keys and values on the text (each LoRA's change at its mean weight). Computing it once per
+LoRA and blending the outputs by the maps instead gave the same recall on composbench at a higher cost
+(composbench/attention_per_lora.py).
 
 Layers that act on the text are named so by the caller (``text_side``): the token count alone can
 coincide with a grid size.
@@ -26,7 +25,6 @@ coincide with a grid size.
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import torch
@@ -37,16 +35,6 @@ from torch import Tensor
 TEXT_SIDE_SUFFIXES = ("attn2.to_k", "attn2.to_v", "add_k_proj", "add_v_proj", "add_q_proj", "to_add_out",
                       "context_embedder", "txt_in")
 TEXT_SIDE_PARTS = ("txt_attn", "txt_mlp", "txt_mod", "ff_context", "norm1_context")
-
-
-# A UNet's cross-attention (SD1.x/2.x/SDXL, in diffusers and ldm naming alike) and its projections.
-_CROSS_ATTENTION = re.compile(r"^(.*\.attn2)\.(to_q|to_k|to_v|to_out\.0)$")
-
-
-def cross_attention_of(name: str) -> str | None:
-    """The dotted name of the cross-attention module whose projection ``name`` is, else None."""
-    match = _CROSS_ATTENTION.match(name)
-    return match.group(1) if match else None
 
 
 def is_text_side(name: str) -> bool:

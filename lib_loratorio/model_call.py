@@ -5,21 +5,21 @@ Both hosts batch the rows of a sampling step themselves and, when a patcher has 
 wrapper, call ``wrapper(apply_model, {"input", "timestep", "c", "cond_or_uncond"})`` instead of
 ``apply_model(input, timestep, **c)``. The rows come as chunks of B images, one chunk per entry of
 ``cond_or_uncond`` (0 prompt, 1 negative prompt); ``apply_model`` returns the denoised x0.
-:func:`compose_model_call` replaces such a call by the branch composer's: every (row, branch) pair it
-asks for is evaluated through ``apply_model`` (or the wrapper that was there before, chained), each
-row as a chunk of its own, with the branch's LoRA applied by the branch runner's hooks.
+:meth:`WrapperSession.call`, the one sequence of such a call for every host of this kind, replaces it by the
+branch composer's: every (row, branch) pair it asks for is evaluated through ``apply_model`` (or the wrapper
+that was there before, chained), each row as a chunk of its own, with the branch's LoRA applied by the branch
+runner's hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from .branch_runner import BranchRunner
-from .composer import BranchComposer
+from .composing_session import ComposingSession
 from .rows import take_rows
 
 #: A model function wrapper: (apply_model, args) -> x0 rows.
@@ -75,7 +75,7 @@ class ModelCall:
         return {"input": x[idx.to(x.device)], "timestep": sub_timestep, "c": sub_c, "cond_or_uncond": flags}
 
 
-def chained_wrapper(session: Any, previous: Optional[WrapperFn]) -> WrapperFn:
+def chained_wrapper(session: WrapperSession, previous: Optional[WrapperFn]) -> WrapperFn:
     """The model function wrapper to set on the host's patcher: ``session.call(apply_model, args, previous)``.
 
     A closure, not a bound method: the patchers' clone() deep-copies model_options, which copies
@@ -114,35 +114,6 @@ def text_tokens(args: dict) -> int:
     return int(text.shape[1]) if text is not None and text.dim() == 3 else 0
 
 
-def compose_model_call(call: ModelCall, layout: RowLayout, composer: BranchComposer, runner: BranchRunner, *,
-                       step: int, flux: bool, batch_limit: Optional[int] = None,
-                       sub_args: Optional[Callable[[torch.Tensor, torch.Tensor], dict]] = None) -> torch.Tensor:
-    """The composed x0 rows of one wrapper call.
-
-    ``sub_args(idx, branches)``: the arguments of one branch evaluation (by default ``call.rows(idx)``;
-    a host adds e.g. each LoRA branch's own text conditioning). Flux composes its prompt rows only: its
-    negative-prompt rows (CFG above 1) are the base model's, and the text tokens lead its joint
-    sequences.
-    """
-    def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
-        sub = sub_args(idx, branches) if sub_args is not None else call.rows(idx, layout)
-        with runner.rows(branches, maps=maps, prefix_tokens=text_tokens(sub) if flux else 0):
-            return call.run(sub)
-
-    return composer(call.args["input"], layout.is_uncond, layout.image_of_row, step=step, evaluate=evaluate,
-                    batch_limit=batch_limit, recenter=1.0 if flux else None)
-
-
-def outside_range(runner: BranchRunner, rows: int, outside_steps: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """A model call (``run``, of ``rows`` rows) of a step outside the composition range: every LoRA merged on
-    every row ("merge"), or none ("off"). Any host's, not only this protocol's."""
-    if outside_steps == "off":
-        return run()
-    every_lora = torch.ones(rows, runner.n_loras, dtype=torch.bool)
-    with runner.rows(torch.zeros(rows, dtype=torch.long), active=every_lora):
-        return run()
-
-
 def rows_that_fit(model: Any, x: torch.Tensor, free_memory: Callable[[torch.device], float],
                   margin: float = 1.0) -> Optional[int]:
     """How many rows one model call may take on a GPU, by the host's own estimate (``model.memory_required``
@@ -167,3 +138,73 @@ class OneCallModel:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+class WrapperSession(ComposingSession):
+    """A ComposingSession on a host that calls its model through a model function wrapper (Forge, ComfyUI).
+
+    :meth:`call` is the wrapper's work, the same on both hosts; a host fills the seams: :meth:`step_of_call`
+    (which sampling step a call belongs to), :meth:`no_layout` (a call whose rows do not split into its chunks),
+    :meth:`free_memory` and ``memory_margin`` (how many rows fit on the GPU), and optionally :meth:`check_call`,
+    :meth:`pass_key` and :meth:`branch_args`.
+    """
+
+    #: factor on the host's memory estimate of one row (the host's own batching may need more than it says)
+    memory_margin = 1.0
+
+    def call(self, apply_model: Callable, args: dict, previous: Optional[WrapperFn]) -> torch.Tensor:
+        """One call of the model function wrapper: passed through outside a run, else composed (or the LoRAs merged,
+        or none, on the steps outside the composition range)."""
+        call = ModelCall(apply_model, args, previous)
+        self.check_call(args)
+        if self.runner is None:  # a model call outside a sampling run
+            return call.run()
+        layout = RowLayout.of(args)
+        if layout is None:
+            return self.no_layout(call)
+        step, steps = self.step_of_call(args)
+        x = args["input"]
+        if not self.params.composes_at(step, steps):
+            return self.outside_range(x.shape[0], call.run)
+        runner = self.runner
+
+        def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
+            sub = self.branch_args(call, layout, idx, branches)
+            with runner.rows(branches, maps=maps, prefix_tokens=text_tokens(sub) if self.flux else 0):
+                return call.run(sub)
+
+        key = self.pass_key()
+        composer = self.composer(key)
+        # Flux composes its prompt rows only: its negative-prompt rows (CFG above 1) are the base model's
+        out = composer(x, layout.is_uncond, layout.image_of_row, step=step, evaluate=evaluate,
+                       batch_limit=rows_that_fit(getattr(apply_model, "__self__", None), x, self.free_memory,
+                                                 self.memory_margin),
+                       recenter=1.0 if self.flux else None)
+        if self.params.show_weight_maps and not all(layout.is_uncond):
+            self.keep_step_maps(key, step, steps)
+        return out
+
+    # --- seams ---------------------------------------------------------------------------------------
+    def check_call(self, args: dict) -> None:
+        """Raise what makes this call impossible to compose (before anything runs)."""
+
+    def step_of_call(self, args: dict) -> tuple[int, int]:
+        """(step, steps) of the sampling run a model call belongs to."""
+        raise NotImplementedError
+
+    def no_layout(self, call: ModelCall) -> torch.Tensor:
+        """A call whose rows do not split into its chunks: run it as it is, or raise."""
+        raise NotImplementedError
+
+    def free_memory(self, device: torch.device) -> float:
+        """Bytes free on ``device`` by the host's own measure."""
+        raise NotImplementedError
+
+    def pass_key(self) -> Hashable:
+        """Which pass of the run a call belongs to (one composer, and one set of weight maps, per pass)."""
+        return "run"
+
+    def branch_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
+        """The wrapper arguments of one branch evaluation: rows ``idx``, each a chunk of its own, as branches
+        ``branches`` (a host may give a LoRA branch its own text conditioning)."""
+        return call.rows(idx, layout)

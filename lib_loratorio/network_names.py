@@ -29,6 +29,7 @@ from typing import Collection, Mapping, Optional
 from torch import nn
 
 from .errors import LoraMismatchError
+from .flux import is_flux
 from .lora_files import LoraFile
 from .lora_layers import DoRA, FusedAttentionDelta, ModuleDelta, OutputSlice, SlicedOutputDelta, weight_shape
 
@@ -258,7 +259,7 @@ def flux_name_aliases(flux: nn.Module) -> dict[str, tuple[str, Optional[OutputSl
     Empty for anything else. ``norm_out.linear`` maps to ``final_layer.adaLN_modulation.1`` with
     swapped halves: diffusers orders that output (scale, shift), BFL (shift, scale).
     """
-    if not (hasattr(flux, "double_blocks") and hasattr(flux, "single_blocks")):
+    if not is_flux(flux):
         return {}
     modules = dict(flux.named_modules())
     aliases: dict[str, tuple[str, Optional[OutputSlice]]] = {}
@@ -384,7 +385,7 @@ def _family_of_model(components: Mapping[str, nn.Module]) -> Optional[str]:
     unet = components.get("unet")
     if unet is None:
         return None
-    if hasattr(unet, "double_blocks"):
+    if is_flux(unet):
         return "Flux"
     context = _context_dim_of_model(unet)
     if context in _CONTEXT_DIMS:

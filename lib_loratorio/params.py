@@ -11,23 +11,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
+from .choices import Choice, Evaluation, Mode, OutsideSteps, Selection, TextEncoder, WeightNorm
 from .errors import InvalidParameterError
 
-MODES: tuple[str, ...] = ("LoRAtorio", "LoRAtorio Fast", "Composite", "Switch")
 #: Values infotexts written before a setting existed imply (that setting's behaviour then), not its default.
-LEGACY_INFOTEXT_VALUES: dict[str, str] = {"weight_norm": "sum"}
-#: Modes that route LoRAs by LoRAtorio's weight maps (and use its patch, temperature and top-k settings).
-ROUTING_MODES: tuple[str, ...] = ("LoRAtorio", "LoRAtorio Fast")
-SELECTIONS: tuple[str, ...] = ("patch", "global")
-TEXT_ENCODER_MODES: tuple[str, ...] = ("per branch", "UNet only")
-OUTSIDE_STEPS: tuple[str, ...] = ("merge", "off")
-EVALUATIONS: tuple[str, ...] = ("batched", "per branch")
-WEIGHT_NORMS: tuple[str, ...] = ("sum", "max")
+LEGACY_INFOTEXT_VALUES: dict[str, str] = {"weight_norm": WeightNorm.SUM.value}
 INFOTEXT_PREFIX = "LoRAtorio"
 
 
-def _setting(default: Any, label: str, hint: str, *, choices: Optional[tuple] = None,
-             minimum: Optional[float] = None, maximum: Optional[float] = None) -> Any:
+def _setting(default: Any, label: str, hint: str, *, minimum: Optional[float] = None,
+             maximum: Optional[float] = None) -> Any:
+    """A field with its UI label, hint and bounds; a Choice default makes its enum's strings the allowed values."""
+    choices = type(default).values() if isinstance(default, Choice) else None
     meta = {"label": label, "hint": hint, "choices": choices, "min": minimum, "max": maximum}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -37,12 +32,12 @@ def _setting(default: Any, label: str, hint: str, *, choices: Optional[tuple] = 
 @dataclass
 class LoratorioParams:
     enabled: bool = _setting(False, "Enable", "Compose the <loratorio:...> LoRAs at sampling time.")
-    mode: str = _setting(
-        "LoRAtorio Fast", "Mode",
+    mode: Mode = _setting(
+        Mode.FAST, "Mode",
         "LoRAtorio: patch-wise SoftMin routing, every branch every step. LoRAtorio Fast: the same maps, "
         "refreshed on a schedule; in between one forward with every LoRA applied where its map says "
         "(close to a plain step's cost). Composite: plain average of LoRA branches. Switch: one LoRA at a "
-        "time, rotating.", choices=MODES)
+        "time, rotating.")
     patch_size: int = _setting(
         4, "Patch size", "Side of a comparison patch in latent pixels (4 latent px = 32 image px).",
         minimum=1, maximum=64)
@@ -54,13 +49,13 @@ class LoratorioParams:
         "(1 = base only, fastest: N+2 evaluations per step). LoRAtorio Fast always uses 1.", minimum=0.0, maximum=1.0)
     top_k: int = _setting(
         0, "Auto-select top-k", "Keep only the k most divergent LoRAs (0 = use all).", minimum=0, maximum=64)
-    selection: str = _setting(
-        "patch", "Selection", "Rank LoRAs per patch or by their mean over the whole image.", choices=SELECTIONS)
+    selection: Selection = _setting(
+        Selection.PATCH, "Selection", "Rank LoRAs per patch or by their mean over the whole image.")
     switch_every: int = _setting(5, "Switch every", "Switch mode: steps before the next LoRA.", minimum=1,
                                  maximum=1000)
-    evaluation: str = _setting(
-        "batched", "Evaluation", "batched: all branches in one model call (fastest). per branch: one call per "
-        "branch (least memory).", choices=EVALUATIONS)
+    evaluation: Evaluation = _setting(
+        Evaluation.BATCHED, "Evaluation", "batched: all branches in one model call (fastest). per branch: one call per "
+        "branch (least memory).")
     max_batch: int = _setting(
         0, "Max batch", "Rows per model call (0 = all at once, halved automatically on out-of-memory).",
         minimum=0, maximum=4096)
@@ -71,16 +66,16 @@ class LoratorioParams:
         False, "Use lora tags", "Treat the prompt's <lora:NAME:STRENGTH> tags as LoRAtorio branches too.")
     pool: list = _setting(
         [], "Pool", "LoRA names or a folder: every step the top-k most relevant are picked from these.")
-    text_encoder: str = _setting(
-        "per branch", "Text encoder", "per branch: each LoRA's text-encoder part conditions its own branch. "
-        "UNet only: cheaper, text-encoder parts are ignored.", choices=TEXT_ENCODER_MODES)
+    text_encoder: TextEncoder = _setting(
+        TextEncoder.PER_BRANCH, "Text encoder", "per branch: each LoRA's text-encoder part conditions its own branch. "
+        "UNet only: cheaper, text-encoder parts are ignored.")
     step_start: float = _setting(
         0.0, "Start at", "Fraction of the steps after which composition starts.", minimum=0.0, maximum=1.0)
     step_end: float = _setting(
         1.0, "End at", "Fraction of the steps after which composition stops.", minimum=0.0, maximum=1.0)
-    outside_steps: str = _setting(
-        "merge", "Outside the range", "merge: the LoRAs act merged as a plain <lora:> would. off: base model only.",
-        choices=OUTSIDE_STEPS)
+    outside_steps: OutsideSteps = _setting(
+        OutsideSteps.MERGE, "Outside the range",
+        "merge: the LoRAs act merged as a plain <lora:> would. off: base model only.")
     show_weight_maps: bool = _setting(False, "Show weight maps", "Add one heatmap per LoRA to the results.")
     weight_map_steps: list = _setting(
         [], "Weight maps at", "Also show the maps of single steps, as fractions of the run, e.g. 0.25, 0.5.",
@@ -91,10 +86,11 @@ class LoratorioParams:
     refresh_every: int = _setting(
         10, "Refresh every", "LoRAtorio Fast: after those, the maps are computed again every k-th step.",
         minimum=1, maximum=1000)
-    weight_norm: str = _setting(
-        "max", "Weights", "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
+    weight_norm: WeightNorm = _setting(
+        WeightNorm.MAX, "Weights",
+        "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
         "divided by the patch's largest weight, so the LoRA that owns a patch acts at full strength there "
-        "and the others by their share of it; where none stands out, every LoRA acts fully.", choices=WEIGHT_NORMS)
+        "and the others by their share of it; where none stands out, every LoRA acts fully.")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,9 +101,11 @@ class LoratorioParams:
         for f in dataclasses.fields(self):
             value = _coerce(f, getattr(self, f.name))
             meta = f.metadata
-            if meta["choices"] and value not in meta["choices"]:
-                raise InvalidParameterError(
-                    f"LoRAtorio {f.name}={value!r} is invalid: allowed values are {', '.join(meta['choices'])}.")
+            if meta["choices"]:
+                if value not in meta["choices"]:
+                    raise InvalidParameterError(
+                        f"LoRAtorio {f.name}={value!r} is invalid: allowed values are {', '.join(meta['choices'])}.")
+                value = type(f.default)(value)
             numbers = value if isinstance(value, list) and meta["min"] is not None else [value]
             for number in numbers:
                 if isinstance(number, (int, float)) and not isinstance(number, bool):
@@ -221,7 +219,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
                 value = [p.strip() for p in value.replace("\n", ",").replace(";", ",").split(",") if p.strip()]
             # a list with numeric bounds holds numbers (step fractions); otherwise names
             return [float(v) for v in value] if f.metadata["min"] is not None else [str(v) for v in value]
-        return str(value)
+        return str(value)  # a choice's string (validate makes it the member)
     except (TypeError, ValueError):
         raise InvalidParameterError(
             f"LoRAtorio {f.name}={value!r} is invalid: expected {kind.__name__}.") from None

@@ -16,10 +16,11 @@ import gradio as gr
 from modules import scripts
 from modules.ui_components import InputAccordion
 
+from lib_loratorio.choices import ROUTING_MODES, Mode
 from lib_loratorio.errors import LoratorioError
-from lib_loratorio.params import INFOTEXT_PREFIX, LEGACY_INFOTEXT_VALUES, ROUTING_MODES, LoratorioParams
-from lib_loratorio.script_args import SCRIPT_TITLE, parse_script_args
-from lib_loratorio.webui import load_adapter
+from lib_loratorio.params import INFOTEXT_PREFIX, LoratorioParams
+from lib_loratorio.webui.host import load_adapter
+from lib_loratorio.webui.script_args import SCRIPT_TITLE, parse_script_args
 from lib_loratorio.webui.session import get_session
 from lib_loratorio.webui.weight_map_images import weight_map_images
 from lib_loratorio.webui.xyz_axes import xyz_overrides
@@ -42,9 +43,9 @@ _ADVANCED_ROWS = (("weight_norm", "selection", "switch_every"), ("evaluation", "
 # Settings that matter only for some values of another setting, and are shown only then.
 _SHOWN_ONLY_WHEN = {
     **{name: ("mode", ROUTING_MODES) for name in ("patch_size", "temperature", "top_k", "selection", "weight_norm")},
-    "recenter": ("mode", ("LoRAtorio",)),  # LoRAtorio Fast always uses the base model's negative prediction
-    **{name: ("mode", ("LoRAtorio Fast",)) for name in ("refresh_first", "refresh_every")},
-    "switch_every": ("mode", ("Switch",)),
+    "recenter": ("mode", (Mode.LORATORIO,)),  # LoRAtorio Fast always uses the base model's negative prediction
+    **{name: ("mode", (Mode.FAST,)) for name in ("refresh_first", "refresh_every")},
+    "switch_every": ("mode", (Mode.SWITCH,)),
     "weight_map_steps": ("show_weight_maps", (True,)),
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(LoratorioParams)}
@@ -57,7 +58,7 @@ def _control(f: dataclasses.Field, elem_id: str):
         controller, values = _SHOWN_ONLY_WHEN[f.name]
         common["visible"] = _FIELDS[controller].default in values
     if meta["choices"]:
-        return gr.Radio(choices=list(meta["choices"]), value=default, **common)
+        return gr.Radio(choices=list(meta["choices"]), value=str(default), **common)
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **common)
     if f.name in _SLIDERS:
@@ -91,21 +92,23 @@ def _show_dependents(controls: dict[str, Any]) -> None:
                                     outputs=[controls[name] for name, _ in dependents])
 
 
-def _boolean(key: str):
-    """Infotext reader for a checkbox: the API's paste casts with bool(), which reads "False" as True."""
-    return lambda params: None if key not in params else str(params[key]).strip() == "True"
+def _reader(name: str) -> Callable[[dict], Any]:
+    """The paste reader of one control: its setting as LoratorioParams.from_infotext reads the infotext (settings
+    newer than it get the value the image was made with); None, which leaves the control as it is, when the
+    infotext has no LoRAtorio run or a value LoRAtorio cannot read."""
+    def read(fields: dict) -> Any:
+        try:
+            params = LoratorioParams.from_infotext(fields)
+        except LoratorioError:
+            return None
+        if params is None:
+            return None
+        value = getattr(params, name)
+        if isinstance(value, list):  # the textbox's text, as the infotext writes it
+            return ";".join(map(str, value))
+        return str(value) if _FIELDS[name].metadata["choices"] else value
 
-
-def _reader(name: str):
-    """The infotext key of a setting, or a reader: checkboxes (see _boolean), and settings newer than the
-    infotext, which get the value the image was made with (LEGACY_INFOTEXT_VALUES) rather than the default."""
-    key = LoratorioParams.infotext_key(name)
-    if isinstance(_FIELDS[name].default, bool):
-        return _boolean(key)
-    if name in LEGACY_INFOTEXT_VALUES:
-        legacy = LEGACY_INFOTEXT_VALUES[name]
-        return lambda params: params.get(key, legacy if INFOTEXT_PREFIX in params else None)
-    return key
+    return read
 
 
 class LoratorioScript(scripts.Script):
@@ -130,8 +133,7 @@ class LoratorioScript(scripts.Script):
         settings = [name for name in _FIELDS if name != "enabled"]
         ordered = [enabled, *(controls[name] for name in settings)]
         keys = [INFOTEXT_PREFIX] + [LoratorioParams.infotext_key(name) for name in settings]
-        readers = [_boolean(INFOTEXT_PREFIX)] + [_reader(name) for name in settings]
-        self.infotext_fields = list(zip(ordered, readers, strict=True))
+        self.infotext_fields = list(zip(ordered, [_reader(name) for name in _FIELDS], strict=True))
         self.paste_field_names = keys
         return ordered
 

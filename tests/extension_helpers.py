@@ -1,8 +1,11 @@
-"""What the end-to-end tests of the WebUI script share, on the A1111 and the Forge stand-in alike."""
+"""What the end-to-end tests of the WebUI script share, on the A1111 and the Forge stand-in alike (webui_hosts)."""
 
+import copy
 import dataclasses
+import os
 
 import numpy as np
+import torch
 
 from lib_loratorio.params import LoratorioParams
 
@@ -90,3 +93,40 @@ def check_accordion_layout(runner):
     assert hidden() == {"switch_every"} | FAST_ONLY
     by_name["show_weight_maps"].fire("change", False)
     assert hidden() == {"switch_every", "weight_map_steps"} | FAST_ONLY
+
+
+def merged_model(webui, loras, base=None):
+    """A copy of ``base`` (SD1.5 by default) with the LoRAs ``{name: strength}`` merged into its UNet weights (what
+    a plain <lora:> does): the oracle of a LoRA branch."""
+    from lib_loratorio.lora_files import read_lora_file
+    from lib_loratorio.network_names import bind_lora
+
+    model = copy.deepcopy(base or webui.sd15)
+    if webui.forge:
+        objects = model.forge_objects_original
+        model.forge_objects = objects.shallow_copy()
+        model.forge_objects_after_applying_lora = objects.shallow_copy()
+    unet = webui.unet(model)
+    with torch.no_grad():
+        for name, strength in loras.items():
+            bound = bind_lora(read_lora_file(os.path.join(webui.lora_dir, f"{name}.safetensors")), {"unet": unet})
+            for _, module, delta in bound.targets:
+                module.weight += strength * delta.weight_delta(module)
+    return model
+
+
+def merged_run(webui, runner, loras, base=None, **kw):
+    """The image of ``base`` with ``loras`` merged, LoRAtorio off (the prompt without tags)."""
+    return webui.run(runner, model=merged_model(webui, loras, base), **{"prompt": "a cat", **kw})
+
+
+def close(a, b):
+    """8-bit images equal up to rounding (one level)."""
+    return np.abs(a - b).max() <= 1.0
+
+
+def unet_rows(webui):
+    """Rows of every UNet forward while the handle is in place (a forward pre-hook on SD1.5's UNet)."""
+    seen = []
+    handle = webui.unet(webui.sd15).register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    return seen, handle

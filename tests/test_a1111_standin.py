@@ -1,42 +1,44 @@
 """Fast checks of the A1111 v1.10.1 stand-in (tests/a1111_standin) itself."""
 
-import os
-import sys
+import types
 
 import numpy as np
 import pytest
 import torch
 
-STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "a1111_standin")
-if STANDIN not in sys.path:
-    sys.path.insert(0, STANDIN)
+from tests.standins import A1111, imported
 
-import gradio as gr  # noqa: E402  (the stand-in fake)
+W = types.SimpleNamespace()  # the stand-in's modules, imported inside its environment
 
-import standin_models  # noqa: E402
-from modules import errors, extra_networks, infotext_utils, processing, script_callbacks, scripts, shared  # noqa: E402
-from modules.api import api  # noqa: E402
-from modules.ui_components import InputAccordion  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def env(one_thread):
+    with A1111.active():
+        W.__dict__.update(vars(imported(["gradio", "standin_models", "modules.errors", "modules.extra_networks",
+                                         "modules.infotext_utils", "modules.processing", "modules.script_callbacks",
+                                         "modules.scripts", "modules.shared", "modules.api.api",
+                                         "modules.ui_components"])))
+        yield W
 
 
 @pytest.fixture(scope="module")
-def sd15(one_thread):
-    return standin_models.make_sd15_model()
+def sd15(env):
+    return W.standin_models.make_sd15_model()
 
 
 @pytest.fixture(autouse=True)
 def clean_state(sd15):
-    shared.opts.reset()
-    shared.state.begin()
-    shared.sd_model = sd15
-    script_callbacks.clear_callbacks()
-    extra_networks.initialize()
-    errors.reported.clear()
-    processing.StableDiffusionProcessing.cached_c[:] = [None, None]
-    processing.StableDiffusionProcessing.cached_uc[:] = [None, None]
+    W.shared.opts.reset()
+    W.shared.state.begin()
+    W.shared.sd_model = sd15
+    W.script_callbacks.clear_callbacks()
+    W.extra_networks.initialize()
+    W.errors.reported.clear()
+    W.processing.StableDiffusionProcessing.cached_c[:] = [None, None]
+    W.processing.StableDiffusionProcessing.cached_uc[:] = [None, None]
     yield
-    script_callbacks.clear_callbacks()
-    shared.state.begin()
+    W.script_callbacks.clear_callbacks()
+    W.shared.state.begin()
 
 
 class Spy(torch.nn.Module):
@@ -70,14 +72,14 @@ def install_spy(log, params_log=None, fail=False):
         d = params.denoiser
         if not isinstance(d.inner_model, Spy):
             d.model_wrap = Spy(d.inner_model, log, fail)
-    script_callbacks.on_cfg_denoiser(on_denoiser)
+    W.script_callbacks.on_cfg_denoiser(on_denoiser)
 
 
 def txt2img(**kw):
     args = dict(prompt="a cat", negative_prompt="", steps=1, width=64, height=64, batch_size=2, sampler_name="Euler",
                 seed=3)
     args.update(kw)
-    return processing.StableDiffusionProcessingTxt2Img(**args)
+    return W.processing.StableDiffusionProcessingTxt2Img(**args)
 
 
 @pytest.mark.parametrize("batch_cond_uncond,negative,expected", [
@@ -87,10 +89,10 @@ def txt2img(**kw):
     (False, "word " * 80, [(2, 2, 77), (2, 2, 77), (2, 2, 154)]),
 ])
 def test_row_layout_call_patterns(batch_cond_uncond, negative, expected):
-    shared.opts.batch_cond_uncond = batch_cond_uncond
+    W.shared.opts.batch_cond_uncond = batch_cond_uncond
     log, plog = [], []
     install_spy(log, plog)
-    processing.process_images(txt2img(prompt="a cat AND a dog :0.5", negative_prompt=negative))
+    W.processing.process_images(txt2img(prompt="a cat AND a dog :0.5", negative_prompt=negative))
     assert [(e["rows"], e["cond_rows"], e["tokens"]) for e in log] == expected
     params = plog[0]
     assert params.text_cond.shape[0] == 4 and params.text_uncond.shape[0] == 2
@@ -104,7 +106,7 @@ def test_row_layout_call_patterns(batch_cond_uncond, negative, expected):
 def test_txt2img_two_images_two_steps(sampler, calls):
     log = []
     install_spy(log)
-    res = processing.process_images(txt2img(steps=2, sampler_name=sampler))
+    res = W.processing.process_images(txt2img(steps=2, sampler_name=sampler))
     assert len(log) == calls
     assert len(res.images) == 3 and res.index_of_first_image == 1  # grid first, as with opts.return_grid
     for img in res.images[1:]:
@@ -116,31 +118,31 @@ def test_txt2img_two_images_two_steps(sampler, calls):
 def test_interrupt_returns_early_and_postprocess_runs():
     seen = []
 
-    class S(scripts.Script):
+    class S(W.scripts.Script):
         def title(self):
             return "Spy script"
 
         def show(self, is_img2img):
-            return scripts.AlwaysVisible
+            return W.scripts.AlwaysVisible
 
         def ui(self, is_img2img):
-            with InputAccordion(True, label="Spy") as enabled:
+            with W.ui_components.InputAccordion(True, label="Spy") as enabled:
                 pass
             return [enabled]
 
         def postprocess(self, p, processed, enabled):
             seen.append(("postprocess", enabled, len(processed.images)))
 
-    runner = scripts.ScriptRunner()
+    runner = W.scripts.ScriptRunner()
     runner.initialize_scripts(False, [S])
     runner.setup_ui()
     log = []
     install_spy(log)
-    script_callbacks.on_cfg_denoiser(lambda params: shared.state.interrupt())
+    W.script_callbacks.on_cfg_denoiser(lambda params: W.shared.state.interrupt())
     p = txt2img(steps=3, batch_size=1, n_iter=2)
     p.scripts = runner
     p.script_args = (0, True)
-    res = processing.process_images(p)
+    res = W.processing.process_images(p)
     assert len(log) == 1                     # the 2nd denoiser call raised InterruptedException (caught)
     assert len(res.images) == 1              # second batch skipped by the loop's interrupted check
     assert seen == [("postprocess", True, 1)]
@@ -149,12 +151,12 @@ def test_interrupt_returns_early_and_postprocess_runs():
 def test_sampling_exception_propagates_and_skips_postprocess():
     seen = []
 
-    class S(scripts.Script):
+    class S(W.scripts.Script):
         def title(self):
             return "Spy"
 
         def show(self, is_img2img):
-            return scripts.AlwaysVisible
+            return W.scripts.AlwaysVisible
 
         def process(self, p, *args):
             raise ValueError("swallowed")
@@ -162,7 +164,7 @@ def test_sampling_exception_propagates_and_skips_postprocess():
         def postprocess(self, p, processed, *args):
             seen.append("postprocess")
 
-    runner = scripts.ScriptRunner()
+    runner = W.scripts.ScriptRunner()
     runner.initialize_scripts(False, [S])
     runner.setup_ui()
     install_spy([], fail=True)
@@ -170,20 +172,21 @@ def test_sampling_exception_propagates_and_skips_postprocess():
     p.scripts = runner
     p.script_args = (0,)
     with pytest.raises(RuntimeError, match="boom in sampling"):
-        processing.process_images(p)
+        W.processing.process_images(p)
     assert seen == []
-    assert any("process" in msg for msg, _ in errors.reported)
+    assert any("process" in msg for msg, _ in W.errors.reported)
 
 
 def test_api_helper_error_mapping():
-    class S(scripts.Script):
+    class S(W.scripts.Script):
         def title(self):
             return "My Ext"
 
         def show(self, is_img2img):
-            return scripts.AlwaysVisible
+            return W.scripts.AlwaysVisible
 
         def ui(self, is_img2img):
+            gr = W.gradio
             return [gr.Checkbox(False, label="on"), gr.Slider(0, 2, 1.0, label="w"), gr.Dropdown(["a", "b"], "a")]
 
         def process(self, p, on, w, choice):
@@ -191,42 +194,42 @@ def test_api_helper_error_mapping():
             if w == 2:
                 raise RuntimeError("hook error is swallowed")
 
-    runner = scripts.ScriptRunner()
+    runner = W.scripts.ScriptRunner()
     runner.initialize_scripts(False, [S])
     runner.setup_ui()
     req = dict(prompt="x", steps=1, width=64, height=64, sampler_name="Euler")
-    status, body = api.run_txt2img_api({**req, "alwayson_scripts": {"my ext": {"args": [True, 0.5]}}}, runner)
+    status, body = W.api.run_txt2img_api({**req, "alwayson_scripts": {"my ext": {"args": [True, 0.5]}}}, runner)
     assert status == 200 and len(body["images"]) == 1
     assert "My Ext: True/0.5/a" in body["info"]
-    assert api.run_txt2img_api({**req, "alwayson_scripts": {"other": {}}}, runner)[0] == 422
-    status, body = api.run_txt2img_api({**req, "alwayson_scripts": {"My Ext": {"args": {"0": True}}}}, runner)
+    assert W.api.run_txt2img_api({**req, "alwayson_scripts": {"other": {}}}, runner)[0] == 422
+    status, body = W.api.run_txt2img_api({**req, "alwayson_scripts": {"My Ext": {"args": {"0": True}}}}, runner)
     assert (status, body["error"], body["errors"]) == (500, "KeyError", "0")
-    assert api.run_txt2img_api({**req, "alwayson_scripts": {"My Ext": {"args": [True, 2]}}}, runner)[0] == 200
+    assert W.api.run_txt2img_api({**req, "alwayson_scripts": {"My Ext": {"args": [True, 2]}}}, runner)[0] == 200
     install_spy([], fail=True)
-    status, body = api.run_txt2img_api(req, runner)
+    status, body = W.api.run_txt2img_api(req, runner)
     assert status == 500 and body == {"error": "RuntimeError", "detail": "", "body": "", "errors": "boom in sampling"}
 
 
 def test_extra_networks_and_infotext_roundtrip():
     got = []
 
-    class Net(extra_networks.ExtraNetwork):
+    class Net(W.extra_networks.ExtraNetwork):
         def activate(self, p, params_list):
             got.append([(x.positional, x.named) for x in params_list])
 
         def deactivate(self, p):
             got.append("deactivate")
 
-    extra_networks.register_extra_network(Net("lora"))
+    W.extra_networks.register_extra_network(Net("lora"))
     p = txt2img(prompt="a cat <lora:foo:0.5:te=0.2> <hypernet:bar>", batch_size=1, steps=1)
     p.extra_generation_params["Lora hashes"] = "foo: 0123456789ab"
-    runner = scripts.ScriptRunner()
+    runner = W.scripts.ScriptRunner()
     runner.initialize_scripts(False, [])
     runner.setup_ui()
     p.scripts = runner  # with p.scripts set, p.prompts is restored (tags back) before infotexts, as in A1111
-    res = processing.process_images(p)
+    res = W.processing.process_images(p)
     assert got == [[(["foo", "0.5"], {"te": "0.2"})], "deactivate"]
-    params = infotext_utils.parse_generation_parameters(res.infotexts[0])
+    params = W.infotext_utils.parse_generation_parameters(res.infotexts[0])
     assert params["Prompt"] == "a cat <lora:foo:0.5:te=0.2> <hypernet:bar>"
     assert params["Lora hashes"] == "foo: 0123456789ab" and params["Size-1"] == "64" and params["Steps"] == "1"
 
@@ -237,23 +240,23 @@ def test_prompt_schedules_and_sdxl_conditions():
     assert g(["a [b:3]"], 10) == [[[3, "a "], [10, "a b"]]]
     assert g(["a [b : c : 1] d"], 10) == [[[1, "a b  d"], [10, "a  c  d"]]]
     assert g(["a [b:.5] c"], 10) == [[[5, "a  c"], [10, "a b c"]]]
-    xl = standin_models.make_sdxl_model()
-    shared.sd_model = xl
+    xl = W.standin_models.make_sdxl_model()
+    W.shared.sd_model = xl
     log = []
     install_spy(log)
-    processing.process_images(txt2img(prompt="a [cat:dog:1]", batch_size=1, steps=2))
+    W.processing.process_images(txt2img(prompt="a [cat:dog:1]", batch_size=1, steps=2))
     assert log[0]["keys"] == ["c_concat", "crossattn", "vector"] and log[0]["tokens"] == 77
     assert not torch.equal(log[0]["x"], log[1]["x"])
 
 
 def test_refiner_switch_discards_model_wrap(sd15):
-    refiner = standin_models.make_sd15_model("refiner", seed=1)
+    refiner = W.standin_models.make_sd15_model("refiner", seed=1)
     seen, loaded = [], []
-    script_callbacks.on_model_loaded(lambda m: loaded.append(m.sd_checkpoint_info.name_for_extra))
-    script_callbacks.on_cfg_denoiser(lambda params: seen.append(
+    W.script_callbacks.on_model_loaded(lambda m: loaded.append(m.sd_checkpoint_info.name_for_extra))
+    W.script_callbacks.on_cfg_denoiser(lambda params: seen.append(
         (params.denoiser.model_wrap is None, params.denoiser.inner_model.inner_model is refiner)))
     p = txt2img(steps=4, batch_size=1, refiner_switch_at=0.5, refiner_model=refiner)
-    processing.process_images(p)
+    W.processing.process_images(p)
     assert seen == [(False, False), (False, False), (True, True), (False, True)]
     assert loaded == ["refiner"] and p.extra_generation_params["Refiner switch at"] == 0.5
 
@@ -273,7 +276,7 @@ def test_lora_network_listing(tmp_path):
     write(tmp_path / "a.safetensors", {"ss_output_name": "same"})
     write(tmp_path / "sub" / "b.safetensors", {"ss_output_name": "same", "ss_base_model_version": "sdxl_base_v1-0"})
     write(tmp_path / "sub" / "deeper" / "c.safetensors", {})
-    shared.cmd_opts.lora_dir = str(tmp_path)
+    W.shared.cmd_opts.lora_dir = str(tmp_path)
     networks.list_available_networks()
     assert sorted(networks.available_networks) == ["a", "b", "c"]
     assert sorted(networks.available_network_aliases) == ["a", "b", "c", "same"]

@@ -263,13 +263,13 @@ def test_mixed_row_with_uniform_maps_equals_every_lora_at_its_share(setup):
 
 
 def test_folded_cross_attention_with_uniform_maps_equals_every_lora_at_its_share(setup):
-    """attention_per_lora=False: the cross-attention's projections are layers like any other (keys and
+    """The cross-attention's projections are layers like any other (keys and
     values at each LoRA's mean weight), so uniform maps give the merged model in every layer."""
     unet, files = setup
     bound = [bind_lora(f, {"unet": unet}) for f in files]
     assert any(".attn2." in t[0] for t in bound[0].targets)
     x, t, ctx = inputs(1)
-    with torch.no_grad(), BranchRunner(bound, STRENGTHS, attention_per_lora=False) as runner:
+    with torch.no_grad(), BranchRunner(bound, STRENGTHS) as runner:
         with runner.rows(torch.tensor([MIXED]), maps=torch.full((1, 2, 16, 16), 0.5)):
             mixed = unet(x, t, ctx).sample
     torch.testing.assert_close(mixed, merged_at_half(unet, bound)(x, t, ctx).sample, atol=1e-5, rtol=1e-4)
@@ -318,25 +318,3 @@ def test_mixed_rows_need_their_maps(setup):
     with BranchRunner(bound, STRENGTHS) as runner, pytest.raises(LoratorioError, match="mixed rows"):
         with runner.rows(torch.tensor([0, MIXED])):
             pass
-
-
-def test_cross_attention_of_mixed_rows_is_computed_per_lora_and_blended(setup):
-    """Left half of the image tokens owned by LoRA 1, right half by LoRA 2: the attention output of the
-    mixed row is LoRA 1's attention (its keys and values from the text) on the left, LoRA 2's on the right."""
-    unet, files = setup
-    bound = [bind_lora(f, {"unet": unet}) for f in files]
-    attention = unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2")
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randn(1, 16 * 16, 32, generator=g).expand(3, -1, -1)
-    text = torch.randn(1, 7, 32, generator=g).expand(3, -1, -1)
-    maps = torch.zeros(1, 2, 16, 16)
-    maps[0, 0, :, :8], maps[0, 1, :, 8:] = 1.0, 1.0
-    left = torch.zeros(16, 16, dtype=torch.bool)
-    left[:, :8] = True
-    left = left.flatten()
-    with torch.no_grad(), BranchRunner(bound, STRENGTHS, attention_per_lora=True) as runner:
-        with runner.rows(torch.tensor([1, 2, MIXED]), maps=maps):
-            out = attention(tokens, encoder_hidden_states=text)
-    torch.testing.assert_close(out[2, left], out[0, left], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out[2, ~left], out[1, ~left], atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(out[0], out[1], atol=1e-4)

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from lib_loratorio.params import LoratorioParams
-from tests import comfy_standin
 from tests.extension_helpers import UNET_TARGETS, hook_ids
 from tests.lora_writers import write_kohya
+from tests.standins import COMFYUI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(ROOT, "docs", "comfyui", "loratorio_two_loras.json")
@@ -46,8 +46,7 @@ def write_comfy_lora(path, network, targets, seed, rank=4, alpha=2.0):
 
 @pytest.fixture(scope="module", autouse=True)
 def env(one_thread, tmp_path_factory):
-    token = comfy_standin.activate(extra_prefixes=("lib_loratorio.comfyui",))
-    try:
+    with COMFYUI.active():
         import comfy.model_management
         import comfy.samplers
         import comfyui_models
@@ -78,8 +77,6 @@ def env(one_thread, tmp_path_factory):
             write_kohya(loras / f"{name}.safetensors", dit, FLUX_TARGETS, seed=20 + i, alpha=8.0)
         C.pack = nodes.load_custom_node(ROOT)  # as ComfyUI loads custom_nodes/LoRAtorio
         yield C
-    finally:
-        comfy_standin.deactivate(token)
 
 
 def networks():
@@ -283,7 +280,7 @@ def test_little_memory_gives_the_same_image():
 def test_step_of_a_call_follows_the_schedule_also_between_its_sigmas():
     from lib_loratorio.comfyui.composing import ComfySession
 
-    session = ComfySession(LoratorioParams(), [], [], [], [], False)
+    session = ComfySession(LoratorioParams())
     sigmas = torch.tensor([10.0, 5.0, 2.0, 0.5, 0.0])
     options = {"sample_sigmas": sigmas}
     assert [session.step_of(torch.tensor([s]), options) for s in (10.0, 7.0, 5.0, 2.0, 1.0, 0.5)] == [
@@ -321,7 +318,7 @@ def test_an_error_while_sampling_removes_the_hooks():
     model = apply_loratorio(base, (entry,), LoratorioParams(text_encoder="UNet only"))
     with pytest.raises(RuntimeError, match="wrapper failed"):
         sample(model)
-    assert session_of(model).runner is None and session_of(model).composer is None
+    assert session_of(model).runner is None and not session_of(model).composers
 
 
 def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():

@@ -7,15 +7,14 @@ import types
 import pytest
 import torch
 
-from tests import forge_standin
+from tests.standins import FORGE
 
 W = types.SimpleNamespace()  # the stand-in's modules, imported inside the Forge environment
 
 
 @pytest.fixture(scope="module", autouse=True)
 def env(one_thread):
-    token = forge_standin.activate()
-    try:
+    with FORGE.active():
         import standin_models
         from backend import memory_management
         from backend.operations import ForgeOperations
@@ -32,8 +31,6 @@ def env(one_thread):
         W.sdxl = standin_models.make_sdxl_model()
         W.flux = standin_models.make_flux_model()
         yield W
-    finally:
-        forge_standin.deactivate(token)
 
 
 @pytest.fixture(autouse=True)

@@ -74,3 +74,16 @@ def test_infotext_keys_parse_in_the_webui():
 def test_every_setting_has_ui_metadata():
     for f in dataclasses.fields(LoratorioParams):
         assert f.metadata["label"] and f.metadata["hint"], f.name
+
+
+def test_choice_settings_are_enum_members_whose_strings_are_the_ui_and_infotext_values():
+    from lib_loratorio.choices import Mode, OutsideSteps, TextEncoder
+
+    p = LoratorioParams(enabled=True, mode="Switch", text_encoder="UNet only", outside_steps=OutsideSteps.OFF)
+    assert p.mode is Mode.SWITCH and p.text_encoder is TextEncoder.UNET_ONLY and p.outside_steps is OutsideSteps.OFF
+    assert p.mode == "Switch" and str(p.mode) == f"{p.mode}" == "Switch"                 # the UI's and API's string
+    fields = p.to_infotext()
+    assert (fields["LoRAtorio mode"], fields["LoRAtorio text encoder"]) == ("Switch", "UNet only")
+    assert LoratorioParams.from_infotext(fields) == p
+    assert LoratorioParams.__dataclass_fields__["mode"].metadata["choices"] == (
+        "LoRAtorio", "LoRAtorio Fast", "Composite", "Switch")

@@ -6,7 +6,7 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
   "cond_or_uncond"})``; ``apply_model`` returns x0. LoRAtorio Apply clones the MODEL's patcher (so
   ComfyUI's own LoRA loaders and other patches upstream stay part of the base) and sets a wrapper there
   that evaluates the base and every LoRA branch through ``apply_model`` (or the wrapper set before,
-  chained) and returns the composed rows (``lib_loratorio.model_call``, shared with Forge).
+  chained) and returns the composed rows (``model_call.WrapperSession``, shared with Forge).
 - There is no per-image ``p.sample`` as on the WebUIs: the hooks' lifetime is one sampling run, an
   ``OUTER_SAMPLE`` wrapper on the patcher (``CFGGuider.sample`` runs ``outer_sample`` through it, every
   sampler node goes there). The branch runner's hooks are installed when it starts and removed in its
@@ -17,7 +17,7 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
   same step's), and LoRAtorio splits its (N+1)x rows by ComfyUI's estimate of free memory itself.
 - The step is the sampler's: the position of the call's sigma in ``transformer_options["sample_sigmas"]``
   (the run's schedule, set by ``CFGGuider.inner_sample``).
-- Flux (BFL-named ``double_blocks``/``single_blocks``) composes its prompt rows only: ComfyUI computes no
+- Flux (``flux.is_flux``) composes its prompt rows only: ComfyUI computes no
   negative rows at CFG 1, and with CFG above 1 they are the base model's. The patch size must be even.
 - Text encoders are not composed per branch here: the prompt is encoded before sampling, by nodes of its
   own; a LoRA's text-encoder part is ignored (the README's ComfyUI section).
@@ -26,41 +26,21 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
 from comfy.patcher_extension import WrappersMP
-from torch import nn
 
-from ..branch_runner import BranchRunner
-from ..composer import BranchComposer
+from ..composing_session import LoraRequest
 from ..errors import LoratorioError
-from ..lora_library import LoraLibrary
-from ..model_call import (
-    ModelCall,
-    OneCallModel,
-    RowLayout,
-    WrapperFn,
-    chained_wrapper,
-    compose_model_call,
-    outside_range,
-    rows_that_fit,
-)
-from ..network_names import BoundLora, bind_lora
+from ..flux import check_patch_size, is_flux
+from ..model_call import ModelCall, OneCallModel, WrapperFn, WrapperSession, chained_wrapper
 from ..params import LoratorioParams
 from .stack import LoraStack
 
 KEY = "loratorio"  # our key among the patcher's wrappers and attachments
-TEXT_ENCODERS = ("te1", "te2", "te3")
-LIBRARY = LoraLibrary()  # LoRA files kept between runs (bounded); bindings belong to each Apply's session
 LOG = logging.getLogger("LoRAtorio")
-
-
-def is_flux(diffusion_model: nn.Module) -> bool:
-    """A Flux-family transformer in BFL naming (Flux, Flux 2, Chroma): 2x2-packed latent tokens."""
-    return hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks")
 
 
 def apply_loratorio(patcher: Any, stack: Optional[LoraStack], params: LoratorioParams) -> Any:
@@ -73,25 +53,15 @@ def apply_loratorio(patcher: Any, stack: Optional[LoraStack], params: LoratorioP
         raise LoratorioError("This MODEL already comes from a LoRAtorio Apply node, and one model composes once: "
                              "chain every LoRAtorio LoRA node into the stack of a single LoRAtorio Apply.")
     unet = patcher.get_model_object("diffusion_model")
-    flux = is_flux(unet)
-    if flux and params.patch_size % 2:
-        raise LoratorioError(
-            f"LoRAtorio patch_size={params.patch_size} does not fit Flux, which packs 2x2 latent pixels into one "
-            "token: use an even patch size (2, 4, 8...).")
-    loras: list[BoundLora] = []
-    labels = []
-    for entry in entries:
-        label = f"LoRA '{entry.name}'"
-        try:
-            bound = bind_lora(LIBRARY.load(entry.path), {"unet": unet}, left_out=TEXT_ENCODERS)
-        except LoratorioError as err:  # unreadable or not for this model: say which LoRA node asked for it
-            raise type(err)(f"{err} ({label} in the LoRAtorio LoRA nodes)") from err
+    check_patch_size(params.patch_size, is_flux(unet))
+    session = ComfySession(params)
+    # bindings belong to this Apply's session: ComfyUI says nothing when it unloads a model
+    session.bind((LoraRequest(e.name, e.path, e.strength, label=f"LoRA '{e.name}'",
+                              asked_in=f"LoRA '{e.name}' in the LoRAtorio LoRA nodes") for e in entries),
+                 {"unet": unet}, keep_bindings=False)
+    for bound in session.loras:
         if bound.not_applied():
             LOG.warning("[LoRAtorio] not every module of a LoRA applies: %s", bound.summary())
-        loras.append(bound)
-        labels.append(label)
-    LIBRARY.trim()
-    session = ComfySession(params, loras, [e.name for e in entries], labels, [e.strength for e in entries], flux)
     return session.install(patcher)
 
 
@@ -100,22 +70,17 @@ def session_of(patcher: Any) -> Optional[ComfySession]:
     return patcher.get_attachment(KEY) if hasattr(patcher, "get_attachment") else None
 
 
-class ComfySession:
+class ComfySession(WrapperSession):
     """One LoRAtorio Apply's LoRAs and settings, and the state of the sampling run in progress."""
 
-    def __init__(self, params: LoratorioParams, loras: list[BoundLora], names: list[str], labels: list[str],
-                 strengths: list[float], flux: bool) -> None:
-        self.params = params
-        self.loras, self.names, self.labels, self.strengths = loras, names, labels, strengths
-        self.flux = flux
+    memory_margin = 1.5
+
+    def __init__(self, params: LoratorioParams) -> None:
+        super().__init__(params)
         self.wrapper: Optional[WrapperFn] = None
         # the sampling run in progress
-        self.runner: Optional[BranchRunner] = None
-        self.composer: Optional[BranchComposer] = None
         self.latent_size: Optional[tuple[int, ...]] = None
         self._sigmas_seen: list[float] = []
-        #: per image of the last finished run: the weight maps [N, h, w] averaged over its steps (None: no run yet)
-        self.last_maps: Optional[dict[int, torch.Tensor]] = None
 
     def install(self, patcher: Any) -> Any:
         clone = patcher.clone()
@@ -126,24 +91,9 @@ class ComfySession:
         clone.set_attachments(KEY, self)
         return clone
 
-    # --- one sampling run ------------------------------------------------------------------------
-    @contextmanager
-    def sampling_run(self) -> Iterator[None]:
-        """The branch runner's hooks live exactly as long as the block; removed on every exit path."""
-        if self.runner is not None:  # a sampler run inside a run of the same model: the hooks are in place
-            yield
-            return
-        self.runner = BranchRunner(self.loras, self.strengths, labels=self.labels)
-        self.composer = BranchComposer(self.params, self.labels, prediction="x0",
-                                       keep_weight_maps=self.params.show_weight_maps)
+    def run_ended(self) -> None:
+        self.latent_size = None
         self._sigmas_seen = []
-        try:
-            with self.runner:
-                yield
-        finally:
-            self.last_maps = self.composer.mean_weight_maps()
-            self.runner = self.composer = None
-            self.latent_size = None
 
     def step_of(self, timestep: torch.Tensor, options: dict) -> tuple[int, int]:
         """(step, steps) of a model call: where its sigma lies in the run's schedule."""
@@ -164,31 +114,23 @@ class ComfySession:
     def composes(self, timestep: torch.Tensor, options: dict) -> bool:
         return self.params.composes_at(*self.step_of(timestep, options))
 
-    # --- one model call ------------------------------------------------------------------------------
-    def call(self, apply_model: Callable, args: dict, previous: Optional[WrapperFn]) -> torch.Tensor:
-        call = ModelCall(apply_model, args, previous)
-        if self.runner is None or self.composer is None:  # a model call outside a sampling run
-            return call.run()
-        x = args["input"]
-        if self.latent_size is not None and tuple(x.shape[2:]) != self.latent_size:
+    # --- the seams of WrapperSession.call ---------------------------------------------------------
+    def check_call(self, args: dict) -> None:
+        if self.latent_size is not None and tuple(args["input"].shape[2:]) != self.latent_size:
             raise LoratorioError("LoRAtorio cannot compose conditioning restricted to an area (ConditioningSetArea "
                                  "and similar nodes): remove the area from the conditioning or bypass LoRAtorio Apply.")
-        layout = RowLayout.of(args)
-        if layout is None:
-            raise LoratorioError(f"ComfyUI sent {x.shape[0]} rows in {len(args['cond_or_uncond'])} chunks, which "
-                                 "LoRAtorio cannot lay out: please report this with your workflow.")
-        step, steps = self.step_of(args["timestep"], args["c"].get("transformer_options", {}))
-        if not self.params.composes_at(step, steps):
-            return outside_range(self.runner, x.shape[0], self.params.outside_steps, call.run)
-        batch_limit = rows_that_fit(getattr(apply_model, "__self__", None), x, _free_memory, margin=1.5)
-        return compose_model_call(call, layout, self.composer, self.runner, step=step, flux=self.flux,
-                                  batch_limit=batch_limit)
 
+    def step_of_call(self, args: dict) -> tuple[int, int]:
+        return self.step_of(args["timestep"], args["c"].get("transformer_options", {}))
 
-def _free_memory(device: torch.device) -> float:
-    import comfy.model_management
+    def no_layout(self, call: ModelCall) -> torch.Tensor:
+        raise LoratorioError(f"ComfyUI sent {call.args['input'].shape[0]} rows in {len(call.args['cond_or_uncond'])} "
+                             "chunks, which LoRAtorio cannot lay out: please report this with your workflow.")
 
-    return comfy.model_management.get_free_memory(device)
+    def free_memory(self, device: torch.device) -> float:
+        import comfy.model_management
+
+        return comfy.model_management.get_free_memory(device)
 
 
 # Closures, not bound methods: ModelPatcher.clone() deep-copies model_options, which copies functions by

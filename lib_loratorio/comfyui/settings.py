@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..choices import TextEncoder
 from ..params import LoratorioParams
 
 #: LoratorioParams fields with no ComfyUI input, and the value the node uses for them.
 FIXED: dict[str, Any] = {"enabled": True, "default_strength": 1.0, "use_lora_tags": False, "pool": [],
-                         "text_encoder": "UNet only", "weight_map_steps": []}
+                         "text_encoder": TextEncoder.UNET_ONLY, "weight_map_steps": []}
 # Widget step of a float setting where 0.01 would not do (ComfyUI's frontend rounds to the step).
 _FLOAT_STEPS = {"temperature": 0.001, "recenter": 0.05, "step_start": 0.05, "step_end": 0.05}
 

@@ -1,38 +1,6 @@
-"""Host adapters: the only code that touches the WebUI's internals (``modules.*``, ``backend.*``).
+"""The WebUI hosts (A1111 1.10, Forge): the only code that touches their internals (``modules.*``, ``backend.*``).
 
-The host is detected once, at import. Forge ships ``modules_forge``; its current version (since
-August 2024) has the ``backend`` package and no ``ldm_patched``, which the older Forge (and forks
-built on it, such as reForge) still carry: LoRAtorio hooks the current one only.
+``host.load_adapter()`` picks the adapter of the WebUI LoRAtorio runs in (``a1111.py``, ``forge.py``) once,
+when the script loads; ``session.py`` holds what a generation keeps on both (tags, LoRA lookup, infotext,
+text conditioning per branch), on top of the host-independent composing session of the core.
 """
-
-from __future__ import annotations
-
-import importlib.util
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .adapter import HostAdapter
-
-
-def _detect() -> str:
-    if importlib.util.find_spec("modules_forge") is None:
-        return "a1111"
-    if importlib.util.find_spec("ldm_patched") is None and importlib.util.find_spec("backend") is not None:
-        return "forge"
-    return "forge-legacy"
-
-
-HOST = _detect()
-UNSUPPORTED_HOST = ("LoRAtorio supports AUTOMATIC1111 1.10 and Forge's current backend (since August 2024); this "
-                    "WebUI is an older Forge (ldm_patched) or a fork of it. Update Forge, or disable LoRAtorio here.")
-
-
-def load_adapter() -> HostAdapter:
-    """The adapter of the detected host (each imports its own host's modules, so only one is imported)."""
-    if HOST == "a1111":
-        from .a1111 import ADAPTER
-    elif HOST == "forge":
-        from .forge import ADAPTER
-    else:
-        from .adapter import UNSUPPORTED as ADAPTER
-    return ADAPTER

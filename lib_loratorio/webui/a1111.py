@@ -5,6 +5,8 @@ How it hooks (read against the WebUI's source, see tests/a1111_standin/README.md
   and text conditioning. There the denoiser's inner model is wrapped (lazily: the WebUI builds a
   new denoiser per batch and hires pass and drops the wrapper on refiner switches) and the row
   layout of this call is recorded: cond rows per image, then one uncond row per image.
+- A refiner's steps run without LoRAtorio, also when A1111 loads a refiner of the same architecture
+  into the loaded model object (``Session.composes_on`` compares the checkpoint too).
 - The wrapper receives the inner-model calls (one, or chunks, or cond and uncond separately),
   finds which rows of the layout each covers, and replaces the call with the branch composer.
 - Branch LoRAs act through forward hooks installed around ``p.sample`` only, removed in a
@@ -21,7 +23,6 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..composer import BranchComposer
 from ..errors import LoratorioError
 from ..rows import take_rows
 from .adapter import HostAdapter
@@ -109,7 +110,8 @@ class A1111Session(Session):
     def model_components(self, sd_model, unet_only: bool) -> dict[str, nn.Module]:
         return model_components(sd_model, unet_only)
 
-    def finish_sampling(self) -> None:
+    def run_ended(self) -> None:
+        super().run_ended()
         for denoiser, wrapper in self.wrapped:
             if denoiser.model_wrap is wrapper:
                 denoiser.model_wrap = wrapper.inner
@@ -122,7 +124,7 @@ class A1111Session(Session):
         """The call's conditioning for rows ``idx``, with each LoRA branch's own text rows."""
         out = take_rows(cond, idx)
         for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
-            if branch <= 0 or not self.has_text_encoder[branch - 1]:  # base, or MIXED (base text)
+            if not self.has_own_text(branch):
                 continue
             text = self.branch_text_at(denoiser.sampler.sampler_extra_args, layout.step, branch)
             r = offset + row
@@ -151,25 +153,16 @@ class A1111Session(Session):
             self.wrapped.append((denoiser, wrapper))
         self.layouts[id(denoiser)] = layout_from_callback(params)  # an error here is raised by the wrapper
 
-    def composer_for(self, denoiser) -> BranchComposer:
-        composer = self.composers.get(id(denoiser))
-        if composer is None:
-            from modules import sd_samplers_timesteps
-
-            eps = isinstance(denoiser, sd_samplers_timesteps.CFGDenoiserTimesteps)  # DDIM/PLMS/UniPC: eps
-            composer = self.composers[id(denoiser)] = self.new_composer("eps" if eps else "x0")
-        return composer
-
     def call(self, inner: nn.Module, denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         self.raise_error()
         layout = self.layouts.get(id(denoiser))
-        if layout is None or self.runner is None or getattr(inner, "inner_model", None) is not self.bound_model:
-            # Not a step LoRAtorio laid out, or the refiner / a hires checkpoint replaced the model.
+        if layout is None or self.runner is None or not self.composes_on(getattr(inner, "inner_model", None)):
+            # Not a step LoRAtorio laid out, or a refiner / hires checkpoint in place of the LoRAs' model.
             return inner(x, sigma, cond=cond)
         offset = layout.offset_of(x)
         layout.cursor = offset + x.shape[0]
-        if not self.in_step_range(layout.step, layout.total_steps):
-            return self.call_outside_range(x.shape[0], lambda: inner(x, sigma, cond=cond))
+        if not self.params.composes_at(layout.step, layout.total_steps):
+            return self.outside_range(x.shape[0], lambda: inner(x, sigma, cond=cond))
 
         def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
             rows = idx.to(x.device)
@@ -177,11 +170,14 @@ class A1111Session(Session):
             with self.runner.rows(branches, maps=maps):
                 return inner(x[rows], sigma[rows], cond=sub)
 
-        composer = self.composer_for(denoiser)
+        from modules import sd_samplers_timesteps
+
+        eps = isinstance(denoiser, sd_samplers_timesteps.CFGDenoiserTimesteps)  # DDIM/PLMS/UniPC: eps
+        composer = self.composer(id(denoiser), "eps" if eps else "x0")  # a denoiser per pass
         rows = slice(offset, offset + x.shape[0])
         out = composer(x, layout.is_uncond[rows], layout.image_of_row[rows], step=layout.step, evaluate=evaluate)
         if self.params.show_weight_maps and not all(layout.is_uncond[rows]):
-            self.capture_step_maps(id(denoiser), layout.step, layout.total_steps, composer)
+            self.keep_step_maps(id(denoiser), layout.step, layout.total_steps)
         return out
 
 

@@ -1,6 +1,6 @@
 """What scripts/loratorio.py asks of the WebUI it runs in, one interface for every host.
 
-``lib_loratorio.webui.load_adapter()`` picks the host's adapter once, when the script loads:
+``lib_loratorio.webui.host.load_adapter()`` picks the host's adapter once, when the script loads:
 ``a1111.ADAPTER``, ``forge.ADAPTER``, or ``UNSUPPORTED`` for the older Forge.
 """
 
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from ..errors import LoratorioError
 from ..params import LoratorioParams
-from . import UNSUPPORTED_HOST, wiring
+from . import wiring
 from .session import Session
+
+UNSUPPORTED_HOST = ("LoRAtorio supports AUTOMATIC1111 1.10 and Forge's current backend (since August 2024); this "
+                    "WebUI is an older Forge (ldm_patched) or a fork of it. Update Forge, or disable LoRAtorio here.")
 
 
 class HostAdapter:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from ..script_args import SCRIPT_TITLE, check_api_args
+from .script_args import SCRIPT_TITLE, check_api_args
 
 _MARK = "_loratorio_checks_args"
 

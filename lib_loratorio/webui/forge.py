@@ -7,8 +7,9 @@ How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
   ``process_before_every_sampling`` LoRAtorio clones the current UNet patcher (so ``<lora:>``
   merges, ControlNet and other extensions' patches stay) and installs a wrapper there that runs
   the base and every LoRA branch through ``apply_model`` (Forge's own model call: its memory
-  management, dtype casts and predictor) and returns the composed x0 rows. A wrapper another
-  extension installed before is chained: each branch evaluation goes through it.
+  management, dtype casts and predictor) and returns the composed x0 rows: the model-call sequence
+  of ``model_call.WrapperSession``, shared with ComfyUI. A wrapper another extension installed
+  before is chained: each branch evaluation goes through it.
 - Rows come as chunks of B images, one chunk per entry of ``cond_or_uncond`` (0 cond, 1 uncond,
   uncond usually first); the step comes from ``on_cfg_denoiser``, which Forge still fires. A
   pre-CFG function keeps cond and uncond chunks in one call while composing (see model_call.OneCallModel).
@@ -22,6 +23,7 @@ How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,17 +31,7 @@ from torch import nn
 
 from modules import prompt_parser
 
-from ..composer import BranchComposer
-from ..errors import LoratorioError
-from ..model_call import (
-    ModelCall,
-    OneCallModel,
-    RowLayout,
-    WrapperFn,
-    chained_wrapper,
-    compose_model_call,
-    rows_that_fit,
-)
+from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperSession, chained_wrapper
 from ..params import LoratorioParams
 from .adapter import HostAdapter
 from .session import Session
@@ -47,11 +39,6 @@ from .session import Session
 # c key of Forge's model call -> key of the text conditioning dict it was made from
 _TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
 _UNKNOWN = object()
-
-
-def is_flux(sd_model) -> bool:
-    repo = getattr(getattr(sd_model, "model_config", None), "huggingface_repo", "") or ""
-    return "flux" in repo.lower() or type(sd_model).__name__ in ("Flux", "Chroma")
 
 
 def model_components(sd_model, unet_only: bool) -> dict[str, nn.Module]:
@@ -75,7 +62,7 @@ def model_components(sd_model, unet_only: bool) -> dict[str, nn.Module]:
     return components
 
 
-class ForgeSession(Session):
+class ForgeSession(WrapperSession, Session):
     """The Forge sampling hook: a ``model_function_wrapper`` on a clone of the UNet patcher."""
 
     def __init__(self, p, params: LoratorioParams, error: Optional[BaseException] = None) -> None:
@@ -91,14 +78,9 @@ class ForgeSession(Session):
     def model_components(self, sd_model, unet_only: bool) -> dict[str, nn.Module]:
         return model_components(sd_model, unet_only)
 
-    def check_model(self, sd_model) -> None:
-        if is_flux(sd_model) and self.params.patch_size % 2:
-            raise LoratorioError(
-                f"LoRAtorio patch_size={self.params.patch_size} does not fit Flux, which packs 2x2 latent pixels "
-                "into one token: use an even patch size (2, 4, 8...).")
-
-    def finish_sampling(self) -> None:
+    def run_ended(self) -> None:
         """Put back the UNet patcher that was current before LoRAtorio's clone (if still ours)."""
+        super().run_ended()
         for engine, before, clone in reversed(self.patched):
             if engine.forge_objects.unet is clone:
                 engine.forge_objects.unet = before
@@ -110,8 +92,8 @@ class ForgeSession(Session):
         idempotent per sampling run (Forge calls the hook twice for a hires pass and resets
         ``forge_objects`` in between)."""
         engine = self.p.sd_model
-        if self.runner is None or not self.loras or engine is not self.bound_model:
-            if self.loras and engine is not self.bound_model:
+        if self.runner is None or not self.loras or not self.composes_on(engine):
+            if self.loras and not self.composes_on(engine):
                 self.warn_once("The hires/refiner checkpoint differs from the one the LoRAs were bound to: "
                                "that pass runs without LoRAtorio.")
             return
@@ -139,45 +121,36 @@ class ForgeSession(Session):
         self.base_cond = params.text_cond
         self._composition = _UNKNOWN
 
-    def composer_for_pass(self) -> tuple[str, BranchComposer]:
-        key = "hires" if getattr(self.p, "is_hr_pass", False) else "first"
-        composer = self.composers.get(key)
-        if composer is None:
-            composer = self.composers[key] = self.new_composer("x0")  # Forge's apply_model returns x0
-        return key, composer
-
     def composing(self) -> bool:
         """Whether this step's model calls are composed (not passed through)."""
-        return self.runner is not None and self.error is None and self.in_step_range(self.step, self.total_steps)
+        return self.runner is not None and self.error is None and self.params.composes_at(self.step, self.total_steps)
 
-    def call(self, apply_model: Callable, args: dict, previous: Optional[WrapperFn]) -> torch.Tensor:
-        call = ModelCall(apply_model, args, previous)
+    # --- the seams of WrapperSession.call ---------------------------------------------------------
+    def check_call(self, args: dict) -> None:
         self.raise_error()
-        if self.runner is None:  # a model call outside LoRAtorio's sampling run
-            return call.run()
-        layout = RowLayout.of(args)
-        if layout is None:
-            self.warn_once("Forge sent a model call LoRAtorio cannot lay out; it ran without LoRAtorio.")
-            return call.run()
-        if not self.in_step_range(self.step, self.total_steps):
-            return self.call_outside_range(args["input"].shape[0], call.run)
-        key, composer = self.composer_for_pass()
-        out = compose_model_call(
-            call, layout, composer, self.runner, step=self.step, flux=is_flux(self.p.sd_model),
-            batch_limit=rows_that_fit(getattr(apply_model, "__self__", None), args["input"], _free_memory),
-            sub_args=lambda idx, branches: self.sub_args(call, layout, idx, branches))
-        if self.params.show_weight_maps and not all(layout.is_uncond):
-            self.capture_step_maps(key, self.step, self.total_steps, composer)
-        return out
 
-    # --- the arguments of one branch evaluation --------------------------------------------------
-    def sub_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
+    def step_of_call(self, args: dict) -> tuple[int, int]:
+        return self.step, self.total_steps  # from on_cfg_denoiser
+
+    def no_layout(self, call: ModelCall) -> torch.Tensor:
+        self.warn_once("Forge sent a model call LoRAtorio cannot lay out; it ran without LoRAtorio.")
+        return call.run()
+
+    def free_memory(self, device: torch.device) -> float:
+        from backend import memory_management
+
+        return memory_management.get_free_memory(device)
+
+    def pass_key(self) -> Hashable:
+        return "hires" if getattr(self.p, "is_hr_pass", False) else "first"
+
+    def branch_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
         """Forge's wrapper arguments for rows ``idx``, each row a chunk of its own, with each LoRA
         branch's own text conditioning where its LoRA has text-encoder parts."""
         sub = call.rows(idx, layout)
         c = call.args["c"]
         for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
-            if branch > 0 and self.has_text_encoder[branch - 1]:
+            if self.has_own_text(branch):
                 self._branch_text_into(sub["c"], j, c, row, branch, layout.is_uncond[row], layout.per_chunk)
         return sub
 
@@ -227,12 +200,6 @@ class ForgeSession(Session):
             if torch.equal(row_text[row, :candidate.shape[0]], candidate):
                 return index
         return None
-
-
-def _free_memory(device: torch.device) -> float:
-    from backend import memory_management
-
-    return memory_management.get_free_memory(device)
 
 
 def _one_call_pre_cfg(session: ForgeSession) -> Callable:

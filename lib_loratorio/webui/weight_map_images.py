@@ -6,8 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..heatmaps import overlay
-from ..image_label import draw_label
+from ..weight_map_pictures import weight_map_pictures
 from .session import Session
 
 
@@ -20,10 +19,7 @@ def weight_map_images(session: Session, processed) -> tuple[list[Image.Image], l
         if position >= len(processed.images):
             continue
         picture = torch.from_numpy(np.asarray(processed.images[position].convert("RGB")).copy())
-        for label, maps in labelled:
-            for name, weights in zip(session.names, maps, strict=True):
-                heat = Image.fromarray(overlay(weights, picture).numpy())
-                draw_label(heat, f"{name}, {label}, image {index + 1}")
-                images.append(heat)
-                infotexts.append(processed.infotexts[position] if position < len(processed.infotexts) else "")
+        pictures = weight_map_pictures(picture, session.names, labelled, index + 1)
+        images += pictures
+        infotexts += [processed.infotexts[position] if position < len(processed.infotexts) else ""] * len(pictures)
     return images, infotexts

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from modules import extra_networks, script_callbacks
 
+from ..composing_session import LIBRARY
 from .api_args import guard_api_args
 from .extra_network import ExtraNetworkLoratorio
 from .memory_settings import on_ui_settings
-from .session import LIBRARY, Session, get_session
+from .session import Session, get_session
 from .xyz_axes import add_xyz_axes
 
 

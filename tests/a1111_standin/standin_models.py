@@ -254,6 +254,14 @@ class StandinDiffusionEngine(nn.Module):
         return torch.nn.functional.interpolate(torch.tanh(z[:, :3].float()), scale_factor=8, mode="nearest")
 
 
+def checkpoint_file(name, weights):
+    """A checkpoint to load (its CheckpointInfo, with the weights it holds): for a refiner of the loaded
+    model's architecture, which A1111 loads into the loaded model object."""
+    info = _checkpoint_info(name)
+    info.weights = weights
+    return info
+
+
 def make_sd15_model(name="standin-sd15", seed=0):
     return StandinLatentDiffusion(name, seed).eval()
 

@@ -6,7 +6,9 @@ Mirrored: InterruptedException(BaseException), SamplerData(name, constructor, al
 ``cfg_denoiser.update_inner_model()``, return True), and the Sampler base (initialize,
 callback_state, launch_sampling that returns ``last_latent`` on InterruptedException/RecursionError).
 Stand-in difference: the refiner is given as a model object ``p.refiner_model`` (or a model in
-``p.refiner_checkpoint_info``) instead of a checkpoint to load; ``shared.sd_model`` is swapped to it.
+``p.refiner_checkpoint_info``), to which ``shared.sd_model`` is swapped, or as a checkpoint of the
+loaded model's architecture in ``p.refiner_checkpoint_info`` (``standin_models.checkpoint_file``), whose
+weights are loaded into the same model object (see sd_models.reload_model_weights).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _refiner_of(p):
     model = getattr(p, "refiner_model", None)
     if model is None:
         info = getattr(p, "refiner_checkpoint_info", None)
-        model = info if hasattr(info, "sd_checkpoint_info") else None
+        model = info if hasattr(info, "sd_checkpoint_info") or hasattr(info, "weights") else None
     return model
 
 
@@ -63,7 +65,8 @@ def _refiner_to_switch_to(p, completed_ratio):
 
     if refiner_switch_at is not None and completed_ratio < refiner_switch_at:
         return None
-    if refiner is None or shared.sd_model.sd_checkpoint_info == refiner.sd_checkpoint_info:
+    info = getattr(refiner, "sd_checkpoint_info", refiner)  # a model, or a checkpoint to load
+    if refiner is None or shared.sd_model.sd_checkpoint_info == info:
         return None
 
     if getattr(p, "enable_hr", False):
@@ -75,7 +78,7 @@ def _refiner_to_switch_to(p, completed_ratio):
         if opts.hires_fix_refiner_pass != "second pass":
             p.extra_generation_params["Hires refiner"] = opts.hires_fix_refiner_pass
 
-    p.extra_generation_params["Refiner"] = getattr(refiner.sd_checkpoint_info, "short_title", str(refiner.sd_checkpoint_info))
+    p.extra_generation_params["Refiner"] = getattr(info, "short_title", str(info))
     p.extra_generation_params["Refiner switch at"] = refiner_switch_at
     return refiner
 

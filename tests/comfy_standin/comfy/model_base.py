@@ -13,9 +13,10 @@ Classes: ``BaseModel`` (SD1.5), ``SDXL`` (adm = pooled text + size features), ``
 
 import math
 
+import torch
+
 import comfy.conds
 import comfy.patcher_extension
-import torch
 
 
 class ModelSamplingDiscrete(torch.nn.Module):

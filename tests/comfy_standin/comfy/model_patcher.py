@@ -17,6 +17,7 @@ Left out: lowvram / partial loading, hooks (``comfy.hooks``), injections, additi
 import copy
 
 import torch
+
 from comfy.patcher_extension import CallbacksMP
 
 

@@ -31,10 +31,11 @@ import collections
 import math
 import uuid
 
+import torch
+
 import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
-import torch
 from comfy.patcher_extension import WrapperExecutor, WrappersMP, get_all_wrappers
 
 _Chunk = collections.namedtuple("cond_obj", ["input_x", "mult", "conditioning", "area", "control", "patches", "uuid"])

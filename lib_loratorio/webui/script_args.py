@@ -11,8 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidParameterError
-from .params import LoratorioParams
+from ..errors import InvalidParameterError
+from ..params import LoratorioParams
 
 SCRIPT_TITLE = "LoRAtorio"
 _ACCEPTED = ('a list with one dict of named settings, e.g. [{"patch_size": 4}], or the positional list '
