@@ -23,6 +23,8 @@ import torch
 
 from lib_loratorio.branch_runner import MIXED, BranchRunner
 
+from ..attention_per_lora import AttentionPerLoraRunner
+
 
 def sample_with_masks(bench, ctx, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """DDIM from ``x`` with ``masks`` [b, N, H, W] (one set per image); options as the module says."""
@@ -47,5 +49,6 @@ def sample_with_masks(bench, ctx, x: torch.Tensor, masks: torch.Tensor) -> torch
 
     loras = [bench.bound[c] for c in ctx.concepts]
     per_lora = bool(ctx.option("attention_per_lora", True))
-    with BranchRunner(loras, [ctx.strength] * n, attention_per_lora=per_lora) as runner, torch.no_grad():
+    runner_class = AttentionPerLoraRunner if per_lora else BranchRunner
+    with runner_class(loras, [ctx.strength] * n) as runner, torch.no_grad():
         return bench._ddim(x, ctx.ts, eps_fn, ctx.cfg)
