@@ -84,10 +84,10 @@ def summarize(records: list[dict], method_names: Sequence[str], baseline: str) -
                 if base and m != baseline:
                     row[f"{sc} {ms} vs base"] = paired_stats(_per_comp(rs, sc, ms), _per_comp(base, sc, ms))
             for n in range(2, 6):
-                row[f"{sc} success N={n}"] = comp_stats(_per_comp(rs, sc, "success", lambda c, n=n: len(c) == n))
+                row[f"{sc} separated N={n}"] = comp_stats(_per_comp(rs, sc, "separated", lambda c, n=n: len(c) == n))
             for kind in KINDS:
-                row[f"{sc} success {kind}"] = comp_stats(
-                    _per_comp(rs, sc, "success", lambda c, k=kind: k in _kind_of(c)))
+                row[f"{sc} separated {kind}"] = comp_stats(
+                    _per_comp(rs, sc, "separated", lambda c, k=kind: k in _kind_of(c)))
         owned = [r for r in rs if "owners" in r]
         for key in ("right", "split"):
             row[f"owner {key}"] = comp_stats({r["comp"]: [v for v in r["owners"][key] if not np.isnan(v)]
@@ -107,26 +107,30 @@ def markdown(summary: dict, title: str, baseline: str, meta: Optional[dict] = No
                   f"methods), LoRA strength {meta['strength']} (unless a method names its own), {meta['steps']} DDIM "
                   f"steps, CFG {meta['cfg']}.", ""]
     lines += ["success = one figure is one requested character and only it, the other figure the other; "
-              "identity = share of the two characters found at a figure; hybrid = a figure with both characters "
-              "(blend) or one character at both figures (twin); clothing on one = the requested clothing on "
-              "exactly one figure; recall = share of the requested concepts found. ± = s.e. with the composition "
-              f"as the unit; Δ = paired difference with **{baseline}** on the same compositions and seeds.", ""]
+              "separated = share of the two characters each found at exactly one figure, no figure showing both "
+              "(a graded success); identity = share of the two characters found at a figure; hybrid = a figure "
+              "with both characters (blend) or one character at both figures (twin); clothing on one = the "
+              "requested clothing on exactly one figure; recall = share of the requested concepts found. ± = s.e. "
+              f"with the composition as the unit; Δ = paired difference with **{baseline}** on the same "
+              "compositions and seeds.", ""]
     for sc, name in (("clf", "classifier"), ("det", "detector")):
         lines += [f"**{name}**", "",
-                  "| method | success | Δ success | identity | hybrid | blend | twin | clothing on one | "
-                  "recall | Δ recall | FD | UNet rows/img | s/img |", "|---|" + "---|" * 12]
+                  "| method | success | separated | Δ separated | identity | hybrid | blend | twin | clothing on one | "
+                  "recall | Δ recall | FD | UNet rows/img | s/img |", "|---|" + "---|" * 13]
         for m, r in summary.items():
             cell = {ms: fmt(r[f"{sc} {ms}"]["mean"], r[f"{sc} {ms}"]["se"]) for ms in MEASURES}
-            delta = {ms: "0" if m == baseline else _delta(r.get(f"{sc} {ms} vs base")) for ms in ("success", "recall")}
-            lines.append(f"| {m} | {cell['success']} | {delta['success']} | {cell['identity']} | {cell['hybrid']} | "
+            delta = {ms: "0" if m == baseline else _delta(r.get(f"{sc} {ms} vs base"))
+                     for ms in ("separated", "recall")}
+            lines.append(f"| {m} | {cell['success']} | {cell['separated']} | {delta['separated']} | "
+                         f"{cell['identity']} | {cell['hybrid']} | "
                          f"{cell['blend']} | {cell['twin']} | {cell['clothing_one']} | {cell['recall']} | "
                          f"{delta['recall']} | {r['fd']:.1f} | {r['evals_per_image']:.0f} | "
                          f"{r['seconds_per_image']:.2f} |")
         lines.append("")
-    lines += ["Success per N and per what the composition adds to the two characters, classifier / detector:", "",
+    lines += ["Separated per N and per what the composition adds to the two characters, classifier / detector:", "",
               "| method | N=2 | N=3 | N=4 | N=5 | " + " | ".join(KINDS) + " |", "|---|" + "---|" * (4 + len(KINDS))]
     for m, r in summary.items():
-        cells = [" / ".join(fmt(r[f"{sc} success {key}"]["mean"], digits=2) for sc in SCORERS)
+        cells = [" / ".join(fmt(r[f"{sc} separated {key}"]["mean"], digits=2) for sc in SCORERS)
                  for key in [f"N={n}" for n in range(2, 6)] + list(KINDS)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     owned = {m: r for m, r in summary.items() if r.get("owner right")}

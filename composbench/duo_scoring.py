@@ -8,7 +8,9 @@ slot's place, and its background and style tests.
 
 Per image of a composition with characters A and B (duo.py): a figure's identities are the
 characters found there. ``success``: one figure is A and only A, the other B and only B;
-``identity``: the share of {A, B} found somewhere; ``blend``: a figure with both; ``twin``: the same
+``separated``: the share of {A, B} each found at exactly one figure, with no figure showing both (a
+graded success: 1 when both are, 0.5 when one is and the other is missing); ``identity``: the share
+of {A, B} found somewhere; ``blend``: a figure with both; ``twin``: the same
 character at both figures; ``hybrid``: blend or twin. Clothing, when asked: ``clothing_one`` = on
 exactly one figure, ``clothing_both`` = on both. ``recall``: the share of the requested concepts
 found (a character or clothing at either figure, a background or style in the image), comparable
@@ -29,8 +31,8 @@ FIGURE_CLASSIFIER = "figure_classifier.safetensors"
 GLOBAL_CLASSIFIER = "global_classifier.safetensors"
 THRESHOLD = 0.5
 #: Per-image measures, in the order the reports show them.
-MEASURES: tuple[str, ...] = ("success", "identity", "hybrid", "blend", "twin", "clothing_one", "clothing_both",
-                             "global", "recall")
+MEASURES: tuple[str, ...] = ("success", "separated", "identity", "hybrid", "blend", "twin", "clothing_one",
+                             "clothing_both", "global", "recall")
 
 
 def figure_classifier():
@@ -55,10 +57,12 @@ def measures(figures: np.ndarray, whole: np.ndarray, comp: Sequence[str]) -> dic
     has_a, has_b = figures[:, :, ia], figures[:, :, ib]  # [B, 2]
     n_chars = figures[:, :, chars].sum(-1)  # characters found per figure
     only_a, only_b = has_a & (n_chars == 1), has_b & (n_chars == 1)
+    blend = (has_a & has_b).any(1)
     out = {
         "success": (only_a[:, 0] & only_b[:, 1]) | (only_b[:, 0] & only_a[:, 1]),
+        "separated": (((has_a.sum(1) == 1) & ~blend).astype(float) + ((has_b.sum(1) == 1) & ~blend)) / 2,
         "identity": (has_a.any(1).astype(float) + has_b.any(1)) / 2,
-        "blend": (has_a & has_b).any(1),
+        "blend": blend,
         "twin": has_a.all(1) | has_b.all(1),
     }
     out["hybrid"] = out["blend"] | out["twin"]

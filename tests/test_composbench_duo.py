@@ -72,13 +72,14 @@ def _decisions(left=(), right=(), whole=()):
 
 
 @pytest.mark.parametrize("left, right, expect", [
-    (("zorbot",), ("kittra",), dict(success=1, identity=1, blend=0, twin=0, hybrid=0)),
-    (("kittra",), ("zorbot",), dict(success=1, identity=1, blend=0, twin=0, hybrid=0)),
-    (("zorbot", "kittra"), (), dict(success=0, identity=1, blend=1, twin=0, hybrid=1)),
-    (("zorbot",), ("zorbot",), dict(success=0, identity=0.5, blend=0, twin=1, hybrid=1)),
-    (("zorbot",), ("glimmy",), dict(success=0, identity=0.5, blend=0, twin=0, hybrid=0)),
-    (("zorbot", "glimmy"), ("kittra",), dict(success=0, identity=1, blend=0, twin=0, hybrid=0)),
-    ((), (), dict(success=0, identity=0, blend=0, twin=0, hybrid=0)),
+    (("zorbot",), ("kittra",), dict(success=1, separated=1, identity=1, blend=0, twin=0, hybrid=0)),
+    (("kittra",), ("zorbot",), dict(success=1, separated=1, identity=1, blend=0, twin=0, hybrid=0)),
+    (("zorbot", "kittra"), (), dict(success=0, separated=0, identity=1, blend=1, twin=0, hybrid=1)),
+    (("zorbot",), ("zorbot",), dict(success=0, separated=0, identity=0.5, blend=0, twin=1, hybrid=1)),
+    (("zorbot",), ("glimmy",), dict(success=0, separated=0.5, identity=0.5, blend=0, twin=0, hybrid=0)),
+    (("zorbot", "glimmy"), ("kittra",), dict(success=0, separated=1, identity=1, blend=0, twin=0, hybrid=0)),
+    (("zorbot", "kittra"), ("kittra",), dict(success=0, separated=0, identity=1, blend=1, twin=1, hybrid=1)),
+    ((), (), dict(success=0, separated=0, identity=0, blend=0, twin=0, hybrid=0)),
 ])
 def test_measures_of_two_characters(left, right, expect):
     m = measures(*_decisions(left, right), ("zorbot", "kittra"))
