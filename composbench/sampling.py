@@ -115,6 +115,17 @@ def variant_methods(patch_size: int = 2) -> list[Method]:
                    patch_size=patch_size, weight_norm="max")]
     out += [Method(f"variant: hints {beta:g}", "composer", temperature=0.05, hint_strength=beta, **fast)
             for beta in (2.0, 4.0, 8.0)]
+    # the paper's weights (summing to 1 per patch) in the fast mode, with its uniform control
+    fast_sum = {**fast, "weight_norm": "sum"}
+    out += [Method("ctrl: LoRAtorio Fast (sum) with uniform maps", "composer", temperature=100.0, **fast_sum),
+            Method("variant: LoRAtorio Fast (sum) 3/10", "composer", temperature=0.05, refresh_first=3, **fast_sum),
+            Method("variant: LoRAtorio Fast (sum) 1/2", "composer", temperature=0.05, refresh_every=2, **fast_sum),
+            Method("variant: LoRAtorio Fast (sum) relative 0.25", "composer", rule="relative", temperature=0.25,
+                   **fast_sum),
+            Method("variant: LoRAtorio Fast (sum) hints 8", "composer", temperature=0.05, hint_strength=8.0,
+                   **fast_sum),
+            Method("variant: LoRAtorio (sum) hints 8", "composer", temperature=0.05, hint_strength=8.0,
+                   patch_size=patch_size)]
     return out
 
 
