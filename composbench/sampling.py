@@ -25,7 +25,7 @@ from lib_loratorio.params import LoratorioParams
 from . import world
 from .attention_per_lora import AttentionPerLoraRunner
 from .model import ALPHAS_CUMPROD, T, load_base, lora_path
-from .routing import RoutedComposer, hint_prior
+from .routing import RoutedComposer, world_hints
 from .worlds import SOLO, WorldSpec
 
 STEPS = 20
@@ -58,7 +58,7 @@ class Method:
                                temperature=self.temperature, recenter=self.recenter,
                                top_k=n if self.pool else 0, switch_every=self.switch_every,
                                refresh_first=self.refresh_first, refresh_every=self.refresh_every,
-                               weight_norm=self.weight_norm)
+                               weight_norm=self.weight_norm, hint_strength=self.hint_strength)
 
 
 def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
@@ -212,14 +212,11 @@ class Bench:
                     return self._unet(self.unet, state["x"][rows], state["t"], ctx[rows])
 
             labels = [f"LoRA '{c}'" for c in names]
-            if method.rule != "softmin" or method.hint_strength:
-                prior = (hint_prior(names, self.spec.region_masks(tuple(names)), method.hint_strength)
-                         if method.hint_strength else None)
-                composer = RoutedComposer(method.params(len(concepts)), labels, rule=method.rule, prior=prior,
-                                          prediction="eps", keep_weight_maps=keep_weight_maps)
-            else:
-                composer = BranchComposer(method.params(len(concepts)), labels, prediction="eps",
-                                          keep_weight_maps=keep_weight_maps)
+            hints = world_hints(names, self.spec.region_masks(tuple(names))) if method.hint_strength else ()
+            composer_class = RoutedComposer if method.rule != "softmin" else BranchComposer
+            composer = composer_class(method.params(len(concepts)), labels, prediction="eps",
+                                      keep_weight_maps=keep_weight_maps, hints=hints,
+                                      **({"rule": method.rule} if method.rule != "softmin" else {}))
             is_uncond = [False] * b + [True] * b
             image_of_row = list(range(b)) * 2
 

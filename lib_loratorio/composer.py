@@ -21,7 +21,7 @@ the maps of its MIXED rows as a third argument.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -40,6 +40,7 @@ from .composition import (
 )
 from .errors import LoratorioError
 from .params import LoratorioParams
+from .region_hints import Hint, hint_prior
 
 # evaluate(host_rows, branches[, maps]) -> predictions [len(host_rows), C, H, W]; branches: see branches.py (MIXED rows'
 # weight maps [MIXED rows, N, H, W] then come as a third argument).
@@ -57,6 +58,8 @@ class BranchComposer:
     ``labels[i]`` names LoRA i+1 in error messages (e.g. "LoRA 'alice' (alice.safetensors)").
     ``prediction="x0"`` for hosts whose model returns denoised x0 (k-diffusion): similarities are
     then computed on ``x - denoised``, which is proportional to eps for a given row.
+    ``hints[i]``: LoRA i+1's region hint (region_hints.py) or None; they bias the weight maps' SoftMin
+    by the *Region hint strength*.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class BranchComposer:
         *,
         prediction: Prediction = "x0",
         keep_weight_maps: bool = False,
+        hints: Sequence[Optional[Hint]] = (),
     ) -> None:
         if not labels:
             raise LoratorioError("LoRAtorio needs at least one LoRA: add a <loratorio:NAME:STRENGTH> tag.")
@@ -84,6 +88,10 @@ class BranchComposer:
         self.last_weight_maps: dict[int, torch.Tensor] = {}
         self._refresh_maps: dict[int, torch.Tensor] = {}  # fast mode: image -> maps of the last refresh
         self.refresh_steps: set[int] = set()  # fast mode: the steps that evaluated every branch
+        self.hints = list(hints) or [None] * self.n_loras
+        if len(self.hints) != self.n_loras:
+            raise LoratorioError(f"{len(self.hints)} region hints for {self.n_loras} LoRAs.")
+        self._priors: dict[tuple[int, int], Optional[torch.Tensor]] = {}  # latent size -> hint prior
 
     # --- planning ---------------------------------------------------------------------------
     def _branches_for(self, is_uncond: bool, step: int, recenter: float) -> list[int]:
@@ -250,8 +258,13 @@ class BranchComposer:
         if self.prediction == "x0":
             base, loras = x - base, x.unsqueeze(0) - loras
         p = self.params
+        size = tuple(base.shape[-2:])
+        if size not in self._priors:
+            self._priors[size] = hint_prior(self.hints, p.hint_strength, *size)
+        prior = self._priors[size]
         return patch_weights(loras, base, patch_size=p.patch_size, temperature=p.temperature,
-                             top_k=p.top_k or None, selection=p.selection)
+                             top_k=p.top_k or None, selection=p.selection,
+                             prior=None if prior is None else prior.to(base.device))
 
     def _remember(self, rows: list[int], image_of_row: Sequence[int], weights: torch.Tensor) -> None:
         """Per image, the mean weight map of its cond rows (several with AND prompts)."""

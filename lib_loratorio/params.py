@@ -91,6 +91,11 @@ class LoratorioParams:
         "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
         "divided by the patch's largest weight, so the LoRA that owns a patch acts at full strength there "
         "and the others by their share of it; where none stands out, every LoRA acts fully.")
+    hint_strength: float = _setting(
+        8.0, "Region hint strength",
+        "How strongly a LoRA's region hint (<loratorio:NAME:STRENGTH:left>, a box x0,y0,x1,y1, or a mask in "
+        "ComfyUI) keeps it in its region: the SoftMin's bias against it outside (0 = hints off).",
+        minimum=0.0, maximum=50.0)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -89,6 +89,32 @@ def test_two_tags_compose_and_write_infotext(webui, runner):
     assert close(pixels(twice), pixels(webui.run(runner, on(), prompt="a cat <loratorio:alice:0.8>")))
 
 
+def _heat(image) -> np.ndarray:
+    """A weight-map picture's luminance below its caption band."""
+    a = np.asarray(image.convert("L"), dtype=np.float32)
+    return a[a.shape[0] // 4:]
+
+
+def test_region_hints_keep_each_lora_in_its_region(webui, runner):
+    # two LoRAs hinted to the two halves: each one's heatmap minus the other's (the picture under both cancels)
+    # is bright on its own half and dark on the other; the hint strength is in the infotext
+    hinted = webui.run(runner, on(show_weight_maps=True),
+                       prompt="a cat <loratorio:alice:0.8:left> <loratorio:hat:1:0.5,0,1,1>")
+    alice, hat = (_heat(im) for im in hinted.images[hinted.index_of_first_image + 1:])
+    diff = alice - hat
+    half = diff.shape[1] // 2
+    assert diff[:, :half].mean() > 50 and diff[:, half:].mean() < -50
+    params = webui.infotext_utils.parse_generation_parameters(hinted.infotexts[0])
+    assert params["LoRAtorio region hint strength"] == "8.0" and "<loratorio:alice:0.8:left>" in params["Prompt"]
+    # without hints the same LoRAs share the image: no such split
+    plain = webui.run(runner, on(show_weight_maps=True))
+    alice, hat = (_heat(im) for im in plain.images[plain.index_of_first_image + 1:])
+    assert abs((alice - hat)[:, :half].mean() - (alice - hat)[:, half:].mean()) < 30
+    # hint strength 0 turns the hints off: the image of the tags without regions
+    off = webui.run(runner, on(hint_strength=0.0), prompt="a cat <loratorio:alice:0.8:left> <loratorio:hat:1:right>")
+    assert np.array_equal(pixels(off), pixels(webui.run(runner, on())))
+
+
 def test_one_lora_without_recentring_equals_the_merged_model(webui, runner):
     composed = webui.run(runner, on(recenter=0.0), prompt="a cat <loratorio:alice:0.8>")
     assert close(pixels(composed), pixels(merged_run(webui, runner, {"alice": 0.8})))

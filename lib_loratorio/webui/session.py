@@ -141,7 +141,8 @@ class Session(ComposingSession):
                 entry = resolve_lora(lora.name, lora.source)
                 entries.append(entry)
                 yield LoraRequest(lora.name, entry.filename, lora.strength, asked_in=f"in {lora.source}",
-                                  label=f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})")
+                                  label=f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})",
+                                  hint=lora.region)
 
         self.bind(resolved(), components, keep_bindings=True)  # the model-loaded callback forgets them
         self.bound_model, self.bound_checkpoint = sd_model, checkpoint_of(sd_model)
