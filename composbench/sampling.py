@@ -115,6 +115,8 @@ def variant_methods(patch_size: int = 2) -> list[Method]:
                    patch_size=patch_size, weight_norm="max")]
     out += [Method(f"variant: hints {beta:g}", "composer", temperature=0.05, hint_strength=beta, **fast)
             for beta in (2.0, 4.0, 8.0)]
+    # what the hints do without the routing: every LoRA's similarity alike, the hints alone shape the maps
+    out += [Method("ctrl: hints 8 with uniform maps", "composer", temperature=100.0, hint_strength=8.0, **fast)]
     # the paper's weights (summing to 1 per patch) in the fast mode, with its uniform control
     fast_sum = {**fast, "weight_norm": "sum"}
     out += [Method("ctrl: LoRAtorio Fast (sum) with uniform maps", "composer", temperature=100.0, **fast_sum),
