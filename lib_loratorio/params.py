@@ -34,10 +34,11 @@ class LoratorioParams:
     enabled: bool = _setting(False, "Enable", "Compose the <loratorio:...> LoRAs at sampling time.")
     mode: Mode = _setting(
         Mode.FAST, "Mode",
-        "LoRAtorio: patch-wise SoftMin routing, every branch every step. LoRAtorio Fast: the same maps, "
-        "refreshed on a schedule; in between one forward with every LoRA applied where its map says "
-        "(close to a plain step's cost). Composite: plain average of LoRA branches. Switch: one LoRA at a "
-        "time, rotating.")
+        "Stack: every LoRA at its strength on the prompt (inside its region hint, if any), the base model on "
+        "the negative prompt (a plain <lora> stack's cost). LoRAtorio: patch-wise SoftMin routing, every "
+        "branch every step. LoRAtorio Fast: the same maps, refreshed on a schedule; in between one forward "
+        "with every LoRA applied where its map says (close to a plain step's cost). Composite: plain average "
+        "of LoRA branches. Switch: one LoRA at a time, rotating.")
     patch_size: int = _setting(
         4, "Patch size", "Side of a comparison patch in latent pixels (4 latent px = 32 image px).",
         minimum=1, maximum=64)

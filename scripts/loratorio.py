@@ -42,8 +42,8 @@ _ADVANCED_ROWS = (("weight_norm", "selection", "switch_every"), ("hint_strength"
                   ("step_start", "step_end", "outside_steps"), ("weight_map_steps",))
 # Settings that matter only for some values of another setting, and are shown only then.
 _SHOWN_ONLY_WHEN = {
-    **{name: ("mode", ROUTING_MODES)
-       for name in ("patch_size", "temperature", "top_k", "selection", "weight_norm", "hint_strength")},
+    **{name: ("mode", ROUTING_MODES) for name in ("patch_size", "temperature", "top_k", "selection", "weight_norm")},
+    "hint_strength": ("mode", (*ROUTING_MODES, Mode.STACK)),  # the region hints act in these modes
     "recenter": ("mode", (Mode.LORATORIO,)),  # LoRAtorio Fast always uses the base model's negative prediction
     **{name: ("mode", (Mode.FAST,)) for name in ("refresh_first", "refresh_every")},
     "switch_every": ("mode", (Mode.SWITCH,)),

@@ -56,7 +56,7 @@ def pixels(result, index=None):
 EVERYDAY = ("mode", "patch_size", "temperature", "recenter", "top_k", "show_weight_maps", "refresh_first",
             "refresh_every")
 ONLY_IN_LORATORIO_MODES = {"patch_size", "temperature", "recenter", "top_k", "selection", "refresh_first",
-                           "refresh_every", "weight_norm", "hint_strength"}
+                           "refresh_every", "weight_norm", "hint_strength"}  # hint_strength: also in Stack
 FAST_ONLY = {"refresh_first", "refresh_every"}
 
 

@@ -375,7 +375,7 @@ def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():
 @pytest.mark.parametrize("change, message", [
     (dict(step_start=0.8, step_end=0.5), "'Start at' must be smaller than 'End at'"),
     (dict(patch_size=0), "patch_size=0 is invalid"),
-    (dict(mode="Merge"), "allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch"),
+    (dict(mode="Merge"), "allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch, Stack"),
     (dict(show_weight_maps=False), "turn on 'show_weight_maps'"),
     (dict(loras=("alice.safetensors", "xl_a.safetensors")), "LoRA 'xl_a.safetensors'"),
     (dict(ckpt="standin-flux.safetensors", loras=("flux_a.safetensors", "flux_b.safetensors"), patch_size=3),

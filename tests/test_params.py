@@ -24,7 +24,7 @@ def test_defaults_are_valid_and_off():
     ("temperature", -1, "temperature=-1.0 is invalid"),
     ("temperature", "warm", "temperature='warm' is invalid: expected float"),
     ("recenter", 1.5, "recenter=1.5 is invalid: it must be between 0.0 and 1.0"),
-    ("mode", "Blend", "mode='Blend' is invalid: allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch"),
+    ("mode", "Blend", "mode='Blend' is invalid: allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch, Stack"),
     ("selection", "pixel", "allowed values are patch, global"),
     ("enabled", "maybe", "enabled='maybe' is invalid: expected bool"),
     ("top_k", -1, "top_k=-1 is invalid"),
@@ -86,4 +86,4 @@ def test_choice_settings_are_enum_members_whose_strings_are_the_ui_and_infotext_
     assert (fields["LoRAtorio mode"], fields["LoRAtorio text encoder"]) == ("Switch", "UNet only")
     assert LoratorioParams.from_infotext(fields) == p
     assert LoratorioParams.__dataclass_fields__["mode"].metadata["choices"] == (
-        "LoRAtorio", "LoRAtorio Fast", "Composite", "Switch")
+        "LoRAtorio", "LoRAtorio Fast", "Composite", "Switch", "Stack")
