@@ -24,7 +24,8 @@ def test_defaults_are_valid_and_off():
     ("temperature", -1, "temperature=-1.0 is invalid"),
     ("temperature", "warm", "temperature='warm' is invalid: expected float"),
     ("recenter", 1.5, "recenter=1.5 is invalid: it must be between 0.0 and 1.0"),
-    ("mode", "Blend", "mode='Blend' is invalid: allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch, Stack"),
+    ("mode", "Blend", "mode='Blend' is invalid: allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch, "
+                      "Stack"),
     ("selection", "pixel", "allowed values are patch, global"),
     ("enabled", "maybe", "enabled='maybe' is invalid: expected bool"),
     ("top_k", -1, "top_k=-1 is invalid"),

@@ -124,9 +124,10 @@ def test_stack_is_the_merged_loras_on_the_prompt_and_the_base_on_the_negative_pr
     assert seen == [2] * 3  # one prompt row and one negative-prompt row a step, as the plain WebUI
     # at CFG 1 only the prompt's prediction counts: every LoRA merged at its strength
     at_cfg_1 = webui.run(runner, on(mode="Stack"), steps=3, cfg_scale=1.0)
-    assert close(pixels(at_cfg_1), pixels(merged_run(webui, runner, {"alice": 0.8, "hat": 1.0}, steps=3, cfg_scale=1.0)))
+    both = {"alice": 0.8, "hat": 1.0}
+    assert close(pixels(at_cfg_1), pixels(merged_run(webui, runner, both, steps=3, cfg_scale=1.0)))
     # at CFG 7 the negative prompt's prediction is the base model's, where a merge's is the merged model's
-    merged = merged_run(webui, runner, {"alice": 0.8, "hat": 1.0}, steps=3)
+    merged = merged_run(webui, runner, both, steps=3)
     assert not close(pixels(stack), pixels(merged))
     params = webui.infotext_utils.parse_generation_parameters(stack.infotexts[0])
     assert params["LoRAtorio mode"] == "Stack"
