@@ -93,6 +93,9 @@ def control_methods(patch_size: int = 2, temperature: float = 0.05,
     merges = [Method(f"Merge{uncond} s={s:g}", "merge", strength=s, base_uncond=bool(uncond))
               for uncond in ("", " + base uncond") for s in merge_strengths]
     return [
+        # mode Stack: Merge with the base model's unconditional prediction, through the extension's own code path
+        Method("Stack", "composer", mode="Stack"),
+        Method("Stack + hints 8", "composer", mode="Stack", hint_strength=8.0),
         Method("ctrl: default with uniform maps", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
                temperature=100.0, weight_norm="max"),
         Method("ctrl: LoRAtorio max with uniform maps", "composer", patch_size=patch_size, temperature=100.0,
