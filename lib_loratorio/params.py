@@ -33,7 +33,7 @@ def _setting(default: Any, label: str, hint: str, *, minimum: Optional[float] = 
 class LoratorioParams:
     enabled: bool = _setting(False, "Enable", "Compose the <loratorio:...> LoRAs at sampling time.")
     mode: Mode = _setting(
-        Mode.FAST, "Mode",
+        Mode.STACK, "Mode",
         "Stack: every LoRA at its strength on the prompt (inside its region hint, if any), the base model on "
         "the negative prompt (a plain <lora> stack's cost). LoRAtorio: patch-wise SoftMin routing, every "
         "branch every step. LoRAtorio Fast: the same maps, refreshed on a schedule; in between one forward "

@@ -23,7 +23,7 @@ UNET_TARGETS = [
 
 def on(**kw):
     """Positional script args as the UI sends them: the accordion's bool, then every setting."""
-    # the tests were written for the paper's method; the defaults (LoRAtorio Fast, weights max) have tests of their own
+    # the tests were written for the paper's method; the defaults (mode Stack) have tests of their own
     values = dataclasses.replace(LoratorioParams(enabled=True, patch_size=4, mode="LoRAtorio", weight_norm="sum"), **kw)
     return [getattr(values, name) for name in SETTINGS]
 
@@ -81,7 +81,8 @@ def check_accordion_layout(runner):
     def hidden():
         return {n for n, c in by_name.items() if n != "enabled" and not c.visible}
 
-    assert hidden() == {"switch_every", "weight_map_steps", "recenter"}   # the default mode: LoRAtorio Fast
+    # the default mode, Stack: every LoRA everywhere (or in its hinted region), nothing of the routing to set
+    assert hidden() == (ONLY_IN_LORATORIO_MODES - {"hint_strength"}) | {"switch_every", "weight_map_steps"}
     by_name["mode"].fire("change", "Switch")
     assert hidden() == ONLY_IN_LORATORIO_MODES | {"weight_map_steps"}
     by_name["mode"].fire("change", "Composite")

@@ -11,7 +11,7 @@ from lib_loratorio.params import LoratorioParams
 
 def test_defaults_are_valid_and_off():
     p = LoratorioParams()
-    assert not p.enabled and p.mode == "LoRAtorio Fast" and p.weight_norm == "max" and p.patch_size == 4
+    assert not p.enabled and p.mode == "Stack" and p.weight_norm == "max" and p.patch_size == 4
     assert [s for s in range(20) if p.is_refresh_step(s)] == [0, 10]        # refresh first 1, every 10
     assert [s for s in range(8) if LoratorioParams(refresh_first=2, refresh_every=3).is_refresh_step(s)] == [0, 1, 3, 6]
     assert p.temperature == 0.05 and p.recenter == 0.5 and p.top_k == 0 and p.max_batch == 0

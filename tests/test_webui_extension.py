@@ -243,17 +243,18 @@ def test_fast_mode_with_hires_batch_and_weight_maps(webui, runner):
     assert len(result.images) == result.index_of_first_image + 4 + 4 * 2
 
 
-def test_the_defaults_are_loratorio_fast_with_owner_weights_and_old_infotexts_keep_their_weights(webui, runner):
+def test_the_defaults_are_stack_and_old_infotexts_keep_their_mode_and_weights(webui, runner):
     seen, handle = unet_rows(webui)
     try:
         default = webui.run(runner, [True] + [getattr(LoratorioParams(), n) for n in SETTINGS[1:]], steps=6)
     finally:
         handle.remove()
-    assert seen == [4, 2, 2, 2, 2, 2]                       # refresh first 1, every 10: step 1 of 6
+    assert seen == [2] * 6                                  # mode Stack: two rows a step, no refresh step
     params = webui.infotext_utils.parse_generation_parameters(default.infotexts[0])
-    assert (params["LoRAtorio mode"], params["LoRAtorio weights"]) == ("LoRAtorio Fast", "max")
+    assert params["LoRAtorio mode"] == "Stack"
     script = runner.alwayson_scripts[0]
-    old = default.infotexts[0].replace(", LoRAtorio weights: max", "")   # an image from before the setting
+    fast = webui.run(runner, on(mode="LoRAtorio Fast", weight_norm="max"), steps=2).infotexts[0]
+    old = fast.replace(", LoRAtorio weights: max", "")   # an image from before the Weights setting
     pasted = webui.infotext_utils.paste_values(script.infotext_fields, old)
     by_name = dict(zip(SETTINGS, pasted, strict=True))
     assert by_name["weight_norm"]["value"] == "sum" and by_name["mode"]["value"] == "LoRAtorio Fast"
