@@ -174,6 +174,18 @@ def test_text_encoder_parts_condition_their_own_branch(webui, runner, capsys):
     assert np.array_equal(pixels(plain), pixels(webui.run(runner, prompt="a cat")))
 
 
+def test_stack_applies_every_loras_text_encoder_parts_to_the_prompt(webui, runner, capsys):
+    # at CFG 1 Stack is the model with the LoRAs merged, text encoder included; without its parts it is not
+    both = "a cat <loratorio:te_only:1> <loratorio:alice:0.8>"
+    stack = webui.run(runner, on(mode="Stack"), prompt=both, steps=3, cfg_scale=1.0)
+    merged = merged_run(webui, runner, {"te_only": 1.0, "alice": 0.8}, text_encoder=True, steps=3, cfg_scale=1.0)
+    assert close(pixels(stack), pixels(merged))
+    unet_only = webui.run(runner, on(mode="Stack", text_encoder="UNet only"), prompt=both, steps=3, cfg_scale=1.0)
+    assert close(pixels(unet_only), pixels(merged_run(webui, runner, {"alice": 0.8}, steps=3, cfg_scale=1.0)))
+    assert not close(pixels(stack), pixels(unet_only))
+    assert "base text conditioning" not in capsys.readouterr().out
+
+
 def test_prompt_lora_tags_as_branches_and_subfolder_names(webui, runner):
     as_lora = webui.run(runner, on(use_lora_tags=True), prompt="a cat <lora:alice:0.8> <lora:styles/ink:1>")
     as_loratorio = webui.run(runner, on(), prompt="a cat <loratorio:alice:0.8> <loratorio:ink:1>")
