@@ -248,11 +248,11 @@ def markdown(summary: dict, title: str, meta: Optional[dict] = None, agree: Opti
                   f"CFG {meta['cfg']}.", ""]
     lines += ["Concept recall = fraction of the requested concepts found, by the CNN classifier (scoring.py) and "
               "by the hand-written detector (detector.py). ± = standard error with the composition as the unit "
-              "(a composition's seeds averaged first). Δ vs Merge = mean over compositions of (method − Merge) on "
+              f"(a composition's seeds averaged first). Δ vs {baseline} = mean over compositions of (method − {baseline}) on "
               "the same compositions and seeds, ± its paired s.e. 'prompt only' = the base model with the joined "
               "trigger words (the false-positive floor). spurious = not-requested concepts the classifier finds.", "",
-              "| method | N=2 | N=3 | N=4 | N=5 | recall (± s.e.) | Δ vs Merge | recall (detector) | "
-              "Δ vs Merge (detector) | spurious | FD | evals/img | s/img |",
+              f"| method | N=2 | N=3 | N=4 | N=5 | recall (± s.e.) | Δ vs {baseline} | recall (detector) | "
+              f"Δ vs {baseline} (detector) | spurious | FD | evals/img | s/img |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in summary.items():
         cells = [fmt(r[f"N={n}"], r[f"N={n} se"]) for n in range(2, 6)]
