@@ -111,8 +111,13 @@ class ComposingSession:
         composer = self.composers.get(key)
         if composer is None:
             composer = self.composers[key] = BranchComposer(self.params, self.labels, prediction=prediction,
-                                                            keep_weight_maps=self.params.show_weight_maps)
+                                                            keep_weight_maps=self.keeps_weight_maps())
         return composer
+
+    def keeps_weight_maps(self) -> bool:
+        """Whether runs keep their weight maps (``last_run_maps``): with *Show weight maps*, or always where the host
+        hands them on after the run (masks, detailer passes, other extensions)."""
+        return self.params.show_weight_maps
 
     def outside_range(self, rows: int, run: Callable[[], torch.Tensor]) -> torch.Tensor:
         """A model call (``run``, of ``rows`` rows) of a step outside the composition range: every LoRA merged on

@@ -91,6 +91,9 @@ class LoratorioParams:
         "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
         "divided by the patch's largest weight, so the LoRA that owns a patch acts at full strength there "
         "and the others by their share of it; where none stands out, every LoRA acts fully.")
+    weight_masks: bool = _setting(
+        False, "Weight-map masks", "Add one grayscale mask per LoRA and image to the results: white where the LoRA "
+        "acts (its weight averaged over the steps), for an inpaint pass or another tool.")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,8 +1,9 @@
 """The LoRAtorio settings as ComfyUI node inputs, generated from LoratorioParams (names, ranges, defaults, hints).
 
 Settings that belong to the WebUIs' prompt tags and accordion have no input here: the node itself is the
-switch (bypass it to turn LoRAtorio off), the LoRAs and strengths come from the LoRA nodes, and the text
-encoders are not composed per branch on ComfyUI (the README's ComfyUI section says why).
+switch (bypass it to turn LoRAtorio off), the LoRAs and strengths come from the LoRA nodes, the text
+encoders are not composed per branch on ComfyUI (the README's ComfyUI section says why), and the masks are
+outputs of LoRAtorio Weight Maps.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..params import LoratorioParams
 
 #: LoratorioParams fields with no ComfyUI input, and the value the node uses for them.
 FIXED: dict[str, Any] = {"enabled": True, "default_strength": 1.0, "use_lora_tags": False, "pool": [],
-                         "text_encoder": TextEncoder.UNET_ONLY, "weight_map_steps": []}
+                         "text_encoder": TextEncoder.UNET_ONLY, "weight_map_steps": [], "weight_masks": False}
 # Widget step of a float setting where 0.01 would not do (ComfyUI's frontend rounds to the step).
 _FLOAT_STEPS = {"temperature": 0.001, "recenter": 0.05, "step_start": 0.05, "step_end": 0.05}
 

@@ -228,6 +228,10 @@ class Session(ComposingSession):
         return lora is not None and self.has_text_encoder[lora]
 
     # --- sampling ------------------------------------------------------------------------------
+    def keeps_weight_maps(self) -> bool:
+        """Always: masks, detailer passes and other extensions (``weight_map_api``) use them after the run."""
+        return True
+
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Hooks and wrappers live only while ``p.sample`` runs; removed on every exit path."""
