@@ -20,7 +20,8 @@ from torch import nn
 from .branch_runner import DEFAULT_CACHE_BYTES, BranchRunner
 from .choices import OutsideSteps, TextEncoder
 from .composer import BranchComposer, Prediction
-from .errors import LoratorioError
+from .composition import BASE_MODEL
+from .errors import LoratorioError, NonFiniteError
 from .flux import is_flux
 from .lora_library import LoraLibrary
 from .network_names import BoundLora, bind_lora
@@ -60,6 +61,8 @@ class ComposingSession:
         self._step_maps: dict[Hashable, list[tuple[str, dict[int, torch.Tensor]]]] = {}
         #: the weight maps of the last finished run (None: no run finished yet)
         self.last_run_maps: Optional[WeightMaps] = None
+        #: the patches on the model before LoRAtorio (model_patches.describe_patches), named when the base model fails
+        self.upstream_patches: list[str] = []
 
     # --- binding ---------------------------------------------------------------------------------
     def bind(self, requests: Iterable[LoraRequest], components: Mapping[str, nn.Module], *,
@@ -97,6 +100,12 @@ class ComposingSession:
         try:
             with self.runner:
                 yield
+        except NonFiniteError as err:
+            if err.who != BASE_MODEL or not self.upstream_patches:
+                raise
+            raise NonFiniteError(
+                f"{err} Patches set on the model before LoRAtorio act on every branch and may cause it: "
+                f"{'; '.join(self.upstream_patches)}. Try the model without them.", who=err.who) from err
         finally:
             self.runner = None
             self.last_run_maps = self._last_pass_maps()

@@ -36,6 +36,7 @@ from ..composing_session import LoraRequest
 from ..errors import LoratorioError
 from ..flux import check_patch_size, is_flux
 from ..model_call import ModelCall, OneCallModel, WrapperFn, WrapperSession, chained_wrapper
+from ..model_patches import describe_patches
 from ..params import LoratorioParams
 from .stack import LoraStack
 
@@ -83,6 +84,7 @@ class ComfySession(WrapperSession):
         self._sigmas_seen: list[float] = []
 
     def install(self, patcher: Any) -> Any:
+        self.upstream_patches = describe_patches(patcher)
         clone = patcher.clone()
         self.wrapper = chained_wrapper(self, clone.model_options.get("model_function_wrapper"))
         clone.set_model_unet_function_wrapper(self.wrapper)
