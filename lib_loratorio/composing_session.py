@@ -155,4 +155,9 @@ class ComposingSession:
         steps = self._step_maps.get(key, [])
         self._step_maps.clear()
         return {image: [("mean", maps)] + [(label, by_image[image]) for label, by_image in steps if image in by_image]
-                for image, maps in last.mean_weight_maps().items()}
+                for image, maps in self.maps_per_image(last.mean_weight_maps()).items()}
+
+    def maps_per_image(self, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The run's mean maps by image, from the composer's by routing key (a host may key parts of an image apart,
+        see ``model_call.WrapperSession.row_layout``)."""
+        return maps
