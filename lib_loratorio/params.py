@@ -94,6 +94,12 @@ class LoratorioParams:
     weight_masks: bool = _setting(
         False, "Weight-map masks", "Add one grayscale mask per LoRA and image to the results: white where the LoRA "
         "acts (its weight averaged over the steps), for an inpaint pass or another tool.")
+    detailer: bool = _setting(
+        False, "ADetailer per LoRA", "In ADetailer's inpaint passes (add loratorio to its script names), each region "
+        "gets the LoRAs that own it in the weight maps; the other LoRAs of the prompt are left out there.")
+    detailer_share: float = _setting(
+        0.3, "Owner share", "ADetailer per LoRA: a LoRA owns a region when its share of the region's weight is at "
+        "least this (the largest share always owns).", minimum=0.0, maximum=1.0)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -58,6 +58,7 @@ EVERYDAY = ("mode", "patch_size", "temperature", "recenter", "top_k", "show_weig
 ONLY_IN_LORATORIO_MODES = {"patch_size", "temperature", "recenter", "top_k", "selection", "refresh_first",
                            "refresh_every", "weight_norm"}
 FAST_ONLY = {"refresh_first", "refresh_every"}
+DETAILER_ONLY = {"detailer_share"}
 
 
 def check_accordion_layout(runner):
@@ -81,17 +82,18 @@ def check_accordion_layout(runner):
     def hidden():
         return {n for n, c in by_name.items() if n != "enabled" and not c.visible}
 
-    assert hidden() == {"switch_every", "weight_map_steps", "recenter"}   # the default mode: LoRAtorio Fast
+    assert hidden() == {"switch_every", "weight_map_steps", "recenter"} | DETAILER_ONLY   # the default mode
     by_name["mode"].fire("change", "Switch")
-    assert hidden() == ONLY_IN_LORATORIO_MODES | {"weight_map_steps"}
+    assert hidden() == ONLY_IN_LORATORIO_MODES | {"weight_map_steps"} | DETAILER_ONLY
     by_name["mode"].fire("change", "Composite")
-    assert hidden() == ONLY_IN_LORATORIO_MODES | {"switch_every", "weight_map_steps"}
+    assert hidden() == ONLY_IN_LORATORIO_MODES | {"switch_every", "weight_map_steps"} | DETAILER_ONLY
     by_name["mode"].fire("change", "LoRAtorio Fast")        # the schedule instead of the re-centring
-    assert hidden() == {"switch_every", "weight_map_steps", "recenter"}
+    assert hidden() == {"switch_every", "weight_map_steps", "recenter"} | DETAILER_ONLY
     by_name["show_weight_maps"].fire("change", True)
     by_name["mode"].fire("change", "LoRAtorio")
-    assert hidden() == {"switch_every"} | FAST_ONLY
+    assert hidden() == {"switch_every"} | FAST_ONLY | DETAILER_ONLY
     by_name["show_weight_maps"].fire("change", False)
+    by_name["detailer"].fire("change", True)
     assert hidden() == {"switch_every", "weight_map_steps"} | FAST_ONLY
 
 

@@ -142,7 +142,8 @@ def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
     fields = {f.name: f for f in dataclasses.fields(LoratorioParams)}
     settings = {k: v for k, v in inputs["required"].items() if k != "model"}
     assert list(settings) == [n for n in fields if n not in ("enabled", "default_strength", "use_lora_tags", "pool",
-                                                             "text_encoder", "weight_map_steps", "weight_masks")]
+                                                             "text_encoder", "weight_map_steps", "weight_masks",
+                                                             "detailer", "detailer_share")]
     for name, (kind, options) in settings.items():
         meta = fields[name].metadata
         assert options["default"] == fields[name].default

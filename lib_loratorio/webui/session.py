@@ -12,7 +12,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
@@ -63,6 +63,8 @@ class Session(ComposingSession):
         self.branch_conds: dict[int, list] = {}
         self._branch_text: dict[tuple, tuple[Any, Any] | None] = {}
         self.weight_maps: WeightMaps = {}  # per image of the whole request (all batches)
+        #: which requested LoRAs this generation composes (None: all), e.g. an ADetailer pass's owners (detailer.py)
+        self.lora_filter: Optional[Callable[[RequestedLora], bool]] = None
 
     def attach(self) -> None:
         setattr(self.p, _SESSION_ATTR, self)
@@ -105,14 +107,14 @@ class Session(ComposingSession):
 
     # --- preparation (process_batch) ----------------------------------------------------------
     def requested(self) -> list[RequestedLora]:
-        """The LoRAs to compose: the tags, then the pool's LoRAs not already tagged."""
+        """The LoRAs to compose: the tags, then the pool's LoRAs not already tagged (those ``lora_filter`` keeps)."""
         out = read_tags(self.tags, self.params.default_strength)
         named = {lora.name for lora in out}
         for name in pool_names(self.params.pool):
             if name not in named:
                 out.append(RequestedLora(name, self.params.default_strength, "the pool"))
                 named.add(name)
-        return out
+        return out if self.lora_filter is None else [lora for lora in out if self.lora_filter(lora)]
 
     def prepare(self) -> None:
         """Resolve, read and bind the LoRAs of this batch (cached while tags and model are unchanged)."""
