@@ -157,8 +157,10 @@ class BranchRunner:
         batch = x.shape[1] if seq_first else x.shape[0]
         if self._n_rows is not None and batch != self._n_rows:
             raise LoratorioError(
-                f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {batch}: "
-                "the host changed the batch inside the network. Please report this with your settings.")
+                f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {batch}: something runs "
+                "the network's layers on parts of the batch, which LoRAtorio's branches cannot share. Another "
+                "extension that rewrites the attention layers does that (Regional Prompter in its Attention mode: "
+                "use its Latent mode with LoRAtorio); turn it or LoRAtorio off, or report this with your settings.")
         for i, delta in self._by_module[module]:
             sel = self._selectors[i]
             if sel is None or self.strengths[i] == 0:

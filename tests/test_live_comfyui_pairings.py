@@ -3,7 +3,7 @@
 the MASK outputs driving the inpaint example, the UI graphs against the real node definitions, NaN from a model
 patch named, area conditioning, and model patches (FreeU, PAG, SAG) beside LoRAtorio.
 
-    LORATORIO_COMFYUI_URL=http://127.0.0.1:8188 pytest tests/test_live_comfyui_masks.py
+    LORATORIO_COMFYUI_URL=http://127.0.0.1:8188 pytest tests/test_live_comfyui_pairings.py
 """
 
 import copy
@@ -187,3 +187,38 @@ def test_model_patches_before_loratorio_act_with_it(workflow, patch):  # noqa: F
 
     assert np.abs(image(True, False) - image(False, False)).mean() > 0.05   # it acts here
     assert np.abs(image(True, True) - image(False, True)).mean() > 0.02     # and with LoRAtorio
+
+
+def test_ip_adapter_plus_beside_loratorio(info, workflow):  # noqa: F811
+    """ComfyUI_IPAdapter_plus's IPAdapterAdvanced (attention replacements on the model) before LoRAtorio Apply, with the
+    first IP-Adapter and CLIP vision model ComfyUI lists."""
+    if "IPAdapterAdvanced" not in info:
+        pytest.skip("ComfyUI_IPAdapter_plus is not installed")
+    ipadapter = info["IPAdapterModelLoader"]["input"]["required"]["ipadapter_file"][0][0]
+    clip_vision = info["CLIPVisionLoader"]["input"]["required"]["clip_name"][0][0]
+
+    def image(with_ipadapter, loratorio):
+        prompt = copy.deepcopy(workflow)
+        prompt["7"]["inputs"].update(width=128, height=128)
+        del prompt["11"], prompt["12"]
+        source = ["1", 0]
+        if with_ipadapter:
+            prompt.update({
+                "50": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ipadapter}},
+                "51": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_vision}},
+                "52": {"class_type": "EmptyImage", "inputs": {"width": 224, "height": 224, "batch_size": 1,
+                                                             "color": 0xC04020}},
+                "53": {"class_type": "IPAdapterAdvanced", "inputs": {
+                    "model": source, "ipadapter": ["50", 0], "image": ["52", 0], "clip_vision": ["51", 0],
+                    "weight": 1.0, "weight_type": "linear", "combine_embeds": "concat", "start_at": 0.0,
+                    "end_at": 1.0, "embeds_scaling": "V only"}}})
+            source = ["53", 0]
+        if loratorio:
+            prompt["4"]["inputs"]["model"] = source
+        else:
+            del prompt["2"], prompt["3"], prompt["4"]
+            prompt["8"]["inputs"]["model"] = source
+        return pictures(succeeded(prompt), "10")[0].astype(int)
+
+    assert np.abs(image(True, False) - image(False, False)).mean() > 0.5     # it acts
+    assert np.abs(image(True, True) - image(False, True)).mean() > 0.5       # and with LoRAtorio
