@@ -25,6 +25,7 @@ from .errors import LoratorioError, NonFiniteError
 from .flux import is_flux
 from .lora_library import LoraLibrary
 from .network_names import BoundLora, bind_lora
+from .region_hints import Hint
 
 #: Text-encoder components of a LoRA file, left out when the text encoders are not composed.
 TEXT_ENCODERS = ("te1", "te2", "te3")
@@ -43,6 +44,7 @@ class LoraRequest:
     strength: float
     label: str     # the LoRA in error messages, e.g. "LoRA 'alice' (alice.safetensors, <loratorio:alice:1>)"
     asked_in: str  # added to a binding error: "in <loratorio:alice:1>", "LoRA 'alice' in the LoRAtorio LoRA nodes"
+    hint: Optional[Hint] = None  # where the user wants it to act (region_hints.py)
 
 
 class ComposingSession:
@@ -54,6 +56,7 @@ class ComposingSession:
         self.names: list[str] = []
         self.labels: list[str] = []
         self.strengths: list[float] = []
+        self.hints: list[Optional[Hint]] = []
         self.flux = False
         # the sampling run in progress
         self.runner: Optional[BranchRunner] = None
@@ -88,6 +91,7 @@ class ComposingSession:
         self.loras, self.flux = loras, is_flux(components["unet"])
         self.names, self.labels = [r.name for r in kept], [r.label for r in kept]
         self.strengths = [r.strength for r in kept]
+        self.hints = [r.hint for r in kept]
 
     # --- one sampling run ----------------------------------------------------------------------------
     @contextmanager
@@ -120,7 +124,8 @@ class ComposingSession:
         composer = self.composers.get(key)
         if composer is None:
             composer = self.composers[key] = BranchComposer(self.params, self.labels, prediction=prediction,
-                                                            keep_weight_maps=self.keeps_weight_maps())
+                                                            keep_weight_maps=self.keeps_weight_maps(),
+                                                            hints=self.hints)
         return composer
 
     def keeps_weight_maps(self) -> bool:

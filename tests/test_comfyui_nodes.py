@@ -181,6 +181,41 @@ def test_the_example_workflow_composes_and_shows_weight_maps():
     assert torch.equal(image(run(prompt)), image(composed))  # deterministic; nothing left over from the last run
 
 
+class HalfMask:
+    """A test node: a MASK [1, H, W] white on one half (ComfyUI's own mask nodes are not in the stand-in)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"side": (["left", "right"],), "width": ("INT", {}), "height": ("INT", {})}}
+
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "make"
+
+    def make(self, side, width, height):
+        mask = torch.zeros(1, height, width)
+        mask[..., : width // 2] = 1.0
+        return (mask if side == "left" else 1.0 - mask,)
+
+
+def test_a_region_mask_keeps_its_lora_in_its_region():
+    C.nodes.NODE_CLASS_MAPPINGS["HalfMask"] = HalfMask
+    try:
+        prompt = workflow()
+        for lora_node, side in (("2", "left"), ("3", "right")):
+            prompt[f"m{lora_node}"] = {"class_type": "HalfMask", "inputs": {"side": side, "width": 64, "height": 64}}
+            prompt[lora_node]["inputs"]["region"] = [f"m{lora_node}", 0]
+        hinted = run(prompt)
+        assert hinted["status"]["status_str"] == "success", hinted["status"]
+        maps = image(hinted, "12")  # [2 LoRAs, 64, 64, 3]: the heatmaps over the image
+        diff = (maps[0] - maps[1]).mean(dim=-1)  # the first LoRA's heat minus the second's: the picture cancels
+        assert diff[16:, :32].mean() > 0.2 and diff[16:, 32:].mean() < -0.2
+        plain = image(run(workflow()), "12")  # without masks the LoRAs do not split the image in halves
+        diff = (plain[0] - plain[1]).mean(dim=-1)
+        assert abs(diff[16:, :32].mean() - diff[16:, 32:].mean()) < 0.1
+    finally:
+        del C.nodes.NODE_CLASS_MAPPINGS["HalfMask"]
+
+
 def test_no_lora_in_the_stack_returns_the_model_itself():
     model = C.models.load_checkpoint("standin-sd15")[0]
     apply = C.nodes.NODE_CLASS_MAPPINGS["LoratorioApply"]()
@@ -341,7 +376,7 @@ def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():
 @pytest.mark.parametrize("change, message", [
     (dict(step_start=0.8, step_end=0.5), "'Start at' must be smaller than 'End at'"),
     (dict(patch_size=0), "patch_size=0 is invalid"),
-    (dict(mode="Merge"), "allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch"),
+    (dict(mode="Merge"), "allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch, Stack"),
     (dict(show_weight_maps=False), "turn on 'show_weight_maps'"),
     (dict(loras=("alice.safetensors", "xl_a.safetensors")), "LoRA 'xl_a.safetensors'"),
     (dict(ckpt="standin-flux.safetensors", loras=("flux_a.safetensors", "flux_b.safetensors"), patch_size=3),
@@ -360,16 +395,20 @@ def test_a_lora_file_gone_is_named():
 
 
 EXAMPLES = [WORKFLOW, WORKFLOW.replace("two_loras", "masks_inpaint")]
+#: what an example sets other than the defaults: weight maps on (to feed its preview); the masks example routes
+#: (mode LoRAtorio: the default Stack's maps are uniform without region hints, so its masks would be all white)
+EXAMPLE_SETTINGS = {WORKFLOW: {"show_weight_maps": True},
+                    EXAMPLES[1]: {"show_weight_maps": True, "mode": "LoRAtorio"}}
 
 
 @pytest.mark.parametrize("path", EXAMPLES)
 def test_example_workflow_uses_the_default_settings(path):
-    """The examples users start from show the defaults (weight maps on, to feed its preview)."""
+    """The examples users start from show the defaults, but for what they are about."""
     with open(path) as f:
         apply = next(n for n in json.load(f).values() if n["class_type"] == "LoratorioApply")["inputs"]
     defaults = {f.name: f.default for f in dataclasses.fields(LoratorioParams) if f.name in apply}
     settings = {k: v for k, v in apply.items() if not isinstance(v, list)}
-    assert settings == {**defaults, "show_weight_maps": True}
+    assert settings == {**defaults, **EXAMPLE_SETTINGS[path]}
 
 
 @pytest.mark.parametrize("path", EXAMPLES)

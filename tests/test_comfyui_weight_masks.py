@@ -17,7 +17,7 @@ def weight_maps_node():
     return C.nodes.NODE_CLASS_MAPPINGS["LoratorioWeightMaps"]()
 
 
-def composed_run(steps=3):
+def composed_run(steps=3, mode="LoRAtorio Fast"):
     """A two-LoRA LoRAtorio run sampled through the nodes' code: (its MODEL, its decoded images)."""
     from lib_loratorio.comfyui.composing import apply_loratorio
     from lib_loratorio.comfyui.stack import StackEntry
@@ -25,7 +25,8 @@ def composed_run(steps=3):
     model, clip, vae = C.models.load_checkpoint("standin-sd15")
     stack = tuple(StackEntry(n, C.folder_paths.get_full_path("loras", n), 1.0) for n in ("alice.safetensors",
                                                                                          "hat.safetensors"))
-    composed = apply_loratorio(model, stack, LoratorioParams(show_weight_maps=True, text_encoder="UNet only"))
+    composed = apply_loratorio(model, stack, LoratorioParams(mode=mode, show_weight_maps=True,
+                                                                     text_encoder="UNet only"))
     positive = C.nodes.CLIPTextEncode().encode(clip, "a cat")[0]
     negative = C.nodes.CLIPTextEncode().encode(clip, "blurry")[0]
     latent = {"samples": torch.zeros(2, 4, 16, 8)}
@@ -49,6 +50,13 @@ def test_a_mask_per_lora_at_the_images_size():
     assert torch.equal(binary[0], (masks[0] >= 0.5).float())
     _, *feathered = node.render(model, images, threshold=0.5, blur=3.0)
     assert torch.allclose(feathered[0].mean(), binary[0].mean(), atol=0.02) and not torch.equal(feathered[0], binary[0])
+
+
+def test_in_stack_without_hints_every_mask_is_white():
+    """The default mode acts with every LoRA everywhere: its masks say so (no LoRA owns a part of the image)."""
+    model, images = composed_run(mode="Stack")
+    _, *masks = weight_maps_node().render(model, images)
+    assert all(torch.equal(m, torch.ones(2, 128, 64)) for m in masks[:2])
 
 
 def example(threshold=0.5, blur=0.0):
@@ -87,7 +95,7 @@ def test_the_example_details_each_loras_region_with_that_lora():
     assert torch.equal(final[(mask_2 > 0).expand_as(final)], detail_2[(mask_2 > 0).expand_as(final)])
     assert not torch.equal(final, first)
     # a higher threshold leaves pixels no LoRA leads that much: there the first image stays
-    strict = run(example(threshold=0.6))
+    strict = run(example(threshold=0.52))  # the exact mode's maps stay near 0.5 on the stand-in
     neither = (image(strict, "91") == 0) & (image(strict, "92") == 0)
     assert bool(neither.any()) and not bool(neither.all())
     assert torch.equal(image(strict, "10")[neither], image(strict, "90")[neither])
