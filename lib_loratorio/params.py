@@ -104,8 +104,9 @@ class LoratorioParams:
         False, "ADetailer per LoRA", "In ADetailer's inpaint passes (add loratorio to its script names), each region "
         "gets the LoRAs that own it in the weight maps; the other LoRAs of the prompt are left out there.")
     detailer_share: float = _setting(
-        0.3, "Owner share", "ADetailer per LoRA: a LoRA owns a region when its share of the region's weight is at "
-        "least this (the largest share always owns).", minimum=0.0, maximum=1.0)
+        0.5, "Owner share", "ADetailer per LoRA: a LoRA owns a region when its share of the region's weight is at "
+        "least this fraction of the leading LoRA's share (1: the leading LoRA only; 0: every LoRA). Where no LoRA "
+        "leads (Stack without region hints: uniform maps) every LoRA owns every region.", minimum=0.0, maximum=1.0)
 
     def __post_init__(self) -> None:
         self.validate()

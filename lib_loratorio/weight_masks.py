@@ -1,8 +1,11 @@
 """Weight maps as masks and shares: what the next tool (an inpaint pass, a detailer, another extension) takes from them.
 
-A run's weight maps are [N, h, w] at the latent's resolution (each LoRA's SoftMin weight, patch by patch; the
-N weights of a pixel sum to 1). Here they become masks at an image's resolution (optionally thresholded and
-feathered), and a region's *shares*: each LoRA's mean weight over the region, which also sum to 1.
+A run's weight maps are [N, h, w] at the latent's resolution: in the routing modes each LoRA's SoftMin weight, patch
+by patch (the N weights of a pixel sum to 1); in Stack the factor each LoRA acts with (1 everywhere without region
+hints, e^-strength outside a hint's region). Here they become masks at an image's resolution (optionally thresholded
+and feathered), and a region's *shares*: each LoRA's mean weight over the region, the weights of each pixel taken
+relative to their sum, so that the shares sum to 1; and the region's *owners*, the LoRAs whose share is close enough
+to the largest.
 """
 
 from __future__ import annotations
@@ -51,11 +54,18 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.reshape(*lead, height, width)
 
 
+def pixel_shares(maps: torch.Tensor) -> torch.Tensor:
+    """Maps [N, h, w] with each pixel's weights divided by their sum (a pixel where every weight is 0 stays 0)."""
+    maps = maps.float()
+    total = maps.sum(dim=0, keepdim=True)
+    return torch.where(total > 0, maps / total.clamp_min(1e-12), torch.zeros_like(maps))
+
+
 def region_shares(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """Each LoRA's share of ``region`` [H, W] (0..1, e.g. a detector's mask at the image's size): its weight
-    averaged over the region, pixels counted by their mask value. [N]; the shares sum to 1 (all zero for an
-    empty region)."""
-    weights = upsampled(maps, *region.shape[-2:])
+    relative to the pixel's sum (``pixel_shares``), averaged over the region, pixels counted by their mask value.
+    [N]; the shares sum to 1 (all zero for an empty region)."""
+    weights = upsampled(pixel_shares(maps), *region.shape[-2:])
     region = region.float().clamp(0, 1)
     total = float(region.sum())
     if total <= 0:
@@ -63,13 +73,14 @@ def region_shares(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return (weights * region).flatten(1).sum(dim=1) / total
 
 
-def owners(shares: torch.Tensor, min_share: float) -> list[int]:
-    """The LoRAs (indices, in order) whose share is at least ``min_share``; the largest share always counts, so a
-    region has at least one owner unless every share is 0."""
+def owners(shares: torch.Tensor, min_ratio: float) -> list[int]:
+    """The LoRAs (indices, in order) whose share is at least ``min_ratio`` times the largest share: 1 keeps the
+    leading LoRA(s) only, 0 every LoRA. Equal shares (uniform maps: no LoRA leads anywhere) make every LoRA an
+    owner. A region has at least one owner unless every share is 0."""
     if not bool((shares > 0).any()):
         return []
-    top = int(shares.argmax())
-    return [i for i, share in enumerate(shares.tolist()) if share >= min_share or i == top]
+    least = min_ratio * float(shares.max())
+    return [i for i, share in enumerate(shares.tolist()) if share >= least * (1 - 1e-6)]
 
 
 def unique_names(names: Sequence[str]) -> list[str]:

@@ -22,16 +22,19 @@ def runner(webui):
 
 
 @pytest.fixture
-def rows_of_passes(monkeypatch):
-    """Per sampling run so far (the generation's first, then one per ADetailer pass), the LoRAs whose rows ran."""
+def runs(monkeypatch):
+    """Per sampling run so far (the generation's first, then one per ADetailer pass): [runner, the LoRAs whose rows
+    ran, the least weight a mixed row's map gave a LoRA (1.0: every LoRA everywhere at full strength)]."""
     from lib_loratorio.branch_runner import BranchRunner
 
-    runs: list[tuple[BranchRunner, set]] = []  # the runners are kept: a freed one's id may come again
+    runs: list[list] = []  # the runners are kept: a freed one's id may come again
     original = BranchRunner.rows
 
     def rows(self, branches, active=None, maps=None, prefix_tokens=0):
         if not runs or runs[-1][0] is not self:
-            runs.append((self, set()))
+            runs.append([self, set(), 1.0])
+        if maps is not None:
+            runs[-1][2] = min(runs[-1][2], float(maps.min()))
         names = runs[-1][1]
         for j, branch in enumerate(branches.tolist()):
             loras = range(self.n_loras) if branch == MIXED else [lora_of(branch)] if lora_of(branch) is not None else []
@@ -41,7 +44,13 @@ def rows_of_passes(monkeypatch):
         return original(self, branches, active, maps, prefix_tokens)
 
     monkeypatch.setattr(BranchRunner, "rows", rows)
-    return lambda: [names for _, names in runs]
+    return runs
+
+
+@pytest.fixture
+def rows_of_passes(runs):
+    """Per sampling run so far, the LoRAs whose rows ran."""
+    return lambda: [names for _, names, _ in runs]
 
 
 def leading_regions(p):
@@ -58,10 +67,20 @@ def leading_regions(p):
     return regions
 
 
-def generate(webui, runner, args, *, script_names=WITH_LORATORIO, ad_prompt="", **kw):
+def halves(p):
+    """A detector finding the image's left and right halves (two figures side by side)."""
+    def regions(image):
+        left = np.zeros((image.size[1], image.size[0]), dtype=np.uint8)
+        left[:, : image.size[0] // 2] = 255
+        return [Image.fromarray(left), Image.fromarray(255 - left)]
+
+    return regions
+
+
+def generate(webui, runner, args, *, script_names=WITH_LORATORIO, ad_prompt="", detector=leading_regions, **kw):
     """A txt2img with the stand-in ADetailer (first, as "!adetailer" sorts) and LoRAtorio; returns (result, p)."""
     p_box = []
-    ad = adetailer_script(webui.scripts, webui.processing, lambda image: leading_regions(p_box[0])(image),
+    ad = adetailer_script(webui.scripts, webui.processing, lambda image: detector(p_box[0])(image),
                           script_names=script_names, ad_prompt=ad_prompt)
     both = webui.scripts.ScriptRunner()
     both.initialize_scripts(False, [ad] + [type(s) for s in runner.alwayson_scripts])
@@ -77,8 +96,31 @@ def infotext_value(webui, text, key="LoRAtorio ADetailer"):
     return webui.infotext_utils.parse_generation_parameters(text).get(key)
 
 
+HINTED = "a cat <loratorio:alice:0.8:left> <loratorio:hat:1:right>"
+
+
+def test_stack_without_hints_every_pass_applies_every_lora(webui, runner, runs, rows_of_passes):
+    """The default mode's maps are uniform: no LoRA leads a region, so every LoRA owns each (today's passes)."""
+    result, _ = generate(webui, runner, on(mode="Stack", detailer=True), detector=halves)
+    assert rows_of_passes() == [{"alice", "hat"}] * 3
+    assert infotext_value(webui, result.infotexts[result.index_of_first_image]) == (
+        "region 1: alice+hat; region 2: alice+hat")
+
+
+def test_stack_with_region_hints_each_pass_applies_its_hinted_lora(webui, runner, runs, rows_of_passes):
+    result, _ = generate(webui, runner, on(mode="Stack", detailer=True), detector=halves, prompt=HINTED)
+    assert rows_of_passes() == [{"alice", "hat"}, {"alice"}, {"hat"}]
+    assert runs[0][2] < 1e-3 and [least for *_, least in runs[1:]] == [1.0, 1.0]  # the passes drop the hints
+    assert infotext_value(webui, result.infotexts[result.index_of_first_image]) == "region 1: alice; region 2: hat"
+
+
+def test_hints_with_the_feature_off_act_in_every_pass_as_written(webui, runner, runs, rows_of_passes):
+    generate(webui, runner, on(mode="Stack"), detector=halves, prompt=HINTED)
+    assert rows_of_passes() == [{"alice", "hat"}] * 3 and all(least < 1e-3 for *_, least in runs)
+
+
 def test_each_regions_pass_applies_the_loras_that_own_it(webui, runner, rows_of_passes):
-    result, _ = generate(webui, runner, on(mode="LoRAtorio Fast", detailer=True, detailer_share=0.5), batch_size=2)
+    result, _ = generate(webui, runner, on(mode="LoRAtorio Fast", detailer=True, detailer_share=1.0), batch_size=2)
     generation, *passes = rows_of_passes()
     assert generation == {"alice", "hat"}
     assert passes == [{"alice"}, {"hat"}] * 2             # two images, a pass per region, each with its owner only
@@ -94,7 +136,7 @@ def test_a_lower_owner_share_lets_the_second_lora_act_too(webui, runner, rows_of
 
 
 def test_an_adetailer_prompt_with_its_own_tags_keeps_them(webui, runner, rows_of_passes):
-    result, _ = generate(webui, runner, on(mode="LoRAtorio Fast", detailer=True, detailer_share=0.5),
+    result, _ = generate(webui, runner, on(mode="LoRAtorio Fast", detailer=True, detailer_share=1.0),
                          ad_prompt="a face <loratorio:styles/ink:1> <loratorio:hat:0.5>")
     # ink is the prompt's own (the generation did not compose it): in every pass; hat only where it owns the region
     assert rows_of_passes()[1:] == [{"styles/ink"}, {"styles/ink", "hat"}]

@@ -57,7 +57,7 @@ def test_shares_and_owners_of_a_region_through_the_python_api(webui, runner):
     assert list(whole) == ["alice", "hat"] and sum(whole.values()) == pytest.approx(1.0)
     masks = maps.masks(threshold=0.5)
     alice = (masks["alice"] * 255).astype(np.uint8)           # an 8-bit region, as a detector's mask would come
-    assert alice.any() and maps.shares(alice)["alice"] >= 0.5 and maps.owners(alice, min_share=0.5)[0] == "alice"
-    assert maps.owners(None, min_share=0.0) == ["alice", "hat"]
+    assert alice.any() and maps.shares(alice)["alice"] >= 0.5 and maps.owners(alice, min_ratio=1.0) == ["alice"]
+    assert maps.owners(None, min_ratio=0.0) == ["alice", "hat"]
     small = maps.masks(32, 16)
     assert small["hat"].shape == (16, 32) and small["hat"].dtype == np.float32

@@ -1,6 +1,8 @@
 """Weight maps as masks and shares (lib_loratorio/weight_masks.py): upsampling, threshold, feathering, a region's
 shares and owners."""
 
+import math
+
 import pytest
 import torch
 
@@ -47,11 +49,30 @@ def test_a_regions_shares_sum_to_one_and_name_its_owners():
     straddling = torch.zeros(64, 64)
     straddling[:, 16:48] = 1.0                              # half on each side: (0.9 + 0.2) / 2, (0.1 + 0.8) / 2
     assert region_shares(maps, straddling).tolist() == pytest.approx([0.55, 0.45])
-    assert owners(shares, 0.5) == [0] and owners(region_shares(maps, straddling), 0.5) == [0]
-    assert owners(region_shares(maps, straddling), 0.4) == [0, 1]
-    assert owners(torch.tensor([0.4, 0.35, 0.25]), 0.5) == [0]          # the largest share always owns
-    assert owners(torch.tensor([0.4, 0.35, 0.25]), 0.3) == [0, 1]
+    # an owner has at least min_ratio times the largest share
+    assert owners(shares, 0.5) == [0] and owners(region_shares(maps, straddling), 0.5) == [0, 1]
+    assert owners(region_shares(maps, straddling), 0.9) == [0]
+    assert owners(torch.tensor([0.4, 0.35, 0.25]), 0.5) == [0, 1, 2]
+    assert owners(torch.tensor([0.4, 0.35, 0.25]), 0.7) == [0, 1]
+    assert owners(torch.tensor([0.4, 0.35, 0.25]), 1.0) == [0]          # the largest share always owns
     assert owners(region_shares(maps, torch.zeros(64, 64)), 0.5) == []  # an empty region has no owner
+
+
+def test_stacks_maps_give_shares_too():
+    """Stack's maps are factors, not shares: 1 everywhere without hints (every LoRA owns every region at any
+    ratio), 1 inside a hint's region and e^-strength outside (the hinted LoRA owns its region)."""
+    left = torch.zeros(64, 64)
+    left[8:40, 0:24] = 1.0
+    uniform = torch.ones(3, 8, 8)
+    assert region_shares(uniform, left).tolist() == pytest.approx([1 / 3] * 3)
+    assert owners(region_shares(uniform, left), 1.0) == [0, 1, 2]
+    hinted = torch.ones(3, 8, 8)
+    hinted[0, :, 4:] = hinted[1, :, :4] = math.exp(-2.0)   # alice left, bob right (hint strength 2), a style: none
+    shares = region_shares(hinted, left)
+    assert shares.tolist() == pytest.approx([1 / (2 + math.exp(-2)), math.exp(-2) / (2 + math.exp(-2)),
+                                             1 / (2 + math.exp(-2))])
+    assert owners(shares, 0.5) == [0, 2]                    # alice and the style; bob is left to his region
+    assert region_shares(torch.zeros(2, 8, 8), left).tolist() == [0.0, 0.0]
 
 
 def test_repeated_names_are_numbered():

@@ -10,8 +10,11 @@ pass's ``<loratorio:...>`` tags (the generation's, unless the ADetailer prompt h
 
 With *ADetailer per LoRA* on, a pass keeps, of the LoRAs the generation composed, only those that own its region:
 each LoRA's share of the region in the generation's weight maps of that image (``weight_masks.region_shares``), at
-least *Owner share*, the largest share always. Tags of other LoRAs (an ADetailer prompt's own) stay. The image's
-infotext says which LoRAs each region's pass applied (``LoRAtorio ADetailer``).
+least *Owner share* times the largest share (``weight_masks.owners``; with uniform maps, as in Stack without region
+hints, every LoRA). The owners act on the whole region: their region hints are dropped in the pass (ADetailer
+inpaints a crop around the region, where "left" would mean the crop's left half). Tags of other LoRAs (an ADetailer
+prompt's own) stay as written. The image's infotext says which LoRAs each region's pass applied
+(``LoRAtorio ADetailer``).
 
 A1111 and Forge run one generation at a time, and ADetailer's passes run inside it (the generation's ``p`` is
 between its batch's sampling and its image's infotext), so the generation in progress is kept here.
@@ -20,12 +23,13 @@ between its batch's sampling and its image's infotext), so the generation in pro
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ..weight_masks import owners, region_shares
 from .console import note_once
 from .session import Session
+from .tags import RequestedLora
 from .weight_map_api import region_tensor
 
 #: the infotext key of the LoRAs each ADetailer pass applied, per image
@@ -85,7 +89,14 @@ def attach(session: Session) -> None:
     shares = region_shares(maps[0][1], region_tensor(region))  # maps[0]: the mean over the steps
     first_pass = set(outer.names)
     owning = {outer.names[i] for i in owners(shares, session.params.detailer_share)}
-    session.lora_filter = lambda lora: lora.name not in first_pass or lora.name in owning
+
+    def owners_only(lora: RequestedLora) -> Optional[RequestedLora]:
+        if lora.name not in first_pass:   # the pass's own tag
+            return lora
+        # an owner acts on the whole region: its hint placed it there, and would mean a part of the pass's crop
+        return replace(lora, region=None) if lora.name in owning else None
+
+    session.lora_choice = owners_only
 
 
 def record_pass(session: Session) -> None:

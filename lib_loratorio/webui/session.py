@@ -63,8 +63,9 @@ class Session(ComposingSession):
         self.branch_conds: dict[int, list] = {}
         self._branch_text: dict[tuple, tuple[Any, Any] | None] = {}
         self.weight_maps: WeightMaps = {}  # per image of the whole request (all batches)
-        #: which requested LoRAs this generation composes (None: all), e.g. an ADetailer pass's owners (detailer.py)
-        self.lora_filter: Optional[Callable[[RequestedLora], bool]] = None
+        #: which requested LoRAs this generation composes and how (None: each as asked; a LoRA mapped to None is left
+        #: out), e.g. an ADetailer pass's owners without their region hints (detailer.py)
+        self.lora_choice: Optional[Callable[[RequestedLora], Optional[RequestedLora]]] = None
 
     def attach(self) -> None:
         setattr(self.p, _SESSION_ATTR, self)
@@ -107,14 +108,16 @@ class Session(ComposingSession):
 
     # --- preparation (process_batch) ----------------------------------------------------------
     def requested(self) -> list[RequestedLora]:
-        """The LoRAs to compose: the tags, then the pool's LoRAs not already tagged (those ``lora_filter`` keeps)."""
+        """The LoRAs to compose: the tags, then the pool's LoRAs not already tagged (as ``lora_choice`` keeps them)."""
         out = read_tags(self.tags, self.params.default_strength)
         named = {lora.name for lora in out}
         for name in pool_names(self.params.pool):
             if name not in named:
                 out.append(RequestedLora(name, self.params.default_strength, "the pool"))
                 named.add(name)
-        return out if self.lora_filter is None else [lora for lora in out if self.lora_filter(lora)]
+        if self.lora_choice is None:
+            return out
+        return [chosen for chosen in map(self.lora_choice, out) if chosen is not None]
 
     def prepare(self) -> None:
         """Resolve, read and bind the LoRAs of this batch (cached while tags and model are unchanged)."""

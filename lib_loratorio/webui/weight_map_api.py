@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..weight_masks import owners, region_shares, unique_names, weight_masks
+from ..weight_masks import owners, pixel_shares, region_shares, unique_names, weight_masks
 from .session import Session, get_session
 
 #: VAE pixels per latent pixel (SD1.x, SD2.x, SDXL and Flux alike)
@@ -59,13 +59,14 @@ class ImageWeightMaps:
         images; any size, compared at its own) or of the whole image; the shares sum to 1."""
         return dict(zip(self.names, self._shares(region).tolist(), strict=True))
 
-    def owners(self, region: Any = None, min_share: float = 0.5) -> list[str]:
-        """The LoRAs whose share of ``region`` is at least ``min_share`` (the largest share always counts)."""
-        return [self.names[i] for i in owners(self._shares(region), min_share)]
+    def owners(self, region: Any = None, min_ratio: float = 0.5) -> list[str]:
+        """The LoRAs whose share of ``region`` is at least ``min_ratio`` times the largest share (every LoRA where
+        the maps are uniform)."""
+        return [self.names[i] for i in owners(self._shares(region), min_ratio)]
 
     def _shares(self, region: Any) -> torch.Tensor:
         if region is None:
-            return self.maps.flatten(1).mean(dim=1)
+            return pixel_shares(self.maps).flatten(1).mean(dim=1)
         return region_shares(self.maps, region_tensor(region))
 
 
