@@ -162,7 +162,8 @@ class BranchRunner:
                 f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {batch}: something runs "
                 "the network's layers on parts of the batch, which LoRAtorio's branches cannot share. Another "
                 "extension that rewrites the attention layers does that (Regional Prompter in its Attention mode: "
-                "use its Latent mode with LoRAtorio); turn it or LoRAtorio off, or report this with your settings.")
+                "use its Latent mode with LoRAtorio, or LoRAtorio's mode Stack); turn it or LoRAtorio off, or report "
+                "this with your settings.")
         for i, delta in self._by_module[module]:
             sel = self._selectors[i]
             if sel is None or self.strengths[i] == 0:

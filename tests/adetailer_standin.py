@@ -8,7 +8,9 @@ sampler, steps, CFG and size, its ``extra_generation_params`` without the callab
 *Script names to apply to ADetailer* plus its built-in ones (``script_filter``), and whose ``script_args`` are
 copies of the generation's; ``_ad_disabled`` and ``_ad_inner`` set; per region a copy of it with the region in
 ``image_mask``, the ADetailer prompt (blank: the generation's prompt of that image), then ``process_images``; the
-next region starts from the last result, which replaces the image.
+next region starts from the last result, which replaces the image. Around the passes, as ADetailer does
+(``need_call_postprocess``, ``need_call_process``): before them, for a batch's first image, the scripts' ``postprocess``
+on a copy of ``p``; after them, for a batch's last image, the scripts' ``before_process`` and ``process`` on a copy.
 Stand-in only: the regions are given (no detector), one ADetailer tab, no ControlNet, no [SEP]/[SKIP] prompts.
 """
 
@@ -60,6 +62,8 @@ def adetailer_script(scripts, processing, regions: Callable, *, script_names: st
             i2i.scripts, i2i.script_args = self.script_filter(p)
             i2i._ad_disabled = True
             i2i._ad_inner = True
+            if p.batch_index == 0:
+                p.scripts.postprocess(copy(p), processing.Processed(p, [], p.seed, ""))
             processed = None
             p2 = copy(i2i)
             for mask in regions(pp.image):
@@ -71,5 +75,9 @@ def adetailer_script(scripts, processing, regions: Callable, *, script_names: st
                 p2.init_images = [processed.images[0]]
             if processed is not None:
                 pp.image = processed.images[0]
+            if p.batch_index == p.batch_size - 1:
+                copy_p = copy(p)
+                p.scripts.before_process(copy_p)
+                p.scripts.process(copy_p)
 
     return ADetailerStandin

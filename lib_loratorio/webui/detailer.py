@@ -17,7 +17,9 @@ prompt's own) stay as written. The image's infotext says which LoRAs each region
 (``LoRAtorio ADetailer``).
 
 A1111 and Forge run one generation at a time, and ADetailer's passes run inside it (the generation's ``p`` is
-between its batch's sampling and its image's infotext), so the generation in progress is kept here.
+between its batch's sampling and its image's infotext), so the generation in progress is kept here. After the passes
+of a batch's last image ADetailer runs the scripts' ``process`` once more on a copy of the generation's ``p``: that
+copy keeps the generation (found in a real A1111 1.10.1 with ADetailer 25.3.0).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def attach(session: Session) -> None:
     that own its region, when the feature is on)."""
     global _generation
     if not is_detailer_pass(session.p):
+        if _is_copy_of_generation(session.p):
+            return
         _generation = _Generation(weakref.ref(session))
         if session.params.detailer:
             session.p.extra_generation_params[INFOTEXT_KEY] = _generation.infotext
@@ -97,6 +101,13 @@ def attach(session: Session) -> None:
         return replace(lora, region=None) if lora.name in owning else None
 
     session.lora_choice = owners_only
+
+
+def _is_copy_of_generation(p) -> bool:
+    """Whether ``p`` is a copy of the generation's ``p``: after its passes of a batch's last image ADetailer runs the
+    scripts' ``process`` on one (``copy(p)``, to restore their state); it is no new generation."""
+    outer = _generation.session() if _generation is not None else None
+    return outer is not None and p is not outer.p and p.extra_generation_params is outer.p.extra_generation_params
 
 
 def record_pass(session: Session) -> None:
