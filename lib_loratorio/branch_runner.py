@@ -159,8 +159,12 @@ class BranchRunner:
         batch = x.shape[1] if seq_first else x.shape[0]
         if self._n_rows is not None and batch != self._n_rows:
             raise LoratorioError(
-                f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {batch}: "
-                "the host changed the batch inside the network. Please report this with your settings.")
+                f"LoRAtorio expected {self._n_rows} rows in {type(module).__name__} but got {batch}: something runs "
+                "the network's layers on parts of the batch, which LoRAtorio's branches cannot share. Extensions "
+                "that rewrite the attention layers do that: Regional Prompter in its Attention mode (with "
+                "LoRAtorio's routing modes: use its Latent mode, or LoRAtorio's mode Stack) and sd-forge-couple (use "
+                "LoRAtorio's region hints instead, <loratorio:NAME:STRENGTH:left>). Turn it or LoRAtorio off, or "
+                "report this with your settings.")
         for i, delta in self._by_module[module]:
             sel = self._selectors[i]
             if sel is None or self.strengths[i] == 0:

@@ -20,7 +20,8 @@ from torch import nn
 from .branch_runner import DEFAULT_CACHE_BYTES, BranchRunner
 from .choices import OutsideSteps, TextEncoder
 from .composer import BranchComposer, Prediction
-from .errors import LoratorioError
+from .composition import BASE_MODEL
+from .errors import LoratorioError, NonFiniteError
 from .flux import is_flux
 from .lora_library import LoraLibrary
 from .network_names import BoundLora, bind_lora
@@ -63,6 +64,8 @@ class ComposingSession:
         self._step_maps: dict[Hashable, list[tuple[str, dict[int, torch.Tensor]]]] = {}
         #: the weight maps of the last finished run (None: no run finished yet)
         self.last_run_maps: Optional[WeightMaps] = None
+        #: the patches on the model before LoRAtorio (model_patches.describe_patches), named when the base model fails
+        self.upstream_patches: list[str] = []
 
     # --- binding ---------------------------------------------------------------------------------
     def bind(self, requests: Iterable[LoraRequest], components: Mapping[str, nn.Module], *,
@@ -101,6 +104,12 @@ class ComposingSession:
         try:
             with self.runner:
                 yield
+        except NonFiniteError as err:
+            if err.who != BASE_MODEL or not self.upstream_patches:
+                raise
+            raise NonFiniteError(
+                f"{err} Patches set on the model before LoRAtorio act on every branch and may cause it: "
+                f"{'; '.join(self.upstream_patches)}. Try the model without them.", who=err.who) from err
         finally:
             self.runner = None
             self.last_run_maps = self._last_pass_maps()
@@ -115,9 +124,14 @@ class ComposingSession:
         composer = self.composers.get(key)
         if composer is None:
             composer = self.composers[key] = BranchComposer(self.params, self.labels, prediction=prediction,
-                                                            keep_weight_maps=self.params.show_weight_maps,
+                                                            keep_weight_maps=self.keeps_weight_maps(),
                                                             hints=self.hints)
         return composer
+
+    def keeps_weight_maps(self) -> bool:
+        """Whether runs keep their weight maps (``last_run_maps``): with *Show weight maps*, or always where the host
+        hands them on after the run (masks, detailer passes, other extensions)."""
+        return self.params.show_weight_maps
 
     def outside_range(self, rows: int, run: Callable[[], torch.Tensor]) -> torch.Tensor:
         """A model call (``run``, of ``rows`` rows) of a step outside the composition range: every LoRA merged on
@@ -146,4 +160,9 @@ class ComposingSession:
         steps = self._step_maps.get(key, [])
         self._step_maps.clear()
         return {image: [("mean", maps)] + [(label, by_image[image]) for label, by_image in steps if image in by_image]
-                for image, maps in last.mean_weight_maps().items()}
+                for image, maps in self.maps_per_image(last.mean_weight_maps()).items()}
+
+    def maps_per_image(self, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The run's mean maps by image, from the composer's by routing key (a host may key parts of an image apart,
+        see ``model_call.WrapperSession.row_layout``)."""
+        return maps

@@ -66,7 +66,7 @@ def _non_finite(who: str, kind: str) -> NonFiniteError:
         fix = "Run the model in a higher precision (e.g. --no-half) or check the LoRAs merged into it."
     else:
         fix = "Lower its strength, check the file, or run the model in a higher precision (e.g. --no-half)."
-    return NonFiniteError(f"{who} produced NaN or inf in its {kind} prediction. {fix}")
+    return NonFiniteError(f"{who} produced NaN or inf in its {kind} prediction. {fix}", who=who)
 
 
 def patch_similarity(branches: torch.Tensor, base: torch.Tensor, patch_size: int) -> torch.Tensor:

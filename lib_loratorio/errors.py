@@ -10,7 +10,11 @@ class InvalidParameterError(LoratorioError, ValueError):
 
 
 class NonFiniteError(LoratorioError, FloatingPointError):
-    """A branch produced NaN or inf."""
+    """A branch produced NaN or inf; ``who`` names the branch as the message does (e.g. "The base model")."""
+
+    def __init__(self, message: str, who: str = "") -> None:
+        super().__init__(message)
+        self.who = who
 
 
 class LoraFileError(LoratorioError):

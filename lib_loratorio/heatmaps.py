@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .weight_masks import upsampled
 
 # A perceptually ordered dark-blue -> red -> yellow ramp (close to "inferno"), as RGB 0..1 stops.
 _STOPS = torch.tensor([
@@ -27,7 +28,6 @@ def overlay(weights: torch.Tensor, image: torch.Tensor, alpha: float = 0.6) -> t
     assigns weights per patch.
     """
     height, width = image.shape[:2]
-    up = F.interpolate(weights.float()[None, None], size=(height, width), mode="nearest")[0, 0]
-    heat = colorize(up)
+    heat = colorize(upsampled(weights, height, width))
     mixed = alpha * heat + (1 - alpha) * image.float() / 255
     return (mixed * 255).round().clamp(0, 255).to(torch.uint8)

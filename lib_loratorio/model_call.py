@@ -159,7 +159,7 @@ class WrapperSession(ComposingSession):
         self.check_call(args)
         if self.runner is None:  # a model call outside a sampling run
             return call.run()
-        layout = RowLayout.of(args)
+        layout = self.row_layout(args)
         if layout is None:
             return self.no_layout(call)
         step, steps = self.step_of_call(args)
@@ -195,6 +195,10 @@ class WrapperSession(ComposingSession):
     def no_layout(self, call: ModelCall) -> torch.Tensor:
         """A call whose rows do not split into its chunks: run it as it is, or raise."""
         raise NotImplementedError
+
+    def row_layout(self, args: dict) -> Optional[RowLayout]:
+        """Which rows of a call are negative-prompt rows, and how they are keyed for routing (their image)."""
+        return RowLayout.of(args)
 
     def free_memory(self, device: torch.device) -> float:
         """Bytes free on ``device`` by the host's own measure."""

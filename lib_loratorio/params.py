@@ -97,6 +97,16 @@ class LoratorioParams:
         "How strongly a LoRA's region hint (<loratorio:NAME:STRENGTH:left>, a box x0,y0,x1,y1, or a mask in "
         "ComfyUI) keeps it in its region: the SoftMin's bias against it outside (0 = hints off).",
         minimum=0.0, maximum=50.0)
+    weight_masks: bool = _setting(
+        False, "Weight-map masks", "Add one grayscale mask per LoRA and image to the results: white where the LoRA "
+        "acts (its weight averaged over the steps), for an inpaint pass or another tool.")
+    detailer: bool = _setting(
+        False, "ADetailer per LoRA", "In ADetailer's inpaint passes (add loratorio to its script names), each region "
+        "gets the LoRAs that own it in the weight maps; the other LoRAs of the prompt are left out there.")
+    detailer_share: float = _setting(
+        0.5, "Owner share", "ADetailer per LoRA: a LoRA owns a region when its share of the region's weight is at "
+        "least this fraction of the leading LoRA's share (1: the leading LoRA only; 0: every LoRA). Where no LoRA "
+        "leads (Stack without region hints: uniform maps) every LoRA owns every region.", minimum=0.0, maximum=1.0)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -19,10 +19,11 @@ from modules.ui_components import InputAccordion
 from lib_loratorio.choices import ROUTING_MODES, Mode
 from lib_loratorio.errors import LoratorioError
 from lib_loratorio.params import INFOTEXT_PREFIX, LoratorioParams
+from lib_loratorio.webui import detailer, weight_map_api
 from lib_loratorio.webui.host import load_adapter
 from lib_loratorio.webui.script_args import SCRIPT_TITLE, parse_script_args
 from lib_loratorio.webui.session import get_session
-from lib_loratorio.webui.weight_map_images import weight_map_images
+from lib_loratorio.webui.weight_map_images import weight_map_images, weight_mask_images
 from lib_loratorio.webui.xyz_axes import xyz_overrides
 
 ADAPTER = load_adapter()
@@ -39,7 +40,8 @@ _EVERYDAY_ROWS = (("mode", "show_weight_maps"), ("patch_size", "temperature"), (
                   ("refresh_first", "refresh_every"))
 _ADVANCED_ROWS = (("weight_norm", "selection", "switch_every"), ("hint_strength", "evaluation", "max_batch"),
                   ("default_strength", "use_lora_tags"), ("pool", "text_encoder"),
-                  ("step_start", "step_end", "outside_steps"), ("weight_map_steps",))
+                  ("step_start", "step_end", "outside_steps"), ("weight_map_steps",), ("weight_masks",),
+                  ("detailer", "detailer_share"))
 # Settings that matter only for some values of another setting, and are shown only then.
 _SHOWN_ONLY_WHEN = {
     **{name: ("mode", ROUTING_MODES) for name in ("patch_size", "temperature", "top_k", "selection", "weight_norm")},
@@ -48,6 +50,7 @@ _SHOWN_ONLY_WHEN = {
     **{name: ("mode", (Mode.FAST,)) for name in ("refresh_first", "refresh_every")},
     "switch_every": ("mode", (Mode.SWITCH,)),
     "weight_map_steps": ("show_weight_maps", (True,)),
+    "detailer_share": ("detailer", (True,)),
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(LoratorioParams)}
 
@@ -149,7 +152,7 @@ class LoratorioScript(scripts.Script):
             return
         if params.use_lora_tags:
             p.all_prompts = [re.sub(r"<lora:", "<loratorio:", prompt) for prompt in p.all_prompts]
-        ADAPTER.start_session(p, params)
+        detailer.attach(ADAPTER.start_session(p, params))
         p.extra_generation_params.update(params.to_infotext())
 
     def process_batch(self, p, *args, **kwargs):
@@ -157,6 +160,7 @@ class LoratorioScript(scripts.Script):
         if session is not None:
             with session.capture_errors():
                 session.prepare()
+            detailer.record_pass(session)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         session = get_session(p)
@@ -166,7 +170,13 @@ class LoratorioScript(scripts.Script):
 
     def postprocess(self, p, processed, *args):
         session = get_session(p)
-        if session is not None and session.params.show_weight_maps and session.weight_maps:
-            images, infotexts = weight_map_images(session, processed)
-            processed.images.extend(images)
-            processed.infotexts.extend(infotexts)
+        if session is None or not session.weight_maps:
+            return
+        if not detailer.is_detailer_pass(p):  # an ADetailer pass belongs to its generation
+            weight_map_api.record(session)
+        for wanted, pictures in ((session.params.show_weight_maps, weight_map_images),
+                                 (session.params.weight_masks, weight_mask_images)):
+            if wanted:
+                images, infotexts = pictures(session, processed)
+                processed.images.extend(images)
+                processed.infotexts.extend(infotexts)

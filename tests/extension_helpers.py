@@ -58,6 +58,7 @@ EVERYDAY = ("mode", "patch_size", "temperature", "recenter", "top_k", "show_weig
 ONLY_IN_LORATORIO_MODES = {"patch_size", "temperature", "recenter", "top_k", "selection", "refresh_first",
                            "refresh_every", "weight_norm", "hint_strength"}  # hint_strength: also in Stack
 FAST_ONLY = {"refresh_first", "refresh_every"}
+DETAILER_ONLY = {"detailer_share"}
 
 
 def check_accordion_layout(runner):
@@ -82,17 +83,19 @@ def check_accordion_layout(runner):
         return {n for n, c in by_name.items() if n != "enabled" and not c.visible}
 
     # the default mode, Stack: every LoRA everywhere (or in its hinted region), nothing of the routing to set
-    assert hidden() == (ONLY_IN_LORATORIO_MODES - {"hint_strength"}) | {"switch_every", "weight_map_steps"}
+    assert hidden() == ((ONLY_IN_LORATORIO_MODES - {"hint_strength"}) | {"switch_every", "weight_map_steps"}
+                        | DETAILER_ONLY)
     by_name["mode"].fire("change", "Switch")
-    assert hidden() == ONLY_IN_LORATORIO_MODES | {"weight_map_steps"}
+    assert hidden() == ONLY_IN_LORATORIO_MODES | {"weight_map_steps"} | DETAILER_ONLY
     by_name["mode"].fire("change", "Composite")
-    assert hidden() == ONLY_IN_LORATORIO_MODES | {"switch_every", "weight_map_steps"}
+    assert hidden() == ONLY_IN_LORATORIO_MODES | {"switch_every", "weight_map_steps"} | DETAILER_ONLY
     by_name["mode"].fire("change", "LoRAtorio Fast")        # the schedule instead of the re-centring
-    assert hidden() == {"switch_every", "weight_map_steps", "recenter"}
+    assert hidden() == {"switch_every", "weight_map_steps", "recenter"} | DETAILER_ONLY
     by_name["show_weight_maps"].fire("change", True)
     by_name["mode"].fire("change", "LoRAtorio")
-    assert hidden() == {"switch_every"} | FAST_ONLY
+    assert hidden() == {"switch_every"} | FAST_ONLY | DETAILER_ONLY
     by_name["show_weight_maps"].fire("change", False)
+    by_name["detailer"].fire("change", True)
     assert hidden() == {"switch_every", "weight_map_steps"} | FAST_ONLY
 
 

@@ -142,7 +142,8 @@ def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
     fields = {f.name: f for f in dataclasses.fields(LoratorioParams)}
     settings = {k: v for k, v in inputs["required"].items() if k != "model"}
     assert list(settings) == [n for n in fields if n not in ("enabled", "default_strength", "use_lora_tags", "pool",
-                                                             "text_encoder", "weight_map_steps")]
+                                                             "text_encoder", "weight_map_steps", "weight_masks",
+                                                             "detailer", "detailer_share")]
     for name, (kind, options) in settings.items():
         meta = fields[name].metadata
         assert options["default"] == fields[name].default
@@ -393,25 +394,41 @@ def test_a_lora_file_gone_is_named():
     assert "LoRA 'gone.safetensors' is not in ComfyUI's models/loras" in error_of(run(prompt))
 
 
-def test_example_workflow_uses_the_default_settings():
-    """The example users start from shows the defaults (weight maps on, to feed its preview)."""
-    with open(WORKFLOW) as f:
+EXAMPLES = [WORKFLOW, WORKFLOW.replace("two_loras", "masks_inpaint")]
+#: what an example sets other than the defaults: weight maps on (to feed its preview); the masks example routes
+#: (mode LoRAtorio: the default Stack's maps are uniform without region hints, so its masks would be all white)
+EXAMPLE_SETTINGS = {WORKFLOW: {"show_weight_maps": True},
+                    EXAMPLES[1]: {"show_weight_maps": True, "mode": "LoRAtorio"}}
+
+
+@pytest.mark.parametrize("path", EXAMPLES)
+def test_example_workflow_uses_the_default_settings(path):
+    """The examples users start from show the defaults, but for what they are about."""
+    with open(path) as f:
         apply = next(n for n in json.load(f).values() if n["class_type"] == "LoratorioApply")["inputs"]
     defaults = {f.name: f.default for f in dataclasses.fields(LoratorioParams) if f.name in apply}
     settings = {k: v for k, v in apply.items() if not isinstance(v, list)}
-    assert settings == {**defaults, "show_weight_maps": True}
+    assert settings == {**defaults, **EXAMPLE_SETTINGS[path]}
 
 
-def test_the_ui_workflow_is_the_api_example_as_a_graph():
-    """docs/comfyui has the example twice: API format (POST /prompt) and the UI's graph (drag into ComfyUI);
-    the graph's widgets hold the API file's values, in the node's input order."""
-    with open(WORKFLOW) as f:
+@pytest.mark.parametrize("path", EXAMPLES)
+def test_the_ui_workflow_is_the_api_example_as_a_graph(path):
+    """docs/comfyui has each example twice: API format (POST /prompt) and the UI's graph (drag into ComfyUI);
+    the graph's widgets hold the API file's values, in the node's input order, and its links are the API's."""
+    with open(path) as f:
         api = json.load(f)
-    with open(WORKFLOW.replace(".json", ".workflow.json")) as f:
+    with open(path.replace(".json", ".workflow.json")) as f:
         graph = json.load(f)
     assert sorted(n["type"] for n in graph["nodes"]) == sorted(n["class_type"] for n in api.values())
     for node in graph["nodes"]:
+        assert node["type"] == api[str(node["id"])]["class_type"]
         widgets = [v for v in api[str(node["id"])]["inputs"].values() if not isinstance(v, list)]
         if node["type"] == "KSampler":
             widgets.insert(1, "fixed")            # the seed's "control after generate" widget
         assert (node.get("widgets_values") or []) == widgets, node["type"]
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    graph_links = {(target, nodes[target]["inputs"][slot]["name"]): [str(origin), origin_slot]
+                   for _, origin, origin_slot, target, slot, _ in graph["links"]}
+    api_links = {(int(node_id), name): value for node_id, n in api.items() for name, value in n["inputs"].items()
+                 if isinstance(value, list)}
+    assert graph_links == api_links

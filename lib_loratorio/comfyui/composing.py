@@ -15,6 +15,8 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
 - A ``CALC_COND_BATCH`` wrapper hands ComfyUI a model whose memory estimate is zero while composing, so
   the prompt's and the negative prompt's rows of a step come in one call (their weight maps are the
   same step's), and LoRAtorio splits its (N+1)x rows by ComfyUI's estimate of free memory itself.
+- Area conditioning: an entry restricted to an area comes as a chunk of the area's crop, named by its uuid in
+  ``transformer_options["uuids"]``; its rows are routed as a region of their own (``areas.py``).
 - The step is the sampler's: the position of the call's sigma in ``transformer_options["sample_sigmas"]``
   (the run's schedule, set by ``CFGGuider.inner_sample``).
 - Flux (``flux.is_flux``) composes its prompt rows only: ComfyUI computes no
@@ -35,8 +37,10 @@ from comfy.patcher_extension import WrappersMP
 from ..composing_session import LoraRequest
 from ..errors import LoratorioError
 from ..flux import check_patch_size, is_flux
-from ..model_call import ModelCall, OneCallModel, WrapperFn, WrapperSession, chained_wrapper
+from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperFn, WrapperSession, chained_wrapper
+from ..model_patches import describe_patches
 from ..params import LoratorioParams
+from .areas import AreaRegions, areas_of
 from .stack import LoraStack
 
 KEY = "loratorio"  # our key among the patcher's wrappers and attachments
@@ -81,9 +85,11 @@ class ComfySession(WrapperSession):
         self.wrapper: Optional[WrapperFn] = None
         # the sampling run in progress
         self.latent_size: Optional[tuple[int, ...]] = None
+        self.regions = AreaRegions()
         self._sigmas_seen: list[float] = []
 
     def install(self, patcher: Any) -> Any:
+        self.upstream_patches = describe_patches(patcher)
         clone = patcher.clone()
         self.wrapper = chained_wrapper(self, clone.model_options.get("model_function_wrapper"))
         clone.set_model_unet_function_wrapper(self.wrapper)
@@ -94,6 +100,7 @@ class ComfySession(WrapperSession):
 
     def run_ended(self) -> None:
         self.latent_size = None
+        self.regions.clear()
         self._sigmas_seen = []
 
     def step_of(self, timestep: torch.Tensor, options: dict) -> tuple[int, int]:
@@ -117,9 +124,19 @@ class ComfySession(WrapperSession):
 
     # --- the seams of WrapperSession.call ---------------------------------------------------------
     def check_call(self, args: dict) -> None:
-        if self.latent_size is not None and tuple(args["input"].shape[2:]) != self.latent_size:
-            raise LoratorioError("LoRAtorio cannot compose conditioning restricted to an area (ConditioningSetArea "
-                                 "and similar nodes): remove the area from the conditioning or bypass LoRAtorio Apply.")
+        size = tuple(args["input"].shape[2:])
+        if self.latent_size is not None and size != self.latent_size and not self.regions.covers(
+                _uuids(args), size):
+            raise LoratorioError(f"ComfyUI sent LoRAtorio {size} latent pixels of a {self.latent_size} latent that "
+                                 "belong to no conditioning area it knows (a node that crops the latent itself?): "
+                                 "please report this with your workflow, or bypass LoRAtorio Apply.")
+
+    def row_layout(self, args: dict) -> Optional[RowLayout]:
+        layout = super().row_layout(args)
+        return None if layout is None else self.regions.layout(layout, _uuids(args))
+
+    def maps_per_image(self, maps: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return self.regions.per_image(maps, self.latent_size) if self.latent_size else maps
 
     def step_of_call(self, args: dict) -> tuple[int, int]:
         return self.step_of(args["timestep"], args["c"].get("transformer_options", {}))
@@ -132,6 +149,11 @@ class ComfySession(WrapperSession):
         import comfy.model_management
 
         return comfy.model_management.get_free_memory(device)
+
+
+def _uuids(args: dict) -> list:
+    """The conditioning entry of each chunk of a model call (ComfyUI's ``transformer_options["uuids"]``)."""
+    return list(args["c"].get("transformer_options", {}).get("uuids") or [])
 
 
 # Closures, not bound methods: ModelPatcher.clone() deep-copies model_options, which copies functions by
@@ -156,6 +178,7 @@ def _calc_cond_batch(session: ComfySession) -> Callable:
                                   model_options: dict) -> Any:
         if session.runner is not None:
             session.latent_size = tuple(x_in.shape[2:])
+            session.regions.areas = areas_of(conds, x_in)
             if session.composes(timestep, model_options.get("transformer_options", {})):
                 model = OneCallModel(model)
         return executor(model, conds, x_in, timestep, model_options)

@@ -2,7 +2,8 @@
 
 - LoRAtorio LoRA: one LoRA of models/loras and its strength, appended to a LORATORIO_STACK (chain them).
 - LoRAtorio Apply: MODEL + stack + the settings -> a MODEL that composes the stack when any sampler runs it.
-- LoRAtorio Weight Maps: that MODEL and the images of its last run -> one labelled heatmap per LoRA and image.
+- LoRAtorio Weight Maps: that MODEL and the images of its last run -> one labelled heatmap per LoRA and image, and a
+  MASK per LoRA.
 Errors are raised as LoratorioError (a plain Exception) whose message names the problem and the fix, which
 ComfyUI shows in its error panel.
 """
@@ -19,7 +20,7 @@ from ..region_hints import MaskHint
 from .composing import apply_loratorio, session_of
 from .settings import params_from_inputs, setting_inputs
 from .stack import STACK_TYPE, LoraStack, StackEntry, pushed
-from .weight_maps import weight_map_images
+from .weight_maps import MASK_OUTPUTS, weight_map_images, weight_map_masks
 
 CATEGORY = "loaders/LoRAtorio"
 _STRENGTH = LoratorioParams.__dataclass_fields__["default_strength"]
@@ -87,26 +88,37 @@ class LoratorioApply:
 
 class LoratorioWeightMaps:
     DESCRIPTION = ("The weight maps of the last sampling run of a LoRAtorio model (turn on show_weight_maps): one "
-                   "heatmap per LoRA and image, averaged over the steps, over the decoded images of that run.")
+                   "heatmap per LoRA and image, averaged over the steps, over the decoded images of that run; and one "
+                   f"MASK per LoRA (the first {MASK_OUTPUTS} of the stack, in its order) at the images' size, for any "
+                   "inpaint, detailer or compositing node.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The MODEL of LoRAtorio Apply that the sampler ran."}),
             "images": ("IMAGE", {"tooltip": "The decoded images of that run (this also runs the node after it)."}),
+        }, "optional": {
+            "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                "Masks: 0 gives each LoRA's weight as it is (a soft mask); above 0, 1 where the LoRA's weight is "
+                "at least this and 0 elsewhere (0.5 with two LoRAs: where it leads).")}),
+            "blur": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": (
+                "Masks: feathers their edges by a Gaussian of this many pixels (0: the patches' hard edges).")}),
         }}
 
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("weight_maps",)
+    RETURN_TYPES = ("IMAGE", *("MASK",) * MASK_OUTPUTS)
+    RETURN_NAMES = ("weight_maps", *(f"mask_{i + 1}" for i in range(MASK_OUTPUTS)))
+    OUTPUT_TOOLTIPS = ("One heatmap per LoRA and image.",
+                       *(f"Where LoRA {i + 1} of the stack acts, per image (empty if the stack has fewer LoRAs)."
+                         for i in range(MASK_OUTPUTS)))
     FUNCTION = "render"
     CATEGORY = CATEGORY
 
-    def render(self, model: Any, images: Any) -> tuple[Any]:
+    def render(self, model: Any, images: Any, threshold: float = 0.0, blur: float = 0.0) -> tuple[Any, ...]:
         session = session_of(model)
         if session is None:
             raise LoratorioError("This MODEL does not come from LoRAtorio Apply (or its stack was empty): connect the "
                                  "MODEL output of LoRAtorio Apply.")
-        return (weight_map_images(session, images),)
+        return (weight_map_images(session, images), *weight_map_masks(session, images, threshold, blur))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from modules import extra_networks
 
 from .console import note_once
+from .detailer import note_missing_script
 from .session import get_session
 from .tags import EXTRA_NETWORK_NAME
 
@@ -19,7 +20,7 @@ class ExtraNetworkLoratorio(extra_networks.ExtraNetwork):
         if session is not None:
             if not getattr(p, "is_hr_pass", False):  # the hires pass composes the first pass's LoRAs
                 session.tags = list(params_list)
-        elif params_list:
+        elif params_list and not note_missing_script(p):
             note_once(p, f"<{EXTRA_NETWORK_NAME}:...> tags are ignored while LoRAtorio is off: enable it in its "
                          "accordion (or with alwayson_scripts in the API) to compose them.")
 

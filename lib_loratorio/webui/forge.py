@@ -32,6 +32,7 @@ from torch import nn
 from modules import prompt_parser
 
 from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperSession, chained_wrapper
+from ..model_patches import describe_patches
 from ..params import LoratorioParams
 from .adapter import HostAdapter
 from .session import Session
@@ -100,6 +101,7 @@ class ForgeSession(WrapperSession, Session):
         before = engine.forge_objects.unet
         if any(clone is before for _, _, clone in self.patched):
             return
+        self.upstream_patches = describe_patches(before)
         clone = before.clone()
         previous = clone.model_options.get("model_function_wrapper")
         clone.set_model_unet_function_wrapper(chained_wrapper(self, previous))

@@ -12,7 +12,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
@@ -63,6 +63,9 @@ class Session(ComposingSession):
         self.branch_conds: dict[int, list] = {}
         self._branch_text: dict[tuple, tuple[Any, Any] | None] = {}
         self.weight_maps: WeightMaps = {}  # per image of the whole request (all batches)
+        #: which requested LoRAs this generation composes and how (None: each as asked; a LoRA mapped to None is left
+        #: out), e.g. an ADetailer pass's owners without their region hints (detailer.py)
+        self.lora_choice: Optional[Callable[[RequestedLora], Optional[RequestedLora]]] = None
 
     def attach(self) -> None:
         setattr(self.p, _SESSION_ATTR, self)
@@ -105,14 +108,16 @@ class Session(ComposingSession):
 
     # --- preparation (process_batch) ----------------------------------------------------------
     def requested(self) -> list[RequestedLora]:
-        """The LoRAs to compose: the tags, then the pool's LoRAs not already tagged."""
+        """The LoRAs to compose: the tags, then the pool's LoRAs not already tagged (as ``lora_choice`` keeps them)."""
         out = read_tags(self.tags, self.params.default_strength)
         named = {lora.name for lora in out}
         for name in pool_names(self.params.pool):
             if name not in named:
                 out.append(RequestedLora(name, self.params.default_strength, "the pool"))
                 named.add(name)
-        return out
+        if self.lora_choice is None:
+            return out
+        return [chosen for chosen in map(self.lora_choice, out) if chosen is not None]
 
     def prepare(self) -> None:
         """Resolve, read and bind the LoRAs of this batch (cached while tags and model are unchanged)."""
@@ -237,6 +242,10 @@ class Session(ComposingSession):
         return lora is not None and self.has_text_encoder[lora]
 
     # --- sampling ------------------------------------------------------------------------------
+    def keeps_weight_maps(self) -> bool:
+        """Always: masks, detailer passes and other extensions (``weight_map_api``) use them after the run."""
+        return True
+
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Hooks and wrappers live only while ``p.sample`` runs; removed on every exit path."""

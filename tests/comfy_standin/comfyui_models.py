@@ -63,7 +63,7 @@ class ToyClip:
 
 
 class ToyVae:
-    """Latent [B, C, h, w] -> IMAGE [B, 8h, 8w, 3] in 0..1 (first three channels, tanh, nearest x8)."""
+    """Latent [B, C, h, w] -> IMAGE [B, 8h, 8w, 3] in 0..1 (first three channels, tanh, nearest x8), and back."""
 
     def __init__(self, latent_channels: int) -> None:
         self.latent_channels = latent_channels
@@ -71,6 +71,13 @@ class ToyVae:
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         rgb = (torch.tanh(samples[:, :3]) + 1) / 2
         return F.interpolate(rgb, scale_factor=8, mode="nearest").permute(0, 2, 3, 1).contiguous()
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """IMAGE [B, H, W, 3] -> latent [B, C, H/8, W/8]: decode's inverse on the first three channels (8x8 means),
+        zeros in the others."""
+        rgb = F.avg_pool2d(pixels[..., :3].permute(0, 3, 1, 2).float(), 8).clamp(1e-3, 1 - 1e-3)
+        rest = torch.zeros(rgb.shape[0], self.latent_channels - 3, *rgb.shape[2:])
+        return torch.cat([torch.atanh(rgb * 2 - 1), rest], dim=1)
 
 
 def _unet(diffusers_unet) -> UNetModel:

@@ -2,12 +2,13 @@
 
 Mirrored: the classic node API (``INPUT_TYPES`` classmethod with "required"/"optional", ``RETURN_TYPES``,
 ``FUNCTION``, ``CATEGORY``, ``OUTPUT_NODE``); the class names and inputs of ``CheckpointLoaderSimple``,
-``CLIPTextEncode``, ``EmptyLatentImage``, ``KSampler`` (-> ``common_ksampler``: noise from the seed,
-``comfy.samplers.sample`` with a progress callback that raises ``InterruptProcessingException`` once
-``interrupt_current_processing()`` was called, as ComfyUI's progress hook does), ``VAEDecode``,
-``LoraLoaderModelOnly``, ``PreviewImage``; ``NODE_CLASS_MAPPINGS``; ``load_custom_node(path)`` (a folder's
-``__init__.py`` loaded with ``spec_from_file_location`` under the folder's path as module name, its
-``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` merged into ours).
+``CLIPTextEncode``, ``EmptyLatentImage``, ``KSampler`` (-> ``common_ksampler``: noise from the seed, the
+schedule cut by ``denoise``, the latent's ``noise_mask``, ``comfy.samplers.sample`` with a progress callback that
+raises ``InterruptProcessingException`` once ``interrupt_current_processing()`` was called, as ComfyUI's progress
+hook does), ``VAEDecode``, ``VAEEncode``, ``SetLatentNoiseMask``, ``ImageCompositeMasked``
+(``comfy_extras/nodes_mask.py``), ``LoraLoaderModelOnly``, ``PreviewImage``; ``NODE_CLASS_MAPPINGS``;
+``load_custom_node(path)`` (a folder's ``__init__.py`` loaded with ``spec_from_file_location`` under the folder's
+path as module name, its ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` merged into ours).
 Stand-in only: checkpoints are ``comfyui_models.load_checkpoint``'s; ``CLIPTextEncode`` uses the toy CLIP; the
 LoRA loader reads ComfyUI-named files only (see comfy/sd.py).
 """
@@ -71,14 +72,14 @@ def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, 
         latent_image = torch.zeros([latent_image.shape[0], channels, *latent_image.shape[2:]])
     generator = torch.manual_seed(seed)
     noise = torch.randn(latent_image.size(), generator=generator)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps, denoise)
 
     def callback(step, x0, x, total_steps):
         comfy.model_management.throw_exception_if_processing_interrupted()
 
     samples = comfy.samplers.sample(model, noise, positive, negative, cfg, model.load_device,
                                     comfy.samplers.sampler_object(sampler_name), sigmas, latent_image=latent_image,
-                                    callback=callback, seed=seed)
+                                    denoise_mask=latent.get("noise_mask"), callback=callback, seed=seed)
     return ({**latent, "samples": samples},)
 
 
@@ -109,6 +110,55 @@ class VAEDecode:
 
     def decode(self, vae, samples):
         return (vae.decode(samples["samples"]),)
+
+
+class VAEEncode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",)}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    def encode(self, vae, pixels):
+        return ({"samples": vae.encode(pixels)},)
+
+
+class SetLatentNoiseMask:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "mask": ("MASK",)}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "set_mask"
+
+    def set_mask(self, samples, mask):
+        return ({**samples, "noise_mask": mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))},)
+
+
+class ImageCompositeMasked:
+    """``comfy_extras/nodes_mask.py``: ``source`` pasted over ``destination`` at (x, y) through ``mask`` (bilinear to
+    the source's size). Stand-in: x, y multiples of 8 only as the real node's pixel positions, no resize."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"destination": ("IMAGE",), "source": ("IMAGE",), "x": ("INT", {"default": 0}),
+                             "y": ("INT", {"default": 0}), "resize_source": ("BOOLEAN", {"default": False})},
+                "optional": {"mask": ("MASK",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "composite"
+
+    def composite(self, destination, source, x, y, resize_source, mask=None):
+        out = destination.clone()
+        height, width = source.shape[1:3]
+        if mask is None:
+            mask = torch.ones(source.shape[:3])
+        mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(), size=(height, width),
+                                               mode="bilinear")[:, 0, ..., None]
+        region = out[:, y:y + height, x:x + width]
+        out[:, y:y + height, x:x + width] = region * (1 - mask) + source[:, :region.shape[1], :region.shape[2]] * mask
+        return (out,)
 
 
 class LoraLoaderModelOnly:
@@ -145,6 +195,7 @@ NODE_CLASS_MAPPINGS = {
     "CheckpointLoaderSimple": CheckpointLoaderSimple, "CLIPTextEncode": CLIPTextEncode,
     "EmptyLatentImage": EmptyLatentImage, "KSampler": KSampler, "VAEDecode": VAEDecode,
     "LoraLoaderModelOnly": LoraLoaderModelOnly, "PreviewImage": PreviewImage, "SaveImage": PreviewImage,
+    "VAEEncode": VAEEncode, "SetLatentNoiseMask": SetLatentNoiseMask, "ImageCompositeMasked": ImageCompositeMasked,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 

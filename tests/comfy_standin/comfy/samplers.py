@@ -33,6 +33,7 @@ import uuid
 
 import torch
 
+import comfy.conds
 import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
@@ -241,6 +242,11 @@ class CFGGuider:
                seed=None):
         if sigmas.shape[-1] == 0:
             return latent_image
+        if denoise_mask is not None:  # comfy.sampler_helpers.prepare_mask
+            denoise_mask = torch.nn.functional.interpolate(
+                denoise_mask.reshape(-1, 1, *denoise_mask.shape[-2:]).float(), size=latent_image.shape[2:],
+                mode="bilinear").repeat(1, latent_image.shape[1], 1, 1)
+            denoise_mask = comfy.conds.repeat_to_batch_size(denoise_mask, latent_image.shape[0])
         self.conds = {k: [c.copy() for c in v] for k, v in self.original_conds.items()}
         orig_model_options = self.model_options
         try:
@@ -268,7 +274,15 @@ def sample(model, noise, positive, negative, cfg, device, sampler, sigmas, model
     return guider.sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
 
-def calculate_sigmas(model_sampling, scheduler_name, steps):
+def calculate_sigmas(model_sampling, scheduler_name, steps, denoise=1.0):
+    """The schedule of ``steps`` steps; with ``denoise`` below 1 the last ``steps`` of a longer one
+    (``KSampler.set_steps``)."""
+    if denoise < 0.9999:
+        return _calculate_sigmas(model_sampling, scheduler_name, int(steps / denoise))[-(steps + 1):]
+    return _calculate_sigmas(model_sampling, scheduler_name, steps)
+
+
+def _calculate_sigmas(model_sampling, scheduler_name, steps):
     if scheduler_name == "simple":
         ss = len(model_sampling.sigmas) / steps
         sigs = [float(model_sampling.sigmas[-(1 + int(x * ss))]) for x in range(steps)]
@@ -308,18 +322,41 @@ def _heun(model, x, sigmas, extra_args, callback):
     return x
 
 
+class KSamplerX0Inpaint:
+    """The sampler's model with a ``denoise_mask``: outside the mask, x is the latent image noised to the step's sigma
+    before the call and the latent image after it."""
+
+    def __init__(self, model, sigmas):
+        self.inner_model = model
+        self.sigmas = sigmas
+
+    def __call__(self, x, sigma, denoise_mask=None, model_options=None, seed=None):
+        if denoise_mask is not None:
+            latent_mask = 1.0 - denoise_mask
+            sampling = self.inner_model.inner_model.model_sampling
+            x = x * denoise_mask + sampling.noise_scaling(sigma.reshape([-1] + [1] * (x.ndim - 1)), self.noise,
+                                                          self.latent_image) * latent_mask
+        out = self.inner_model(x, sigma, model_options=model_options, seed=seed)
+        if denoise_mask is not None:
+            out = out * denoise_mask + self.latent_image * latent_mask
+        return out
+
+
 class KSAMPLER:
     def __init__(self, sampler_function):
         self.sampler_function = sampler_function
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        extra_args = {**extra_args, "denoise_mask": denoise_mask}
+        model_k = KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image, model_k.noise = latent_image, noise
         noise = model_wrap.inner_model.model_sampling.noise_scaling(sigmas[0], noise, latent_image)
         k_callback = None
         if callback is not None:
             def k_callback(x):
                 callback(x["i"], x["denoised"], x["x"], len(sigmas) - 1)
-        return self.sampler_function(model_wrap, noise, sigmas, extra_args, k_callback)
+        return self.sampler_function(model_k, noise, sigmas, extra_args, k_callback)
 
 
 def sampler_object(name):
