@@ -49,8 +49,10 @@ _SUFFIXES: dict[str, str] = {
     # diffusers / PEFT
     ".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_B.bias": "up_bias",
     ".lora_magnitude_vector.weight": "magnitude", ".lora_magnitude_vector": "magnitude",
-    # diffusers LoRACompatibleLinear / attention processors
+    # diffusers LoRACompatibleLinear / attention processors; text encoders as diffusers' own savers write them
+    # (convert_state_dict_to_diffusers: "text_encoder.<module>.lora_linear_layer.down.weight")
     ".lora.down.weight": "down", ".lora.up.weight": "up",
+    ".lora_linear_layer.down.weight": "down", ".lora_linear_layer.up.weight": "up",
     "_lora.down.weight": "down", "_lora.up.weight": "up",
     # LyCORIS
     ".hada_w1_a": "hada_w1_a", ".hada_w1_b": "hada_w1_b", ".hada_w2_a": "hada_w2_a",
@@ -61,7 +63,7 @@ _SUFFIXES: dict[str, str] = {
 }
 _SUFFIX_ORDER = sorted(_SUFFIXES, key=len, reverse=True)
 # Suffixes only kohya/LyCORIS write; their keys always carry a "lora_unet_"-style prefix.
-_KOHYA_SUFFIXES = {s for s in _SUFFIXES if not re.search(r"lora_[AB]\.|lora_magnitude|lora\.", s)}
+_KOHYA_SUFFIXES = {s for s in _SUFFIXES if not re.search(r"lora_[AB]\.|lora_magnitude|lora\.|lora_linear_layer", s)}
 
 # Key prefix -> component, kohya style (underscore) and diffusers style (dotted). LyCORIS names
 # diffusers Flux modules "lora_transformer_" / "lycoris_"; BFL/ComfyUI Flux files use

@@ -238,3 +238,27 @@ def write_diffusers_flux(path: str | Path, rank: int = 4, alpha: float = 8.0, se
     FluxLoraLoaderMixin.save_lora_weights(path.parent, transformer_lora_layers=state, weight_name=path.name,
                                           transformer_lora_adapter_metadata=config.to_dict())
     return expected
+
+
+def write_diffusers_text_encoder(path: str | Path, text_encoder: nn.Module, targets: list[str], rank: int = 4,
+                                 seed: int = 0) -> Expected:
+    """A text-encoder LoRA as diffusers' own training scripts save one: PEFT adapters converted by
+    ``convert_state_dict_to_diffusers`` (``<module>.lora_linear_layer.down.weight``) and written by
+    ``StableDiffusionPipeline.save_lora_weights`` under ``text_encoder.``; no alpha in the file (diffusers
+    loads it at scale 1, so the adapter is made with alpha = rank). Expected deltas by PEFT's merge."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    model = copy.deepcopy(text_encoder)
+    torch.manual_seed(seed)
+    model = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                               target_modules=list(targets)), model)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    adapted = dict(model.named_modules())
+    with torch.no_grad():
+        expected: Expected = {name: (adapted[name].get_delta_weight("default"), None) for name in targets}
+    path = Path(path)
+    StableDiffusionPipeline.save_lora_weights(path.parent, text_encoder_lora_layers=state, weight_name=path.name,
+                                              safe_serialization=True)
+    return expected

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from lib_loratorio.errors import LoraFileError
 from lib_loratorio.lora_files import read_lora_file, split_key
 from lib_loratorio.lora_layers import DoRA, FullDiff, LoHa, LoKr, LowRank
-from tests.lora_writers import FORMATS, write_kohya, write_peft
+from tests.lora_writers import FORMATS, write_diffusers_text_encoder, write_kohya, write_peft
 from tests.tiny_models import tiny_clip_text, tiny_sd15_unet
 
 # A linear, a 3x3 conv, a 1x1 conv (SD1.5 proj_in), a strided downsampler, the time embedding.
@@ -88,6 +88,18 @@ def test_peft_text_encoder(tmp_path):
     expected = write_peft(path, clip, targets, component="te1", layout="diffusers")
     lora = read_lora_file(path)
     assert set(lora.modules) == {f"te1:{n.replace('.', '_')}" for n in targets}
+    _check(lora, clip, expected, component="te1")
+
+
+def test_diffusers_saved_text_encoder(tmp_path):
+    """diffusers' own savers name text-encoder LoRA modules ``text_encoder.<module>.lora_linear_layer.down.weight``."""
+    pytest.importorskip("diffusers")
+    clip = tiny_clip_text()
+    path = tmp_path / "te.safetensors"
+    targets = [n for n, _ in clip.named_modules() if n.endswith(("layers.0.self_attn.k_proj", "layers.1.mlp.fc1"))]
+    expected = write_diffusers_text_encoder(path, clip, targets)
+    lora = read_lora_file(path)
+    assert not lora.skipped and set(lora.modules) == {f"te1:{n.replace('.', '_')}" for n in targets}
     _check(lora, clip, expected, component="te1")
 
 
