@@ -21,7 +21,6 @@ from .branch_runner import DEFAULT_CACHE_BYTES, BranchRunner
 from .choices import OutsideSteps, TextEncoder
 from .composer import BranchComposer, Prediction
 from .errors import LoratorioError
-from .flux import is_flux
 from .lora_library import LoraLibrary
 from .network_names import BoundLora, bind_lora
 
@@ -53,7 +52,8 @@ class ComposingSession:
         self.names: list[str] = []
         self.labels: list[str] = []
         self.strengths: list[float] = []
-        self.flux = False
+        #: the denoiser the LoRAs are bound to (a UNet or a diffusion transformer)
+        self.diffusion_model: Optional[nn.Module] = None
         # the sampling run in progress
         self.runner: Optional[BranchRunner] = None
         self.composers: dict[Hashable, BranchComposer] = {}  # one per pass (first pass, hires...)
@@ -82,7 +82,7 @@ class ComposingSession:
                 raise type(err)(f"{err} ({request.asked_in})") from err
             kept.append(request)
         LIBRARY.trim()  # also when every file came from the cache and the limit was lowered
-        self.loras, self.flux = loras, is_flux(components["unet"])
+        self.loras, self.diffusion_model = loras, components["unet"]
         self.names, self.labels = [r.name for r in kept], [r.label for r in kept]
         self.strengths = [r.strength for r in kept]
 

@@ -344,7 +344,7 @@ def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():
     (dict(show_weight_maps=False), "turn on 'show_weight_maps'"),
     (dict(loras=("alice.safetensors", "xl_a.safetensors")), "LoRA 'xl_a.safetensors'"),
     (dict(ckpt="standin-flux.safetensors", loras=("flux_a.safetensors", "flux_b.safetensors"), patch_size=3),
-     "use an even patch size"),
+     "use a multiple of 2"),
 ])
 def test_bad_input_is_a_clear_error_in_the_history(change, message):
     ckpt = change.pop("ckpt", "standin-sd15.safetensors")

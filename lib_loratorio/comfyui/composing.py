@@ -17,8 +17,9 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
   same step's), and LoRAtorio splits its (N+1)x rows by ComfyUI's estimate of free memory itself.
 - The step is the sampler's: the position of the call's sigma in ``transformer_options["sample_sigmas"]``
   (the run's schedule, set by ``CFGGuider.inner_sample``).
-- Flux (``flux.is_flux``) composes its prompt rows only: ComfyUI computes no
-  negative rows at CFG 1, and with CFG above 1 they are the base model's. The patch size must be even.
+- Guidance-distilled Flux (``flux.is_guidance_distilled``) composes its prompt rows only: ComfyUI computes no
+  negative rows at CFG 1, and with CFG above 1 they are the base model's. On a transformer the patch size must
+  hold whole tokens (``image_tokens.check_patch_size``: even for 2x2-packed latents).
 - Text encoders are not composed per branch here: the prompt is encoded before sampling, by nodes of its
   own; a LoRA's text-encoder part is ignored (the README's ComfyUI section).
 """
@@ -34,7 +35,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ..composing_session import LoraRequest
 from ..errors import LoratorioError
-from ..flux import check_patch_size, is_flux
+from ..image_tokens import check_patch_size
 from ..model_call import ModelCall, OneCallModel, WrapperFn, WrapperSession, chained_wrapper
 from ..params import LoratorioParams
 from .stack import LoraStack
@@ -53,7 +54,7 @@ def apply_loratorio(patcher: Any, stack: Optional[LoraStack], params: LoratorioP
         raise LoratorioError("This MODEL already comes from a LoRAtorio Apply node, and one model composes once: "
                              "chain every LoRAtorio LoRA node into the stack of a single LoRAtorio Apply.")
     unet = patcher.get_model_object("diffusion_model")
-    check_patch_size(params.patch_size, is_flux(unet))
+    check_patch_size(params.patch_size, unet)
     session = ComfySession(params)
     # bindings belong to this Apply's session: ComfyUI says nothing when it unloads a model
     session.bind((LoraRequest(e.name, e.path, e.strength, label=f"LoRA '{e.name}'",
