@@ -37,15 +37,21 @@ from torch import Tensor
 
 from .image_tokens import TokenLayout
 
-# Module name endings of layers whose input is the text, whatever their shape says.
+# Module names of layers whose input is the text (or some other non-image input), whatever their shape says:
+# UNet cross-attention keys/values; Flux, SD3 and Qwen-Image text streams; Lumina's caption refiner; Wan's
+# cross-attention keys/values and its text and CLIP-vision embeddings; Chroma's guidance approximator (its
+# [B, 344, hidden] output is no image).
 TEXT_SIDE_SUFFIXES = ("attn2.to_k", "attn2.to_v", "add_k_proj", "add_v_proj", "add_q_proj", "to_add_out",
-                      "context_embedder", "txt_in")
-TEXT_SIDE_PARTS = ("txt_attn", "txt_mlp", "txt_mod", "ff_context", "norm1_context")
+                      "context_embedder", "txt_in", "cross_attn.k", "cross_attn.v", "cross_attn.k_img",
+                      "cross_attn.v_img")
+TEXT_SIDE_PARTS = ("txt_attn", "txt_mlp", "txt_mod", "ff_context", "norm1_context", "context_block", "context_refiner",
+                   "cap_embedder", "text_embedding", "img_emb", "distilled_guidance_layer")
 
 
 def is_text_side(name: str) -> bool:
-    """Whether the layer ``name`` (dotted, any prefix) works on text tokens rather than the image."""
-    return name.endswith(TEXT_SIDE_SUFFIXES) or any(f".{part}" in f".{name}" for part in TEXT_SIDE_PARTS)
+    """Whether the layer ``name`` (dotted, any prefix) works on text tokens (or another input that is not the
+    image's tokens) rather than the image."""
+    return name.endswith(TEXT_SIDE_SUFFIXES) or any(f".{part}." in f".{name}." for part in TEXT_SIDE_PARTS)
 
 
 class LayerMaps:

@@ -21,6 +21,7 @@ import torch
 
 from .composing_session import ComposingSession
 from .flux import is_guidance_distilled
+from .frames import StackedFrames
 from .image_tokens import token_layout
 from .rows import take_rows
 
@@ -164,22 +165,26 @@ class WrapperSession(ComposingSession):
             return self.outside_range(x.shape[0], call.run)
         runner = self.runner
         tokens = token_layout(self.diffusion_model, x, args["c"], self.reference_latents())
+        frames = StackedFrames(x, self.params.patch_size) if x.dim() == 5 else None  # a video: frames stacked
 
         def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
             sub = self.branch_args(call, layout, idx, branches)
+            if frames is not None and maps is not None:
+                maps = frames.maps(maps)
             with runner.rows(branches, maps=maps, tokens=tokens):
-                return call.run(sub)
+                out = call.run(sub)
+            return out if frames is None else frames.stack(out)
 
         key = self.pass_key()
         composer = self.composer(key)
         # guidance-distilled Flux composes its prompt rows only: its negative-prompt rows (CFG above 1) are the base's
-        out = composer(x, layout.is_uncond, layout.image_of_row, step=step, evaluate=evaluate,
-                       batch_limit=rows_that_fit(getattr(apply_model, "__self__", None), x, self.free_memory,
-                                                 self.memory_margin),
+        out = composer(x if frames is None else frames.stack(x), layout.is_uncond, layout.image_of_row, step=step,
+                       evaluate=evaluate, batch_limit=rows_that_fit(getattr(apply_model, "__self__", None), x,
+                                                                    self.free_memory, self.memory_margin),
                        recenter=1.0 if is_guidance_distilled(self.diffusion_model) else None)
         if self.params.show_weight_maps and not all(layout.is_uncond):
             self.keep_step_maps(key, step, steps)
-        return out
+        return out if frames is None else frames.unstack(out)
 
     # --- seams ---------------------------------------------------------------------------------------
     def check_call(self, args: dict) -> None:
