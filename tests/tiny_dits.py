@@ -148,7 +148,7 @@ class _BflBlocks(nn.Module):
 
     def single(self, b: nn.Module, x: Tensor, mod: list[Tensor]) -> Tensor:
         qkv, mlp = b.linear1(_modulate(x, mod[0], mod[1])).split(
-            [3 * self.hidden, b.linear1.out_features - 3 * self.hidden], -1)
+            [3 * self.hidden, b.linear1.weight.shape[0] - 3 * self.hidden], -1)
         out = attend(*qkv.chunk(3, -1), self.heads)
         act = SiLUActivation()(mlp) if self.swiglu else F.gelu(mlp, approximate="tanh")
         return x + mod[2] * b.linear2(torch.cat([out, act], -1))

@@ -34,6 +34,7 @@ from torch import nn
 
 from modules import prompt_parser
 
+from ..flux import is_flux
 from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperSession, chained_wrapper
 from ..params import LoratorioParams
 from .adapter import HostAdapter
@@ -127,6 +128,14 @@ class ForgeSession(WrapperSession, Session):
 
     def pass_key(self) -> Hashable:
         return "hires" if getattr(self.p, "is_hr_pass", False) else "first"
+
+    def reference_latents(self) -> list[torch.Tensor]:
+        """Neo's Flux transformers append the edit references it keeps in ``dynamic_args.ref_latents`` (a class
+        attribute there; Forge's ``dynamic_args`` is a dict without them) after the image tokens."""
+        from backend.args import dynamic_args
+
+        refs = getattr(dynamic_args, "ref_latents", None)
+        return list(refs or ()) if is_flux(self.diffusion_model) else []
 
     def branch_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
         """Forge's wrapper arguments for rows ``idx``, each row a chunk of its own, with each LoRA
