@@ -14,6 +14,7 @@ from lib_loratorio.errors import LoratorioError
 from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
 from tests.extension_helpers import close, merged_run, on, pixels
+from tests.webui_hosts import NEO_TARGETS
 
 FAMILIES = ("flux2", "chroma", "zimage")
 
@@ -93,7 +94,8 @@ def test_the_patch_size_must_hold_whole_tokens(neo, runner):
             family_run(neo, runner, family, on(patch_size=3))
 
 
-@pytest.mark.parametrize("family, joint", [("zimage", "layers"), ("flux2", "single_blocks"), ("chroma", "single_blocks")])
+@pytest.mark.parametrize("family, joint", [("zimage", "layers"), ("flux2", "single_blocks"),
+                                           ("chroma", "single_blocks")])
 def test_the_fast_mode_finds_the_image_tokens_of_every_sequence(neo, runner, monkeypatch, family, joint):
     """Every layer that sees the image (image stream, joint sequence with the text before it, Z-Image's padding after
     it, Flux.2's reference image after it) gets a weight per image token."""
@@ -114,7 +116,6 @@ def test_the_fast_mode_finds_the_image_tokens_of_every_sequence(neo, runner, mon
     fast = family_run(neo, runner, family, on(mode="LoRAtorio Fast", refresh_every=4), steps=3)
     assert np.isfinite(pixels(fast)).all()
     image = {"flux2": 8 * 8, "chroma": 4 * 4, "zimage": 4 * 4}[family]        # 64 px: an 8x8 latent
-    from tests.webui_hosts import NEO_TARGETS
     spatial = {n for n in NEO_TARGETS[family] if not n.startswith(("double_blocks.0.txt", "context_refiner",
                                                                       "distilled_guidance_layer"))}
     assert spatial <= set(seen)
