@@ -126,6 +126,14 @@ def test_missing_alpha_means_scale_one(tmp_path):
     ("base_model.model.conv_in.lora_B.weight", ("unet", "conv_in", "up")),
     ("text_model.encoder.layers.1.self_attn.k_proj.lora_A.weight",
      ("te1", "text_model_encoder_layers_1_self_attn_k_proj", "down")),
+    ("text_encoders.qwen3_4b.transformer.model.layers.0.self_attn.q_proj.lora_A.weight",  # ComfyUI's generic keys
+     ("te1", "model_layers_0_self_attn_q_proj", "down")),
+    ("text_encoders.qwen3.model.layers.0.mlp.down_proj.lora_B.weight",  # Forge Neo's
+     ("te1", "model_layers_0_mlp_down_proj", "up")),
+    ("text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.lora_down.weight",
+     ("te3", "encoder_block_0_layer_0_SelfAttention_q", "down")),
+    ("text_encoders.clip_g.transformer.text_model.encoder.layers.0.mlp.fc1.lora_up.weight",
+     ("te2", "text_model_encoder_layers_0_mlp_fc1", "up")),
     ("bundle_emb.my_token.string_to_param.*", None),
     ("lora_unet_foo.something_else", None),
 ])
