@@ -26,6 +26,17 @@ FLUX_TARGETS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj",
 # ldm names of the tiny SD1.5 UNet, for the file in ComfyUI's own LoRA naming
 LDM_TARGETS = ["input_blocks.1.1.transformer_blocks.0.attn1.to_q", "input_blocks.1.1.transformer_blocks.0.attn2.to_v",
                "input_blocks.1.0.in_layers.2", "middle_block.1.transformer_blocks.0.ff.net.2"]
+# the transformer families: the layers of each kind a LoRA of theirs touches (ComfyUI's names)
+DIT_TARGETS = {
+    "flux2": ["double_blocks.0.img_attn.qkv", "double_blocks.0.txt_mlp.0", "single_blocks.0.linear1",
+              "single_blocks.0.linear2", "final_layer.linear", "img_in"],
+    "chroma": ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_mlp.2", "double_blocks.0.txt_attn.proj",
+               "single_blocks.0.linear1", "distilled_guidance_layer.in_proj"],
+    "z-image": ["layers.0.attention.qkv", "layers.0.feed_forward.w1", "noise_refiner.0.attention.out",
+                "context_refiner.0.feed_forward.w3", "final_layer.linear", "x_embedder"],
+    "lumina2": ["layers.0.attention.qkv", "layers.0.adaLN_modulation.1", "noise_refiner.0.feed_forward.w2",
+                "cap_embedder.1", "final_layer.linear"],
+}
 C = types.SimpleNamespace()  # the stand-in's modules, imported inside the ComfyUI environment
 
 
@@ -57,7 +68,7 @@ def env(one_thread, tmp_path_factory):
         C.__dict__.update(mm=comfy.model_management, samplers=comfy.samplers, models=comfyui_models,
                           execution=execution, folder_paths=folder_paths, nodes=nodes)
         checkpoints, loras = tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.mktemp("loras")
-        for name in ("standin-sd15", "standin-sdxl", "standin-flux"):
+        for name in ("standin-sd15", "standin-sdxl", "standin-flux", *(f"standin-{f}" for f in DIT_TARGETS)):
             (checkpoints / f"{name}.safetensors").write_bytes(b"")
         folder_paths.set_folder("checkpoints", checkpoints)
         folder_paths.set_folder("loras", loras)
@@ -75,12 +86,18 @@ def env(one_thread, tmp_path_factory):
         dit = comfyui_models.load_checkpoint("standin-flux")[0].model.diffusion_model
         for i, name in enumerate(("flux_a", "flux_b")):
             write_kohya(loras / f"{name}.safetensors", dit, FLUX_TARGETS, seed=20 + i, alpha=8.0)
+        for family, targets in DIT_TARGETS.items():  # in ComfyUI's own naming, which its LoRA loader reads
+            dit = comfyui_models.load_checkpoint(f"standin-{family}")[0].model.diffusion_model
+            (loras / family).mkdir()
+            for i, suffix in enumerate("ab"):
+                write_comfy_lora(loras / family / f"{suffix}.safetensors", dit, targets, seed=40 + i)
         C.pack = nodes.load_custom_node(ROOT)  # as ComfyUI loads custom_nodes/LoRAtorio
         yield C
 
 
 def networks():
-    return [C.models.load_checkpoint(n)[0].model for n in ("standin-sd15", "standin-sdxl", "standin-flux")]
+    return [C.models.load_checkpoint(n)[0].model for n in ("standin-sd15", "standin-sdxl", "standin-flux",
+                                                           *(f"standin-{f}" for f in DIT_TARGETS))]
 
 
 @pytest.fixture(autouse=True)
@@ -151,8 +168,9 @@ def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
         elif kind in ("INT", "FLOAT"):
             assert (options["min"], options["max"]) == (meta["min"], meta["max"])
     lora = C.nodes.NODE_CLASS_MAPPINGS["LoratorioLora"].INPUT_TYPES()["required"]["lora_name"][0]
-    assert lora == ["alice.safetensors", "flux_a.safetensors", "flux_b.safetensors", "hat.safetensors",
-                    "sub/comfy_style.safetensors", "xl_a.safetensors", "xl_b.safetensors"]
+    assert [n for n in lora if "/" not in n or n.startswith("sub/")] == [
+        "alice.safetensors", "flux_a.safetensors", "flux_b.safetensors", "hat.safetensors",
+        "sub/comfy_style.safetensors", "xl_a.safetensors", "xl_b.safetensors"]
     # the example workflow sets every setting of LoRAtorio Apply
     with open(WORKFLOW) as f:
         assert set(json.load(f)["4"]["inputs"]) == {"model", "stack", *settings}
@@ -227,6 +245,36 @@ def test_sdxl_and_flux_compose(ckpt, loras, cfg):
     assert composed["status"]["status_str"] == "success", composed["status"]
     assert not torch.allclose(image(composed), image(run(without_loratorio(prompt))), atol=1e-4)
     assert image(composed, "12").shape == (2, 64, 64, 3)
+
+
+def _dit_workflow(family, **settings):
+    prompt = workflow(f"standin-{family}.safetensors", (f"{family}/a.safetensors", f"{family}/b.safetensors"),
+                      **settings)
+    prompt["8"]["inputs"]["cfg"] = 1.0 if family == "flux2" else 4.0  # Flux.2 Klein: distilled, CFG 1
+    return prompt
+
+
+@pytest.mark.parametrize("family", sorted(DIT_TARGETS))
+@pytest.mark.parametrize("mode", ["LoRAtorio Fast", "LoRAtorio"])
+def test_transformer_families_compose_two_loras_with_weight_maps(family, mode):
+    prompt = _dit_workflow(family, mode=mode, refresh_first=1, refresh_every=2)
+    composed = run(prompt)
+    assert composed["status"]["status_str"] == "success", composed["status"]
+    assert not torch.allclose(image(composed), image(run(without_loratorio(prompt))), atol=1e-4)
+    assert image(composed, "12").shape == (2, 64, 64, 3)
+
+
+@pytest.mark.parametrize("family", sorted(DIT_TARGETS))
+def test_transformer_families_one_lora_at_recentring_0_equals_lora_loader_model_only(family):
+    prompt = _dit_workflow(family, recenter=0.0, mode="LoRAtorio")
+    prompt["3"]["inputs"]["strength"] = 0.0
+    composed = image(run(prompt))
+    merged = without_loratorio(prompt)
+    merged["13"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["1", 0], "lora_name": f"{family}/a.safetensors", "strength_model": 0.8}}
+    merged["8"]["inputs"]["model"] = ["13", 0]
+    assert torch.allclose(composed, image(run(merged)), atol=1e-4)
+    assert not torch.allclose(composed, image(run(without_loratorio(prompt))), atol=1e-3)
 
 
 def test_fast_mode_and_the_other_modes_run():

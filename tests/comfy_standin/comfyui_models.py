@@ -1,11 +1,16 @@
 """Stand-in checkpoints (tests only): ComfyUI's (MODEL, CLIP, VAE) triple from tests/tiny_models.py.
 
-``load_checkpoint(name)`` -> (ModelPatcher, ToyClip, ToyVae) for "standin-sd15", "standin-sdxl", "standin-flux"
-(the file name's stem), built once per process and name:
+``load_checkpoint(name)`` -> (ModelPatcher, ToyClip, ToyVae) for "standin-sd15", "standin-sdxl", "standin-flux",
+"standin-flux2", "standin-chroma", "standin-z-image", "standin-lumina2" (the file name's stem), built once per
+process and name:
 - SD1.5: ``BaseModel`` (eps) around ``UNetModel``, an ldm-named view of ``tiny_sd15_unet`` (context 32);
 - SDXL: ``SDXL`` around the view of ``tiny_sdxl_unet`` (context 64, y = pooled 32 + 48 size features);
 - Flux: ``Flux`` (flow) around ``FluxModel``, a ``TinyBflFlux`` with BFL names, 16 latent channels packed 2x2
   into tokens (text 32 wide, 256 T5 tokens, pooled 32).
+- Flux.2 (Klein): ``Flux2`` around ``tests/tiny_dits.TinyFlux2`` (32-channel latent, a token per latent pixel);
+- Chroma: ``Chroma`` around ``TinyChroma`` (16 channels, 2x2 tokens, real CFG);
+- Z-Image and Lumina 2: ``Lumina2`` around ``TinyNextDiT`` (Z-Image's modulation and 32-token padding; Lumina 2's
+  grouped-query attention), 16 channels.
 The networks accept ComfyUI's call ``diffusion_model(x, t, context=, control=, transformer_options=, **conds)``
 and record the last ``transformer_options`` they got (``last_transformer_options``).
 """
@@ -18,14 +23,24 @@ import zlib
 
 import torch
 import torch.nn.functional as F
-from comfy.model_base import SDXL, BaseModel, Flux, ModelSamplingFlux
+from comfy.model_base import SDXL, BaseModel, Chroma, Flux, Flux2, Lumina2, ModelSamplingFlux
 from comfy.model_patcher import ModelPatcher
 
 _TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _TESTS not in sys.path:
     sys.path.append(_TESTS)
 
+from tiny_dits import TinyChroma, TinyFlux2, TinyNextDiT  # noqa: E402
 from tiny_models import LdmUNetView, TinyBflFlux, ldm_view, tiny_sd15_unet, tiny_sdxl_unet  # noqa: E402
+
+#: the transformer families' stand-ins: (model class, network builder, ToyClip width, latent channels)
+TRANSFORMERS = {
+    "standin-flux2": (Flux2, lambda: TinyFlux2(in_channels=32, context_dim=32), 32, 32),
+    "standin-chroma": (Chroma, lambda: TinyChroma(in_channels=16, context_dim=32), 32, 16),
+    "standin-z-image": (Lumina2, lambda: TinyNextDiT(in_channels=16, dim=32, n_heads=2, n_kv_heads=2, z_image=True,
+                                                     pad_tokens_multiple=32), 32, 16),
+    "standin-lumina2": (Lumina2, lambda: TinyNextDiT(in_channels=16, dim=32, n_heads=4, n_kv_heads=2), 32, 16),
+}
 
 
 class UNetModel(LdmUNetView):
@@ -89,6 +104,10 @@ def _build(name: str):
         torch.manual_seed(0)
         dit = FluxModel(in_channels=64, vec_dim=32, context_dim=32, hidden=32, heads=2).eval()
         model, clip, channels = Flux(dit, ModelSamplingFlux()), ToyClip(32, tokens=256), 16
+    elif name in TRANSFORMERS:
+        model_class, build, width, channels = TRANSFORMERS[name]
+        torch.manual_seed(0)
+        model, clip = model_class(build().eval(), ModelSamplingFlux()), ToyClip(width, tokens=24)
     else:
         raise FileNotFoundError(f"no stand-in checkpoint '{name}'")
     return ModelPatcher(model.eval(), cpu, cpu), clip, ToyVae(channels)
@@ -105,4 +124,7 @@ def load_checkpoint(ckpt_name: str):
 
 
 def latent_channels(patcher) -> int:
+    for model_class, _, _, channels in TRANSFORMERS.values():
+        if type(patcher.model) is model_class:
+            return channels
     return 16 if isinstance(patcher.model, Flux) else 4

@@ -4,9 +4,9 @@ token layout, ComfyUI's port). Flux.2 takes its reference latents from the call 
 ``dynamic_args.ref_latents``."""
 
 from neo_overlay import forge_module
-from tiny_dits import TinyFlux2
 
 from backend.args import dynamic_args
+from tiny_dits import TinyFlux2
 
 IntegratedFluxTransformer2DModel = forge_module("backend/nn/flux.py").IntegratedFluxTransformer2DModel
 
