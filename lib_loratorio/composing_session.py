@@ -21,6 +21,7 @@ from .branch_runner import DEFAULT_CACHE_BYTES, BranchRunner
 from .choices import OutsideSteps, TextEncoder
 from .composer import BranchComposer, Prediction
 from .errors import LoratorioError
+from .frames import StackedFrames
 from .lora_library import LoraLibrary
 from .network_names import BoundLora, bind_lora
 
@@ -54,6 +55,8 @@ class ComposingSession:
         self.strengths: list[float] = []
         #: the denoiser the LoRAs are bound to (a UNet or a diffusion transformer)
         self.diffusion_model: Optional[nn.Module] = None
+        #: how a video's frames were stacked into the composer's images (frames.py): its weight maps are stacked alike
+        self.stacked: Optional[StackedFrames] = None
         # the sampling run in progress
         self.runner: Optional[BranchRunner] = None
         self.composers: dict[Hashable, BranchComposer] = {}  # one per pass (first pass, hires...)

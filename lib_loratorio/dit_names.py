@@ -6,7 +6,8 @@ of them and splits some fused layers, and LoRA trainers write either naming (ai-
 files use diffusers' names, diffusion-pipe and sd-scripts the native ones). Every family is described by the same
 kind of table, read against the live model so that only modules it has are aliased:
 
-* top-level modules: diffusers name -> native name;
+* top-level modules: diffusers name -> native name (BFL Flux, NextDiT, SD3's MMDiT, Wan; Qwen-Image's ComfyUI
+  names are diffusers' own);
 * per block of each block list: diffusers child -> native child (the block lists may be named differently);
 * fused layers: diffusers' parts -> the native layer and the output columns each part is, widths from the live
   model (Flux: q/k/v as thirds of ``qkv``, then ``proj_mlp`` for the rest of ``linear1``; Lumina 2's grouped-query
@@ -99,6 +100,44 @@ _NEXTDIT_FUSED = {blocks: {"attention.qkv": ("attention.to_q", "attention.to_k",
 _LUMINA2_QKV = ("attn.to_q", "attn.to_k", "attn.to_v")
 
 
+# --- SD3 / SD3.5 (MMDiT; as ComfyUI's mmdit_to_diffusers) ---------------------------------------------------------
+_MMDIT_TOP = {
+    "pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder", "proj_out": "final_layer.linear",
+    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+}
+_MMDIT_BLOCKS = {("transformer_blocks", "joint_blocks"): {
+    "norm1.linear": "x_block.adaLN_modulation.1", "norm1_context.linear": "context_block.adaLN_modulation.1",
+    "attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+    "attn2.to_out.0": "x_block.attn2.proj",
+    "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2",
+    "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2",
+}}
+_MMDIT_FUSED = {"joint_blocks": {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+                                 "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                                 "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v")}}
+
+# --- Wan 2.1 / 2.2 (as diffusers' _convert_non_diffusers_wan_lora_to_diffusers) ------------------------------------
+_WAN_TOP = {
+    "patch_embedding": "patch_embedding", "proj_out": "head.head",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.image_embedder.ff.net.0.proj": "img_emb.proj.1",
+    "condition_embedder.image_embedder.ff.net.2": "img_emb.proj.3",
+}
+_WAN_BLOCKS = {("blocks", "blocks"): {
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o", "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v", "attn2.to_out.0": "cross_attn.o", "attn2.add_k_proj": "cross_attn.k_img",
+    "attn2.add_v_proj": "cross_attn.v_img", "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+}}
+
+
 def _is_nextdit(model: nn.Module) -> bool:
     return hasattr(model, "cap_embedder") and hasattr(model, "noise_refiner")
 
@@ -182,11 +221,45 @@ def _nextdit(model: nn.Module) -> Aliases:
     return table.aliases
 
 
+def _mmdit(model: nn.Module) -> Aliases:
+    """SD3 and SD3.5: q, k and v of the fused ``qkv`` layers as thirds; ``norm_out`` and the last block's
+    ``norm1_context`` (its context block is ``pre_only``: shift and scale only) with swapped halves, as in Flux."""
+    table = _Table(model)
+    last = f"joint_blocks.{len(model.joint_blocks) - 1}.context_block.adaLN_modulation.1"
+    for diffusers, native in (("norm_out.linear", "final_layer.adaLN_modulation.1"),
+                              (f"transformer_blocks.{len(model.joint_blocks) - 1}.norm1_context.linear", last)):
+        if has_weight(table.modules.get(native)):
+            table.add(diffusers, native, OutputSlice(0, weight_shape(table.modules[native])[0], swap_halves=True))
+    table.one_to_one(_MMDIT_TOP, _MMDIT_BLOCKS)
+    table.fused_blocks({"joint_blocks": "transformer_blocks"}, _MMDIT_FUSED,
+                       lambda layer: [weight_shape(table.modules[layer])[1]] * 3)
+    return table.aliases
+
+
+AliasesOf = Callable[[nn.Module], Aliases]
+
+
+def _one_to_one(top: Mapping[str, str], blocks: Mapping[tuple[str, str], Mapping[str, str]]) -> AliasesOf:
+    def aliases(model: nn.Module) -> Aliases:
+        table = _Table(model)
+        table.one_to_one(top, blocks)
+        return table.aliases
+    return aliases
+
+
+# Each family by a module only it has: (test, its aliases).
+_FAMILIES: list[tuple[Callable[[nn.Module], bool], AliasesOf]] = [
+    (lambda m: is_flux(m) or hasattr(m, "distilled_guidance_layer"), _flux),          # Flux.1, Flux.2, Chroma
+    (_is_nextdit, _nextdit),                                                          # Lumina 2, Z-Image
+    (lambda m: hasattr(m, "joint_blocks"), _mmdit),                                   # SD3, SD3.5
+    (lambda m: hasattr(m, "blocks") and hasattr(m, "patch_embedding"), _one_to_one(_WAN_TOP, _WAN_BLOCKS)),  # Wan
+]
+
+
 def dit_name_aliases(model: nn.Module) -> Aliases:
     """diffusers name -> (native name, output columns or None) for a transformer in its hosts' naming; empty for
-    anything else."""
-    if is_flux(model) or hasattr(model, "distilled_guidance_layer"):
-        return _flux(model)
-    if _is_nextdit(model):
-        return _nextdit(model)
+    anything else (Qwen-Image's native names are diffusers' own)."""
+    for test, aliases in _FAMILIES:
+        if test(model):
+            return aliases(model)
     return {}

@@ -31,6 +31,11 @@ class StackedFrames:
         frames = image.unflatten(2, (self.frames, self.height + self.pad))
         return frames[:, :, :, : self.height]
 
+    def frame_maps(self, maps: torch.Tensor, frame: int, of: int) -> torch.Tensor:
+        """One image's weight maps [N, stacked height, W] over decoded frame ``frame`` of ``of``: the maps of the
+        latent frame it comes from (a video VAE decodes each latent frame into several)."""
+        return self.unstack(maps[None])[0, :, frame * self.frames // of]
+
     def maps(self, maps: torch.Tensor) -> torch.Tensor:
         """Weight maps of stacked images as the layers see the latent: a frame axis, or none for one frame."""
         frames = self.unstack(maps)

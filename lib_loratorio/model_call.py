@@ -165,8 +165,7 @@ class WrapperSession(ComposingSession):
             return self.outside_range(x.shape[0], call.run)
         runner = self.runner
         tokens = token_layout(self.diffusion_model, x, args["c"], self.reference_latents())
-        frames = StackedFrames(x, self.params.patch_size) if x.dim() == 5 else None  # a video: frames stacked
-
+        frames = self.stacked = StackedFrames(x, self.params.patch_size) if x.dim() == 5 else None  # a video
         def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
             sub = self.branch_args(call, layout, idx, branches)
             if frames is not None and maps is not None:

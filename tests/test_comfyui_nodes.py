@@ -36,6 +36,12 @@ DIT_TARGETS = {
                 "context_refiner.0.feed_forward.w3", "final_layer.linear", "x_embedder"],
     "lumina2": ["layers.0.attention.qkv", "layers.0.adaLN_modulation.1", "noise_refiner.0.feed_forward.w2",
                 "cap_embedder.1", "final_layer.linear"],
+    "qwen-image": ["img_in", "transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
+                   "transformer_blocks.0.img_mlp.net.0.proj", "transformer_blocks.0.txt_mlp.net.2", "proj_out"],
+    "sd3": ["x_embedder.proj", "joint_blocks.0.x_block.attn.qkv", "joint_blocks.0.context_block.mlp.fc1",
+            "joint_blocks.0.x_block.attn2.qkv", "joint_blocks.1.x_block.mlp.fc2", "final_layer.linear"],
+    "wan": ["blocks.0.self_attn.q", "blocks.0.cross_attn.k", "blocks.0.cross_attn.o", "blocks.0.ffn.0",
+            "head.head", "text_embedding.0"],
 }
 C = types.SimpleNamespace()  # the stand-in's modules, imported inside the ComfyUI environment
 
@@ -251,6 +257,9 @@ def _dit_workflow(family, **settings):
     prompt = workflow(f"standin-{family}.safetensors", (f"{family}/a.safetensors", f"{family}/b.safetensors"),
                       **settings)
     prompt["8"]["inputs"]["cfg"] = 1.0 if family == "flux2" else 4.0  # Flux.2 Klein: distilled, CFG 1
+    if family == "wan":  # a video of 9 frames: 3 latent frames
+        prompt["7"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 9,
+                                                                          "batch_size": 1}}
     return prompt
 
 
@@ -261,7 +270,8 @@ def test_transformer_families_compose_two_loras_with_weight_maps(family, mode):
     composed = run(prompt)
     assert composed["status"]["status_str"] == "success", composed["status"]
     assert not torch.allclose(image(composed), image(run(without_loratorio(prompt))), atol=1e-4)
-    assert image(composed, "12").shape == (2, 64, 64, 3)
+    frames = 3 if family == "wan" else 1                          # Wan: a map per latent frame, over that frame
+    assert image(composed, "12").shape == (2 * frames, 64, 64, 3)
 
 
 @pytest.mark.parametrize("family", sorted(DIT_TARGETS))

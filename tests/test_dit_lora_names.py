@@ -21,7 +21,7 @@ from lib_loratorio.branch_runner import BranchRunner
 from lib_loratorio.lora_files import read_lora_file
 from lib_loratorio.network_names import bind_lora
 from tests.lora_writers import write_diffusers_dit, write_peft
-from tests.tiny_dits import TinyChroma, TinyFlux2, TinyNextDiT
+from tests.tiny_dits import TinyChroma, TinyFlux2, TinyMMDiT, TinyNextDiT, TinyQwenImage, TinyWan
 
 STRENGTH, RANK, ALPHA = 0.7, 4, 8.0
 
@@ -92,12 +92,61 @@ def _bfl_parts(flux2: bool) -> dict[str, list[str]]:
     return parts
 
 
+def _qwen_parts() -> dict[str, list[str]]:
+    names = ["img_in", "txt_in", "time_text_embed.timestep_embedder.linear_1", "norm_out.linear", "proj_out"]
+    names += [f"transformer_blocks.0.{n}" for n in (
+        "img_mod.1", "txt_mod.1", "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj",
+        "attn.add_v_proj", "attn.to_out.0", "attn.to_add_out", "img_mlp.net.0.proj", "img_mlp.net.2",
+        "txt_mlp.net.0.proj", "txt_mlp.net.2")]
+    return {n: [n] for n in names}          # ComfyUI's Qwen-Image names are diffusers' own
+
+
+def _sd3_parts() -> dict[str, list[str]]:
+    parts = {"x_embedder.proj": ["pos_embed.proj"], "context_embedder": ["context_embedder"],
+             "t_embedder.mlp.0": ["time_text_embed.timestep_embedder.linear_1"],
+             "y_embedder.mlp.2": ["time_text_embed.text_embedder.linear_2"],
+             "final_layer.linear": ["proj_out"], "final_layer.adaLN_modulation.1": ["norm_out.linear"]}
+    for i in (0, 1):
+        n, d = f"joint_blocks.{i}.", f"transformer_blocks.{i}."
+        parts[n + "x_block.attn.qkv"] = [d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"]
+        parts[n + "context_block.attn.qkv"] = [d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"]
+        for native, diffusers in (("x_block.adaLN_modulation.1", "norm1.linear"),
+                                  ("x_block.attn.proj", "attn.to_out.0"),
+                                  ("context_block.adaLN_modulation.1", "norm1_context.linear"),
+                                  ("x_block.mlp.fc1", "ff.net.0.proj"), ("x_block.mlp.fc2", "ff.net.2")):
+            parts[n + native] = [d + diffusers]
+    parts["joint_blocks.0.x_block.attn2.qkv"] = [f"transformer_blocks.0.attn2.to_{p}" for p in "qkv"]
+    parts["joint_blocks.0.x_block.attn2.proj"] = ["transformer_blocks.0.attn2.to_out.0"]
+    parts["joint_blocks.0.context_block.attn.proj"] = ["transformer_blocks.0.attn.to_add_out"]
+    parts["joint_blocks.0.context_block.mlp.fc2"] = ["transformer_blocks.0.ff_context.net.2"]
+    return parts
+
+
+def _wan_parts() -> dict[str, list[str]]:
+    parts = {"head.head": ["proj_out"],  # (a LoRA on the Conv3d patch embedding is left out: "not supported")
+             "text_embedding.0": ["condition_embedder.text_embedder.linear_1"],
+             "time_embedding.2": ["condition_embedder.time_embedder.linear_2"],
+             "time_projection.1": ["condition_embedder.time_proj"]}
+    for native, diffusers in (("self_attn.q", "attn1.to_q"), ("self_attn.k", "attn1.to_k"),
+                              ("self_attn.v", "attn1.to_v"),
+                              ("self_attn.o", "attn1.to_out.0"), ("cross_attn.q", "attn2.to_q"),
+                              ("cross_attn.k", "attn2.to_k"), ("cross_attn.v", "attn2.to_v"),
+                              ("cross_attn.o", "attn2.to_out.0"), ("ffn.0", "ffn.net.0.proj"), ("ffn.2", "ffn.net.2")):
+        parts[f"blocks.0.{native}"] = [f"blocks.0.{diffusers}"]
+    return parts
+
+
 def _latent_inputs(channels: int, frames: tuple = ()) -> Callable[[], tuple]:
     def make() -> tuple:
         g = torch.Generator().manual_seed(3)
         return (torch.randn(1, channels, *frames, 6, 8, generator=g).expand(2, *[-1] * (3 + len(frames))),
                 torch.rand(1, generator=g).expand(2), torch.randn(1, 7, 32, generator=g).expand(2, -1, -1))
     return make
+
+
+def _sd3_inputs() -> tuple:
+    x, t, context = _latent_inputs(16)()
+    return x, t, context, torch.randn(1, 32, generator=torch.Generator().manual_seed(4)).expand(2, -1)
 
 
 def _seeded(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -117,6 +166,13 @@ _FLUX2 = dict(in_channels=32, num_layers=1, num_single_layers=1, attention_head_
 _CHROMA = dict(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
                joint_attention_dim=32, axes_dims_rope=(8, 12, 12), approximator_num_channels=64,
                approximator_hidden_dim=32, approximator_layers=1)
+_QWEN = dict(in_channels=64, out_channels=16, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+             joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
+_SD3 = dict(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32,
+            pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm")
+_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=128, num_layers=1, rope_max_seq_len=64)
 FAMILIES = {
     "z-image": Family("ZImageTransformer2DModel", _Z_IMAGE, "ZImageLoraLoaderMixin",
                       _seeded(lambda: TinyNextDiT(dim=64, n_heads=2, n_kv_heads=2, ffn=170, z_image=True,
@@ -131,6 +187,13 @@ FAMILIES = {
     "chroma": Family("ChromaTransformer2DModel", _CHROMA, "FluxLoraLoaderMixin",
                      _seeded(lambda: TinyChroma(in_channels=4, hidden=64, heads=2)), _bfl_parts(False),
                      _latent_inputs(4)),
+    "qwen-image": Family("QwenImageTransformer2DModel", _QWEN, "QwenImageLoraLoaderMixin", _seeded(TinyQwenImage),
+                         _qwen_parts(), _latent_inputs(16, (1,))),
+    "sd3": Family("SD3Transformer2DModel", _SD3, "SD3LoraLoaderMixin", _seeded(TinyMMDiT), _sd3_parts(),
+                  _sd3_inputs,
+                  swapped=("final_layer.adaLN_modulation.1", "joint_blocks.1.context_block.adaLN_modulation.1")),
+    "wan": Family("WanTransformer3DModel", _WAN, "WanLoraLoaderMixin", _seeded(TinyWan), _wan_parts(),
+                  _latent_inputs(16, (3,))),
 }
 
 

@@ -42,3 +42,20 @@ def test_the_patch_size_must_hold_whole_tokens():
     check_patch_size(3, _model(input_blocks=nn.ModuleList()))
     with pytest.raises(LoratorioError, match="patch_size=3 does not fit this model, which packs 2x2"):
         check_patch_size(3, _model(patch_size=(1, 2, 2)))
+
+
+def test_video_frames_stack_into_one_image_without_patches_across_frames():
+    from lib_loratorio.frames import StackedFrames
+
+    x = torch.randn(2, 4, 3, 5, 6)                      # 3 frames of 5 x 6 latent pixels
+    frames = StackedFrames(x, patch_size=4)             # each frame padded to 8 rows: whole 4-pixel patches
+    image = frames.stack(x)
+    assert image.shape == (2, 4, 3 * 8, 6) and torch.equal(image[:, :, 8:13], x[:, :, 1])
+    assert torch.equal(image[:, :, 13:16], torch.zeros(2, 4, 3, 6))
+    assert torch.equal(frames.unstack(image), x)
+    maps = torch.rand(2, 24, 6)                          # one image's maps, N = 2
+    assert torch.equal(frames.frame_maps(maps, frame=5, of=9), maps[:, 8:13])   # decoded frame 5 of 9: latent 1
+    assert frames.maps(torch.rand(1, 2, 24, 6)).shape == (1, 2, 3, 5, 6)        # as the layers see the latent
+    one = StackedFrames(torch.randn(1, 4, 1, 5, 6), patch_size=4)                # Qwen-Image: one frame, no padding
+    assert one.stack(torch.randn(1, 4, 1, 5, 6)).shape == (1, 4, 5, 6)
+    assert one.maps(torch.rand(1, 2, 5, 6)).shape == (1, 2, 5, 6)

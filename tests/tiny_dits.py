@@ -353,3 +353,212 @@ class TinyNextDiT(nn.Module):
         out = out[:, cap.shape[1]:cap.shape[1] + hh * ww]
         out = out.view(b, hh, ww, 2, 2, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, 2 * hh, 2 * ww)
         return -out[:, :, :h, :w]
+
+
+def _qwen_ff(dim: int, width: int) -> nn.Module:
+    """Qwen-Image's FeedForward: ``net.0.proj`` (GELU tanh), ``net.1`` (dropout), ``net.2``."""
+    ff = nn.Module()
+    gelu = nn.Module()
+    gelu.proj = nn.Linear(dim, width)
+    ff.net = nn.ModuleList([gelu, nn.Dropout(0.0), nn.Linear(width, dim)])
+    return ff
+
+
+class TinyQwenImage(nn.Module):
+    """ComfyUI's ``QwenImageTransformer2DModel`` (its names are diffusers' names): a 5-D latent [B, C, T, H, W] cut into
+    2x2 patches per frame (tokens (t, h, w)), reference latents after them; text and image in two streams that meet
+    only inside attention (``attn.to_*`` image, ``attn.add_*_proj`` / ``to_add_out`` text)."""
+
+    def __init__(self, in_channels: int = 16, context_dim: int = 32, dim: int = 32, heads: int = 2,
+                 layers: int = 1) -> None:
+        super().__init__()
+        self.patch_size, self.heads, self.out_channels = 2, heads, in_channels
+        self.time_text_embed = nn.Module()
+        self.time_text_embed.timestep_embedder = nn.Module()
+        self.time_text_embed.timestep_embedder.linear_1 = nn.Linear(256, dim)
+        self.time_text_embed.timestep_embedder.linear_2 = nn.Linear(dim, dim)
+        self.txt_norm = RMSNorm(context_dim, "weight")
+        self.img_in = nn.Linear(4 * in_channels, dim)
+        self.txt_in = nn.Linear(context_dim, dim)
+        self.transformer_blocks = nn.ModuleList()
+        for _ in range(layers):
+            b = nn.Module()
+            b.img_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+            b.txt_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+            b.attn = nn.Module()
+            for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
+                setattr(b.attn, name, nn.Linear(dim, dim))
+            b.attn.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+            b.img_mlp, b.txt_mlp = _qwen_ff(dim, 4 * dim), _qwen_ff(dim, 4 * dim)
+            self.transformer_blocks.append(b)
+        self.norm_out = nn.Module()
+        self.norm_out.linear = nn.Linear(dim, 2 * dim)
+        self.proj_out = nn.Linear(dim, 4 * in_channels)
+
+    @staticmethod
+    def _ff(ff: nn.Module, x: Tensor) -> Tensor:
+        return ff.net[2](F.gelu(ff.net[0].proj(x), approximate="tanh"))
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (0, (-x.shape[-1]) % 2, 0, (-x.shape[-2]) % 2))
+        b, c, t, h, w = x.shape
+        x = x.view(b, c, t, h // 2, 2, w // 2, 2).permute(0, 2, 3, 5, 1, 4, 6)
+        return x.reshape(b, t * (h // 2) * (w // 2), c * 4)
+
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, attention_mask=None, ref_latents=None,
+                transformer_options: Optional[dict] = None, **kwargs) -> Tensor:
+        b, c, t, h, w = x.shape
+        img = self._tokens(x)
+        tokens = img.shape[1]
+        for ref in ref_latents or ():
+            img = torch.cat([img, self._tokens(ref.to(x)).expand(b, -1, -1)], 1)
+        e = self.time_text_embed.timestep_embedder
+        temb = e.linear_2(F.silu(e.linear_1(timestep_embedding(timestep * 1000, 256))))
+        img, txt = self.img_in(img), self.txt_in(self.txt_norm(context))
+        for block in self.transformer_blocks:
+            im = block.img_mod(temb)[:, None].chunk(6, -1)
+            tm = block.txt_mod(temb)[:, None].chunk(6, -1)
+            x_img, x_txt = _modulate(img, im[0], im[1]), _modulate(txt, tm[0], tm[1])
+            a = block.attn
+            q = torch.cat([a.add_q_proj(x_txt), a.to_q(x_img)], 1)
+            k = torch.cat([a.add_k_proj(x_txt), a.to_k(x_img)], 1)
+            v = torch.cat([a.add_v_proj(x_txt), a.to_v(x_img)], 1)
+            out = attend(q, k, v, self.heads)
+            img = img + im[2] * a.to_out[0](out[:, txt.shape[1]:])
+            txt = txt + tm[2] * a.to_add_out(out[:, :txt.shape[1]])
+            img = img + im[5] * self._ff(block.img_mlp, _modulate(img, im[3], im[4]))
+            txt = txt + tm[5] * self._ff(block.txt_mlp, _modulate(txt, tm[3], tm[4]))
+        scale, shift = self.norm_out.linear(F.silu(temb))[:, None].chunk(2, -1)
+        out = self.proj_out(F.layer_norm(img, (img.shape[-1],)) * (1 + scale) + shift)[:, :tokens]
+        hh, ww = -(-h // 2), -(-w // 2)
+        out = out.view(b, t, hh, ww, c, 2, 2).permute(0, 4, 1, 2, 5, 3, 6).reshape(b, c, t, 2 * hh, 2 * ww)
+        return out[..., :h, :w]
+
+
+def _sd3_block(hidden: int, pre_only: bool, self_attn2: bool) -> nn.Module:
+    """``DismantledBlock``: ``attn.{qkv,proj}`` (no ``proj`` when ``pre_only``), ``attn2`` (SD3.5 Medium's second image
+    self-attention), ``mlp.{fc1,fc2}``, ``adaLN_modulation.1`` (2, 6 or 9 modulation vectors)."""
+    b = nn.Module()
+    b.attn = nn.Module()
+    b.attn.qkv = nn.Linear(hidden, 3 * hidden)
+    if not pre_only:
+        b.attn.proj = nn.Linear(hidden, hidden)
+        b.mlp = nn.Module()
+        b.mlp.fc1, b.mlp.fc2 = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
+    if self_attn2:
+        b.attn2 = nn.Module()
+        b.attn2.qkv, b.attn2.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+    n = 2 if pre_only else (9 if self_attn2 else 6)
+    b.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, n * hidden))
+    return b
+
+
+class TinyMMDiT(nn.Module):
+    """ComfyUI's ``OpenAISignatureMMDITWrapper`` (SD3, SD3.5): ``x_embedder.proj`` a 2x2 convolution (a feature-map
+    output), ``context_embedder``, ``t_embedder.mlp.{0,2}``, ``y_embedder.mlp.{0,2}``, ``joint_blocks.N.{context_block,
+    x_block}`` whose attention runs on ``[context, x]`` inside the block only (the last context block ``pre_only``),
+    ``final_layer.{linear, adaLN_modulation.1}``."""
+
+    def __init__(self, in_channels: int = 16, context_dim: int = 32, pooled_dim: int = 32, hidden: int = 32,
+                 heads: int = 2, depth: int = 2, self_attn2: tuple[int, ...] = (0,)) -> None:
+        super().__init__()
+        self.patch_size, self.heads, self.out_channels = 2, heads, in_channels
+        self.x_embedder = nn.Module()
+        self.x_embedder.proj = nn.Conv2d(in_channels, hidden, 2, stride=2)
+        self.x_embedder.patch_size = (2, 2)
+        self.t_embedder = nn.Module()
+        self.t_embedder.mlp = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.y_embedder = nn.Module()
+        self.y_embedder.mlp = nn.Sequential(nn.Linear(pooled_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.context_embedder = nn.Linear(context_dim, hidden)
+        self.joint_blocks = nn.ModuleList()
+        for i in range(depth):
+            b = nn.Module()
+            b.context_block = _sd3_block(hidden, pre_only=i == depth - 1, self_attn2=False)
+            b.x_block = _sd3_block(hidden, pre_only=False, self_attn2=i in self_attn2)
+            self.joint_blocks.append(b)
+        self.final_layer = nn.Module()
+        self.final_layer.linear = nn.Linear(hidden, 4 * in_channels)
+        self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Optional[Tensor] = None, control=None,
+                transformer_options: Optional[dict] = None, **kwargs) -> Tensor:
+        b, c, h, w = x.shape
+        tokens = self.x_embedder.proj(pad_to_patch(x, 2)).flatten(2).transpose(1, 2)
+        vec = self.t_embedder.mlp(timestep_embedding(timesteps * 1000, 256))
+        if y is not None:
+            vec = vec + self.y_embedder.mlp(y)
+        ctx = self.context_embedder(context)
+        for block in self.joint_blocks:
+            cb, xb = block.context_block, block.x_block
+            cm = cb.adaLN_modulation(vec)[:, None].chunk(cb.adaLN_modulation[1].out_features // tokens.shape[-1], -1)
+            xm = xb.adaLN_modulation(vec)[:, None].chunk(xb.adaLN_modulation[1].out_features // tokens.shape[-1], -1)
+            cq, ck, cv = cb.attn.qkv(_modulate(ctx, cm[0], cm[1])).chunk(3, -1)
+            xq, xk, xv = xb.attn.qkv(_modulate(tokens, xm[0], xm[1])).chunk(3, -1)
+            out = attend(torch.cat([cq, xq], 1), torch.cat([ck, xk], 1), torch.cat([cv, xv], 1), self.heads)
+            c_out, x_out = out[:, :ctx.shape[1]], out[:, ctx.shape[1]:]
+            if hasattr(cb.attn, "proj"):
+                ctx = ctx + cm[2] * cb.attn.proj(c_out)
+                ctx = ctx + cm[5] * cb.mlp.fc2(F.gelu(cb.mlp.fc1(_modulate(ctx, cm[3], cm[4])), approximate="tanh"))
+            tokens = tokens + xm[2] * xb.attn.proj(x_out)
+            if hasattr(xb, "attn2"):
+                qkv = xb.attn2.qkv(_modulate(tokens, xm[6], xm[7])).chunk(3, -1)
+                tokens = tokens + xm[8] * xb.attn2.proj(attend(*qkv, self.heads))
+            mlp = F.gelu(xb.mlp.fc1(_modulate(tokens, xm[3], xm[4])), approximate="tanh")
+            tokens = tokens + xm[5] * xb.mlp.fc2(mlp)
+        shift, scale = self.final_layer.adaLN_modulation(vec)[:, None].chunk(2, -1)
+        return unpatchify(self.final_layer.linear(_modulate(tokens, shift, scale)), 2, c, h, w)
+
+
+class TinyWan(nn.Module):
+    """ComfyUI's ``WanModel`` (Wan 2.1, Wan 2.2 14B): ``patch_embedding`` a 1x2x2 Conv3d on [B, C, T, H, W] (a 5-D
+    feature-map output), tokens ordered (frame, row, column), ``text_embedding.{0,2}``, ``time_embedding.{0,2}``,
+    ``time_projection.1``, ``blocks.N.{self_attn.{q,k,v,o}, cross_attn.{q,k,v,o}, ffn.{0,2}}`` (cross-attention keys
+    and values on the text), ``head.head``."""
+
+    def __init__(self, in_channels: int = 16, text_dim: int = 32, dim: int = 32, heads: int = 2,
+                 layers: int = 1) -> None:
+        super().__init__()
+        self.patch_size, self.heads, self.out_dim = (1, 2, 2), heads, in_channels
+        self.patch_embedding = nn.Conv3d(in_channels, dim, (1, 2, 2), stride=(1, 2, 2))
+        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            b = nn.Module()
+            for attention in ("self_attn", "cross_attn"):
+                a = nn.Module()
+                for name in "qkvo":
+                    setattr(a, name, nn.Linear(dim, dim))
+                setattr(b, attention, a)
+            b.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+            b.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+            self.blocks.append(b)
+        self.head = nn.Module()
+        self.head.head = nn.Linear(dim, 4 * in_channels)
+        self.head.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, clip_fea=None, time_dim_concat=None,
+                transformer_options: Optional[dict] = None, **kwargs) -> Tensor:
+        b, c, t, h, w = x.shape
+        x = F.pad(x, (0, (-w) % 2, 0, (-h) % 2))
+        grid = x.shape[2], x.shape[3] // 2, x.shape[4] // 2
+        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)
+        e = self.time_embedding(timestep_embedding(timestep * 1000, 256))
+        mods = (self.time_projection(e).unflatten(1, (6, -1)))
+        ctx = self.text_embedding(context)
+        for block in self.blocks:
+            m = (block.modulation + mods).chunk(6, 1)
+            sa = block.self_attn
+            y = _modulate(tokens, m[0], m[1])
+            tokens = tokens + m[2] * sa.o(attend(sa.q(y), sa.k(y), sa.v(y), self.heads))
+            ca = block.cross_attn
+            q = ca.q(F.layer_norm(tokens, (tokens.shape[-1],)))
+            tokens = tokens + ca.o(attend(q, ca.k(ctx), ca.v(ctx), self.heads))
+            tokens = tokens + m[5] * block.ffn(_modulate(tokens, m[3], m[4]))
+        shift, scale = (self.head.modulation + e[:, None]).chunk(2, 1)
+        out = self.head.head(_modulate(tokens, shift, scale))
+        out = out.view(b, *grid, 1, 2, 2, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(b, c, grid[0], 2 * grid[1], 2 * grid[2])
+        return out[..., :h, :w]

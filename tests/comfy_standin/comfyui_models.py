@@ -1,8 +1,8 @@
 """Stand-in checkpoints (tests only): ComfyUI's (MODEL, CLIP, VAE) triple from tests/tiny_models.py.
 
 ``load_checkpoint(name)`` -> (ModelPatcher, ToyClip, ToyVae) for "standin-sd15", "standin-sdxl", "standin-flux",
-"standin-flux2", "standin-chroma", "standin-z-image", "standin-lumina2" (the file name's stem), built once per
-process and name:
+"standin-flux2", "standin-chroma", "standin-z-image", "standin-lumina2", "standin-qwen-image", "standin-sd3",
+"standin-wan" (the file name's stem), built once per process and name:
 - SD1.5: ``BaseModel`` (eps) around ``UNetModel``, an ldm-named view of ``tiny_sd15_unet`` (context 32);
 - SDXL: ``SDXL`` around the view of ``tiny_sdxl_unet`` (context 64, y = pooled 32 + 48 size features);
 - Flux: ``Flux`` (flow) around ``FluxModel``, a ``TinyBflFlux`` with BFL names, 16 latent channels packed 2x2
@@ -10,7 +10,10 @@ process and name:
 - Flux.2 (Klein): ``Flux2`` around ``tests/tiny_dits.TinyFlux2`` (32-channel latent, a token per latent pixel);
 - Chroma: ``Chroma`` around ``TinyChroma`` (16 channels, 2x2 tokens, real CFG);
 - Z-Image and Lumina 2: ``Lumina2`` around ``TinyNextDiT`` (Z-Image's modulation and 32-token padding; Lumina 2's
-  grouped-query attention), 16 channels.
+  grouped-query attention), 16 channels;
+- Qwen-Image: ``QwenImage`` around ``TinyQwenImage`` (a one-frame 5-D latent); SD3: ``SD3`` around ``TinyMMDiT``
+  (two joint blocks, the last context block pre-only, SD3.5 Medium's second attention in the first); Wan: ``WAN21``
+  around ``TinyWan`` (5-D latents of several frames).
 The networks accept ComfyUI's call ``diffusion_model(x, t, context=, control=, transformer_options=, **conds)``
 and record the last ``transformer_options`` they got (``last_transformer_options``).
 """
@@ -23,14 +26,14 @@ import zlib
 
 import torch
 import torch.nn.functional as F
-from comfy.model_base import SDXL, BaseModel, Chroma, Flux, Flux2, Lumina2, ModelSamplingFlux
+from comfy.model_base import SD3, SDXL, WAN21, BaseModel, Chroma, Flux, Flux2, Lumina2, ModelSamplingFlux, QwenImage
 from comfy.model_patcher import ModelPatcher
 
 _TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _TESTS not in sys.path:
     sys.path.append(_TESTS)
 
-from tiny_dits import TinyChroma, TinyFlux2, TinyNextDiT  # noqa: E402
+from tiny_dits import TinyChroma, TinyFlux2, TinyMMDiT, TinyNextDiT, TinyQwenImage, TinyWan  # noqa: E402
 from tiny_models import LdmUNetView, TinyBflFlux, ldm_view, tiny_sd15_unet, tiny_sdxl_unet  # noqa: E402
 
 #: the transformer families' stand-ins: (model class, network builder, ToyClip width, latent channels)
@@ -40,6 +43,9 @@ TRANSFORMERS = {
     "standin-z-image": (Lumina2, lambda: TinyNextDiT(in_channels=16, dim=32, n_heads=2, n_kv_heads=2, z_image=True,
                                                      pad_tokens_multiple=32), 32, 16),
     "standin-lumina2": (Lumina2, lambda: TinyNextDiT(in_channels=16, dim=32, n_heads=4, n_kv_heads=2), 32, 16),
+    "standin-qwen-image": (QwenImage, TinyQwenImage, 32, 16),
+    "standin-sd3": (SD3, TinyMMDiT, 32, 16),
+    "standin-wan": (WAN21, TinyWan, 32, 16),
 }
 
 
@@ -78,12 +84,15 @@ class ToyClip:
 
 
 class ToyVae:
-    """Latent [B, C, h, w] -> IMAGE [B, 8h, 8w, 3] in 0..1 (first three channels, tanh, nearest x8)."""
+    """Latent [B, C, h, w] -> IMAGE [B, 8h, 8w, 3] in 0..1 (first three channels, tanh, nearest x8); a video latent
+    [B, C, T, h, w] -> its frames [B * T, 8h, 8w, 3] (one picture per latent frame)."""
 
     def __init__(self, latent_channels: int) -> None:
         self.latent_channels = latent_channels
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        if samples.dim() == 5:
+            samples = samples.movedim(2, 1).flatten(0, 1)
         rgb = (torch.tanh(samples[:, :3]) + 1) / 2
         return F.interpolate(rgb, scale_factor=8, mode="nearest").permute(0, 2, 3, 1).contiguous()
 
@@ -121,6 +130,11 @@ def load_checkpoint(ckpt_name: str):
     if name not in _BUILT:
         _BUILT[name] = _build(name)
     return _BUILT[name]
+
+
+def latent_dimensions(patcher) -> int:
+    """2 for images, 3 for the video-latent models (``latent_format.latent_dimensions`` in ComfyUI)."""
+    return getattr(patcher.model, "latent_dimensions", 2)
 
 
 def latent_channels(patcher) -> int:

@@ -51,6 +51,21 @@ class CLIPTextEncode:
         return ([[cond, {"pooled_output": pooled}]],)
 
 
+class EmptyHunyuanLatentVideo:
+    """``comfy_extras/nodes_hunyuan.py`` (the empty latent of Wan's workflows): [B, 16, (length - 1) // 4 + 1, h, w]."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 848}), "height": ("INT", {"default": 480}),
+                             "length": ("INT", {"default": 25}), "batch_size": ("INT", {"default": 1})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    def generate(self, width, height, length, batch_size=1):
+        return ({"samples": torch.zeros([batch_size, 16, (length - 1) // 4 + 1, height // 8, width // 8])},)
+
+
 class EmptyLatentImage:
     @classmethod
     def INPUT_TYPES(cls):
@@ -69,6 +84,8 @@ def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, 
     channels = comfyui_models.latent_channels(model)
     if latent_image.shape[1] != channels:  # as comfy.sample.fix_empty_latent_channels
         latent_image = torch.zeros([latent_image.shape[0], channels, *latent_image.shape[2:]])
+    if comfyui_models.latent_dimensions(model) == 3 and latent_image.dim() == 4:  # (and a video model's: 5-D)
+        latent_image = latent_image.unsqueeze(2)
     generator = torch.manual_seed(seed)
     noise = torch.randn(latent_image.size(), generator=generator)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
@@ -143,7 +160,8 @@ class PreviewImage:
 
 NODE_CLASS_MAPPINGS = {
     "CheckpointLoaderSimple": CheckpointLoaderSimple, "CLIPTextEncode": CLIPTextEncode,
-    "EmptyLatentImage": EmptyLatentImage, "KSampler": KSampler, "VAEDecode": VAEDecode,
+    "EmptyLatentImage": EmptyLatentImage, "EmptyHunyuanLatentVideo": EmptyHunyuanLatentVideo,
+    "KSampler": KSampler, "VAEDecode": VAEDecode,
     "LoraLoaderModelOnly": LoraLoaderModelOnly, "PreviewImage": PreviewImage, "SaveImage": PreviewImage,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -10,7 +10,9 @@ xc, t, context=..., control=..., transformer_options=..., **extra)``, ``calculat
 scaled-linear betas) and Flux's flow (``ModelSamplingFlux``, shift 1.15, ``timestep(sigma) = sigma``).
 Classes: ``BaseModel`` (SD1.5), ``SDXL`` (adm = pooled text + size features), ``Flux`` (guidance default 3.5),
 ``Flux2(Flux)`` (the text left-padded to 512 tokens), ``Chroma(Flux)`` (guidance default 0), ``Lumina2`` (Lumina 2
-and Z-Image: ``c_crossattn``, ``num_tokens`` as a CONDConstant, ``attention_mask`` when some tokens are masked).
+and Z-Image: ``c_crossattn``, ``num_tokens`` as a CONDConstant, ``attention_mask`` when some tokens are masked),
+``SD3`` (``y`` = the pooled text), ``QwenImage`` and ``WAN21`` (5-D latents [B, C, T, H, W]: ``latent_dimensions``
+3, ComfyUI's latent formats Wan21 for both).
 """
 
 import math
@@ -188,3 +190,16 @@ class Lumina2(BaseModel):
             out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
             out.setdefault("num_tokens", comfy.conds.CONDConstant(cross_attn.shape[1]))
         return out
+
+
+class SD3(BaseModel):
+    def encode_adm(self, **kwargs):
+        return kwargs["pooled_output"]
+
+
+class QwenImage(BaseModel):
+    latent_dimensions = 3
+
+
+class WAN21(BaseModel):
+    latent_dimensions = 3
