@@ -43,21 +43,33 @@ DIT_TARGETS = {
     "wan": ["blocks.0.self_attn.q", "blocks.0.cross_attn.k", "blocks.0.cross_attn.o", "blocks.0.ffn.0",
             "head.head", "text_embedding.0"],
 }
+TE_SUFFIXES = ("layers.0.self_attn.q_proj", "layers.1.mlp.fc2")
+QWEN3_TE_TARGETS = ["qwen3_4b.transformer.model.layers.0.self_attn.q_proj",
+                    "qwen3_4b.transformer.model.layers.1.mlp.down_proj"]
 C = types.SimpleNamespace()  # the stand-in's modules, imported inside the ComfyUI environment
 
 
-def write_comfy_lora(path, network, targets, seed, rank=4, alpha=2.0):
-    """A LoRA in ComfyUI's naming (``diffusion_model.<ldm name>.lora_down.weight``), as its trainers save them."""
+def write_comfy_lora(path, network, targets, seed, rank=4, alpha=2.0, text_encoder=None, te_targets=(),
+                     te_prefix=""):
+    """A LoRA in ComfyUI's naming (``diffusion_model.<ldm name>.lora_down.weight``), as its trainers save them; with
+    ``text_encoder``, also a part on its ``te_targets`` under ``te_prefix`` (kohya's ``lora_te_`` + the flat name, or
+    ComfyUI's ``text_encoders.<encoder>.transformer.`` + the dotted name)."""
     g = torch.Generator().manual_seed(seed)
-    modules = dict(network.named_modules())
     tensors = {}
-    for name in targets:
-        w = modules[name].weight
-        kernel = list(w.shape[2:])
-        key = f"diffusion_model.{name}"
-        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, w.shape[1], *kernel, generator=g) * 0.3
-        tensors[f"{key}.lora_up.weight"] = torch.randn(w.shape[0], rank, *([1, 1] if kernel else []), generator=g) * 0.3
-        tensors[f"{key}.alpha"] = torch.tensor(alpha)
+    parts = [(network, targets, lambda n: f"diffusion_model.{n}", 0.3)]
+    if text_encoder is not None:
+        flat = te_prefix.startswith("lora_")
+        parts.append((text_encoder, te_targets, lambda n: te_prefix + (n.replace(".", "_") if flat else n), 0.5))
+    for net, names, key_of, scale in parts:
+        modules = dict(net.named_modules())
+        for name in names:
+            w = modules[name].weight
+            kernel = list(w.shape[2:])
+            key = key_of(name)
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, w.shape[1], *kernel, generator=g) * scale
+            tensors[f"{key}.lora_up.weight"] = torch.randn(w.shape[0], rank, *([1, 1] if kernel else []),
+                                                           generator=g) * scale
+            tensors[f"{key}.alpha"] = torch.tensor(alpha)
     save_file(tensors, str(path))
 
 
@@ -97,6 +109,15 @@ def env(one_thread, tmp_path_factory):
             (loras / family).mkdir()
             for i, suffix in enumerate("ab"):
                 write_comfy_lora(loras / family / f"{suffix}.safetensors", dit, targets, seed=40 + i)
+        # LoRAs with a text-encoder part: SD1.5's CLIP (kohya keys), Z-Image's Qwen3 (ComfyUI's generic keys)
+        sd15_clip = comfyui_models.load_checkpoint("standin-sd15")[1].cond_stage_model.clip_l.transformer
+        write_comfy_lora(loras / "sub" / "with_te.safetensors", sd15, LDM_TARGETS, seed=5, text_encoder=sd15_clip,
+                         te_targets=[n for n, _ in sd15_clip.named_modules() if n.endswith(TE_SUFFIXES)],
+                         te_prefix="lora_te_")
+        z_image, z_clip = (comfyui_models.load_checkpoint("standin-z-image")[i] for i in (0, 1))
+        write_comfy_lora(loras / "z-image" / "with_te.safetensors", z_image.model.diffusion_model,
+                         DIT_TARGETS["z-image"], seed=6, text_encoder=z_clip.cond_stage_model,
+                         te_targets=QWEN3_TE_TARGETS, te_prefix="text_encoders.")
         C.pack = nodes.load_custom_node(ROOT)  # as ComfyUI loads custom_nodes/LoRAtorio
         yield C
 
@@ -158,7 +179,8 @@ def error_of(history):
 # --- the node pack ----------------------------------------------------------------------------------------------
 def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
     assert C.pack.NODE_DISPLAY_NAME_MAPPINGS == {"LoratorioLora": "LoRAtorio LoRA", "LoratorioApply": "LoRAtorio Apply",
-                                                 "LoratorioWeightMaps": "LoRAtorio Weight Maps"}
+                                                 "LoratorioWeightMaps": "LoRAtorio Weight Maps",
+                                                 "LoratorioTextEncode": "LoRAtorio Text Encode"}
     apply = C.nodes.NODE_CLASS_MAPPINGS["LoratorioApply"]
     inputs = apply.INPUT_TYPES()
     assert apply.RETURN_TYPES == ("MODEL",) and inputs["optional"]["stack"][0] == "LORATORIO_STACK"
@@ -176,7 +198,7 @@ def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
     lora = C.nodes.NODE_CLASS_MAPPINGS["LoratorioLora"].INPUT_TYPES()["required"]["lora_name"][0]
     assert [n for n in lora if "/" not in n or n.startswith("sub/")] == [
         "alice.safetensors", "flux_a.safetensors", "flux_b.safetensors", "hat.safetensors",
-        "sub/comfy_style.safetensors", "xl_a.safetensors", "xl_b.safetensors"]
+        "sub/comfy_style.safetensors", "sub/with_te.safetensors", "xl_a.safetensors", "xl_b.safetensors"]
     # the example workflow sets every setting of LoRAtorio Apply
     with open(WORKFLOW) as f:
         assert set(json.load(f)["4"]["inputs"]) == {"model", "stack", *settings}
@@ -285,6 +307,60 @@ def test_transformer_families_one_lora_at_recentring_0_equals_lora_loader_model_
     merged["8"]["inputs"]["model"] = ["13", 0]
     assert torch.allclose(composed, image(run(merged)), atol=1e-4)
     assert not torch.allclose(composed, image(run(without_loratorio(prompt))), atol=1e-3)
+
+
+def _with_text_encode(prompt):
+    """The prompt with LoRAtorio Text Encode for the positive and negative prompts (the stack of LoRAtorio Apply)."""
+    for node in ("5", "6"):
+        prompt[node] = {"class_type": "LoratorioTextEncode", "inputs": {**prompt[node]["inputs"], "stack": ["3", 0]}}
+    return prompt
+
+
+def _lora_loader(prompt, lora, clip=True):
+    """``without_loratorio(prompt)`` with ComfyUI's LoraLoader (model and CLIP) or LoraLoaderModelOnly on ``lora``."""
+    merged = without_loratorio(prompt)
+    for node in ("5", "6"):
+        merged[node] = {"class_type": "CLIPTextEncode", "inputs": {"text": merged[node]["inputs"]["text"],
+                                                                   "clip": ["13", 1] if clip else ["1", 1]}}
+    merged["13"] = {"class_type": "LoraLoader" if clip else "LoraLoaderModelOnly",
+                    "inputs": {"model": ["1", 0], "lora_name": lora, "strength_model": 0.8,
+                               **({"clip": ["1", 1], "strength_clip": 0.8} if clip else {})}}
+    merged["8"]["inputs"]["model"] = ["13", 0]
+    return merged
+
+
+@pytest.mark.parametrize("ckpt, lora", [("standin-sd15.safetensors", "sub/with_te.safetensors"),
+                                        ("standin-z-image.safetensors", "z-image/with_te.safetensors")])
+def test_text_encode_gives_each_branch_its_lora_text_encoder_part(ckpt, lora):
+    """One LoRA at re-centring 0 with LoRAtorio Text Encode equals ComfyUI's LoraLoader (model and CLIP); with
+    CLIPTextEncode ("UNet only") it equals LoraLoaderModelOnly."""
+    prompt = workflow(ckpt, (lora, lora), recenter=0.0, mode="LoRAtorio")
+    prompt["3"]["inputs"]["strength"] = 0.0
+    per_branch = image(run(_with_text_encode(copy.deepcopy(prompt))))
+    unet_only = image(run(prompt))
+    assert torch.allclose(per_branch, image(run(_lora_loader(prompt, lora))), atol=1e-4)
+    assert torch.allclose(unet_only, image(run(_lora_loader(prompt, lora, clip=False))), atol=1e-4)
+    assert not torch.allclose(per_branch, unet_only, atol=1e-3)
+
+
+def test_text_encode_without_loratorio_apply_gives_the_prompts_image():
+    prompt = _with_text_encode(workflow(loras=("sub/with_te.safetensors", "alice.safetensors")))
+    plain = without_loratorio(workflow())
+    prompt_without = without_loratorio(prompt)
+    for node in ("5", "6"):
+        prompt_without[node]["inputs"]["stack"] = ["3", 0]
+    prompt_without.update({k: v for k, v in prompt.items() if k in ("2", "3")})
+    assert torch.allclose(image(run(prompt_without)), image(run(plain)), atol=1e-5)
+
+
+def test_two_loras_with_their_own_text_in_the_fast_mode():
+    prompt = _with_text_encode(workflow(loras=("sub/with_te.safetensors", "alice.safetensors"), mode="LoRAtorio Fast",
+                                        refresh_every=2))
+    per_branch = run(prompt)
+    assert per_branch["status"]["status_str"] == "success", per_branch["status"]
+    unet_only = run(workflow(loras=("sub/with_te.safetensors", "alice.safetensors"), mode="LoRAtorio Fast",
+                             refresh_every=2))
+    assert not torch.allclose(image(per_branch), image(unet_only), atol=1e-4)
 
 
 def test_fast_mode_and_the_other_modes_run():

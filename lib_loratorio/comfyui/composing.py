@@ -20,8 +20,10 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
 - Guidance-distilled Flux (``flux.is_guidance_distilled``) composes its prompt rows only: ComfyUI computes no
   negative rows at CFG 1, and with CFG above 1 they are the base model's. On a transformer the patch size must
   hold whole tokens (``image_tokens.check_patch_size``: even for 2x2-packed latents).
-- Text encoders are not composed per branch here: the prompt is encoded before sampling, by nodes of its
-  own; a LoRA's text-encoder part is ignored (the README's ComfyUI section).
+- Text encoders per branch: ComfyUI encodes the prompt before sampling, in a node. With LoRAtorio Text Encode the
+  CONDITIONING carries each LoRA branch's own encoding (branch_text.py); the ``CALC_COND_BATCH`` wrapper takes those
+  entries out and the model wrapper gives each LoRA branch's rows its own text. With CLIPTextEncode every branch has
+  the base text (a LoRA's text-encoder part is then ignored: "UNet only").
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from typing import Any, Optional
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from ..branches import lora_of
 from ..composing_session import LoraRequest
 from ..errors import LoratorioError
 from ..image_tokens import check_patch_size
-from ..model_call import ModelCall, OneCallModel, WrapperFn, WrapperSession, chained_wrapper
+from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperFn, WrapperSession, chained_wrapper
 from ..params import LoratorioParams
+from .branch_text import BranchConds, split_branch_conds, substitute_row
 from .stack import LoraStack
 
 KEY = "loratorio"  # our key among the patcher's wrappers and attachments
@@ -82,6 +86,7 @@ class ComfySession(WrapperSession):
         # the sampling run in progress
         self.latent_size: Optional[tuple[int, ...]] = None
         self._sigmas_seen: list[float] = []
+        self.branch_text: BranchConds = {}  # this call's LoRA branches' own text conditioning (branch_text.py)
 
     def install(self, patcher: Any) -> Any:
         clone = patcher.clone()
@@ -95,6 +100,7 @@ class ComfySession(WrapperSession):
     def run_ended(self) -> None:
         self.latent_size = None
         self._sigmas_seen = []
+        self.branch_text = {}
 
     def step_of(self, timestep: torch.Tensor, options: dict) -> tuple[int, int]:
         """(step, steps) of a model call: where its sigma lies in the run's schedule."""
@@ -133,6 +139,21 @@ class ComfySession(WrapperSession):
 
         return comfy.model_management.get_free_memory(device)
 
+    def branch_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
+        """The rows ``idx`` of the call, a LoRA branch's rows with that LoRA's own text where LoRAtorio Text Encode
+        made one for the prompt its chunk came from."""
+        sub = call.rows(idx, layout)
+        uuids = call.args["c"].get("transformer_options", {}).get("uuids")
+        if not self.branch_text or uuids is None:
+            return sub
+        for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
+            lora = lora_of(branch)
+            model_conds = None if lora is None else self.branch_text.get(uuids[row // layout.per_chunk], {}).get(lora)
+            if model_conds is not None and not substitute_row(sub["c"], j, model_conds):
+                LOG.warning("[LoRAtorio] a LoRA branch's own text conditioning does not fit its rows; it uses the "
+                            "prompt's (prompts of other lengths in one batch?)")
+        return sub
+
 
 # Closures, not bound methods: ModelPatcher.clone() deep-copies model_options, which copies functions by
 # reference but would copy a bound method's whole session.
@@ -154,6 +175,8 @@ def _outer_sample(session: ComfySession) -> Callable:
 def _calc_cond_batch(session: ComfySession) -> Callable:
     def loratorio_calc_cond_batch(executor: Any, model: Any, conds: list, x_in: torch.Tensor, timestep: torch.Tensor,
                                   model_options: dict) -> Any:
+        conds, session.branch_text = split_branch_conds(conds, list(zip(session.names, session.strengths,
+                                                                          strict=True)))
         if session.runner is not None:
             session.latent_size = tuple(x_in.shape[2:])
             if session.composes(timestep, model_options.get("transformer_options", {})):

@@ -2,7 +2,8 @@
 
 Settings that belong to the WebUIs' prompt tags and accordion have no input here: the node itself is the
 switch (bypass it to turn LoRAtorio off), the LoRAs and strengths come from the LoRA nodes, and the text
-encoders are not composed per branch on ComfyUI (the README's ComfyUI section says why).
+encoders are composed per branch by LoRAtorio Text Encode nodes, where the prompts are encoded (Apply binds the
+LoRAs' UNet parts only: "UNet only" here).
 """
 
 from __future__ import annotations

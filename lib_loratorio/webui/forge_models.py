@@ -8,9 +8,8 @@ have none (the engine's ``is_sd1``/``is_sdxl`` flags say which). Read from the c
 ``image_model`` from the instance's copy.
 
 The text encoders are the entries of ``forge_objects.clip.cond_stage_model`` (a ModuleDict), keyed by the
-engine: CLIPs (``clip_l``, ``clip_h``, ``clip_g``, each with its ``transformer``), T5s (``t5xxl``, Wan's
-``umt5xxl``) and, on Neo, language models used as text encoders (Flux.2 Klein and Z-Image ``qwen3``, Lumina 2
-``gemma2``, Qwen-Image ``qwen25_7b``), whose modules sit under ``model.``.
+engine (text_encoders.py): CLIPs, T5s and, on Neo, language models used as text encoders (Flux.2 Klein and
+Z-Image ``qwen3``, Lumina 2 ``gemma2``, Qwen-Image ``qwen25_7b``), whose modules sit under ``model.``.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ from typing import Any, Optional
 from torch import nn
 
 from ..errors import LoratorioError
+from ..text_encoders import text_encoder_components
 
-CLIPS = ("clip_l", "clip_h", "clip_g")
-T5S = ("t5xxl", "umt5xxl")
 #: the families LoRAtorio composes for (None: the UNet models, SD1.x/SD2.x/SDXL), by huggingface_guess's name
 COMPOSED = {None: "SD1.x/SDXL", "flux": "Flux.1", "flux2": "Flux.2", "chroma": "Chroma",
             "lumina2": "Lumina 2 / Z-Image"}
@@ -46,26 +44,9 @@ def check_family(sd_model: Any) -> None:
 
 
 def model_components(sd_model: Any, unet_only: bool) -> dict[str, nn.Module]:
-    """The live networks: the UNet/DiT and the text encoders of the engine's current ``forge_objects``.
-
-    LoRA files count text encoders te1, te2, te3: the CLIPs come first (SDXL's CLIP-G is te2); a T5 is te3
-    (kohya sd-scripts) and also te2 (OneTrainer, diffusers' ``text_encoder_2``) beside CLIP-L, and te1 where it
-    is the only encoder (Chroma, Wan), as in ComfyUI's own loader; a language model used as the text encoder
-    is te1 (kohya's ``lora_te_``, diffusers' ``text_encoder.``).
-    """
+    """The live networks: the UNet/DiT and the text encoders of the engine's current ``forge_objects``."""
     objects = sd_model.forge_objects
     components = {"unet": objects.unet.model.diffusion_model}
-    if unet_only:
-        return components
-    encoders = dict(objects.clip.cond_stage_model.named_children())
-    clips = [encoders[k].transformer for k in CLIPS if k in encoders]
-    components.update(zip(("te1", "te2"), clips, strict=False))
-    t5 = next((encoders[k].transformer for k in T5S if k in encoders), None)
-    if t5 is not None:
-        components["te3"] = t5
-        components.setdefault("te2", t5)
-        components.setdefault("te1", t5)
-    for key, encoder in encoders.items():
-        if key not in CLIPS and key not in T5S:
-            components.setdefault("te1", getattr(encoder, "transformer", encoder))
+    if not unet_only:
+        components.update(text_encoder_components(dict(objects.clip.cond_stage_model.named_children())))
     return components

@@ -5,11 +5,11 @@ Mirrored: the classic node API (``INPUT_TYPES`` classmethod with "required"/"opt
 ``CLIPTextEncode``, ``EmptyLatentImage``, ``KSampler`` (-> ``common_ksampler``: noise from the seed,
 ``comfy.samplers.sample`` with a progress callback that raises ``InterruptProcessingException`` once
 ``interrupt_current_processing()`` was called, as ComfyUI's progress hook does), ``VAEDecode``,
-``LoraLoaderModelOnly``, ``PreviewImage``; ``NODE_CLASS_MAPPINGS``; ``load_custom_node(path)`` (a folder's
-``__init__.py`` loaded with ``spec_from_file_location`` under the folder's path as module name, its
+``LoraLoader``, ``LoraLoaderModelOnly``, ``PreviewImage``; ``NODE_CLASS_MAPPINGS``; ``load_custom_node(path)`` (a
+folder's ``__init__.py`` loaded with ``spec_from_file_location`` under the folder's path as module name, its
 ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` merged into ours).
-Stand-in only: checkpoints are ``comfyui_models.load_checkpoint``'s; ``CLIPTextEncode`` uses the toy CLIP; the
-LoRA loader reads ComfyUI-named files only (see comfy/sd.py).
+Stand-in only: checkpoints are ``comfyui_models.load_checkpoint``'s (tiny CLIPs); the LoRA loaders read the file
+formats comfy/sd.py names.
 """
 
 import importlib.util
@@ -47,8 +47,7 @@ class CLIPTextEncode:
     FUNCTION = "encode"
 
     def encode(self, clip, text):
-        cond, pooled = clip.encode(text)
-        return ([[cond, {"pooled_output": pooled}]],)
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text)),)
 
 
 class EmptyHunyuanLatentVideo:
@@ -128,6 +127,22 @@ class VAEDecode:
         return (vae.decode(samples["samples"]),)
 
 
+class LoraLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "clip": ("CLIP",),
+                             "lora_name": (folder_paths.get_filename_list("loras"),),
+                             "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0}),
+                             "strength_clip": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP")
+    FUNCTION = "load_lora"
+
+    def load_lora(self, model, clip, lora_name, strength_model, strength_clip):
+        lora = safetensors.torch.load_file(folder_paths.get_full_path_or_raise("loras", lora_name))
+        return comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+
+
 class LoraLoaderModelOnly:
     @classmethod
     def INPUT_TYPES(cls):
@@ -162,7 +177,8 @@ NODE_CLASS_MAPPINGS = {
     "CheckpointLoaderSimple": CheckpointLoaderSimple, "CLIPTextEncode": CLIPTextEncode,
     "EmptyLatentImage": EmptyLatentImage, "EmptyHunyuanLatentVideo": EmptyHunyuanLatentVideo,
     "KSampler": KSampler, "VAEDecode": VAEDecode,
-    "LoraLoaderModelOnly": LoraLoaderModelOnly, "PreviewImage": PreviewImage, "SaveImage": PreviewImage,
+    "LoraLoader": LoraLoader, "LoraLoaderModelOnly": LoraLoaderModelOnly, "PreviewImage": PreviewImage,
+    "SaveImage": PreviewImage,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
