@@ -84,6 +84,8 @@ def test_one_loratorio_lora_in_the_exact_mode_equals_the_webuis_own_lora(loras):
     own_pixels, our_pixels = (np.asarray(decode(r["images"][0]).convert("RGB"), dtype=np.int16) for r in (own, ours))
     status, plain = call("/sdapi/v1/txt2img", request(loras, prompt="a cat"))
     plain_pixels = np.asarray(decode(plain["images"][0]).convert("RGB"), dtype=np.int16)
+    print(f"<lora> vs plain: mean {np.abs(own_pixels - plain_pixels).mean():.2f}; <loratorio> vs <lora>: max "
+          f"{np.abs(own_pixels - our_pixels).max()}, mean {np.abs(own_pixels - our_pixels).mean():.3f}")
     assert np.abs(own_pixels - plain_pixels).max() > 1          # the LoRA changes the image...
     assert np.abs(own_pixels - our_pixels).max() <= 1           # ...and LoRAtorio's branch the same way
 
