@@ -21,6 +21,7 @@ from tests.standins import COMFYUI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(ROOT, "docs", "comfyui", "loratorio_two_loras.json")
+TEXT_WORKFLOW = os.path.join(ROOT, "docs", "comfyui", "loratorio_text_encoders.json")  # with LoRAtorio Text Encode
 FLUX_TARGETS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
                 "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2"]
 # ldm names of the tiny SD1.5 UNet, for the file in ComfyUI's own LoRA naming
@@ -353,6 +354,22 @@ def test_text_encode_without_loratorio_apply_gives_the_prompts_image():
     assert torch.allclose(image(run(prompt_without)), image(run(plain)), atol=1e-5)
 
 
+def test_the_text_encoders_example_composes_with_each_loras_own_text():
+    with open(TEXT_WORKFLOW) as f:
+        prompt = json.load(f)
+    with open(WORKFLOW) as f:
+        unet_only = json.load(f)
+    for p in (prompt, unet_only):
+        p["1"]["inputs"]["ckpt_name"] = "standin-sd15.safetensors"
+        p["2"]["inputs"]["lora_name"], p["3"]["inputs"]["lora_name"] = "sub/with_te.safetensors", "alice.safetensors"
+        p["7"]["inputs"].update(width=64, height=64)
+        p["8"]["inputs"].update(steps=3)
+    composed = run(prompt)
+    assert composed["status"]["status_str"] == "success", composed["status"]
+    assert image(composed, "12").shape == (2, 64, 64, 3)
+    assert not torch.allclose(image(composed), image(run(unet_only)), atol=1e-4)
+
+
 def test_two_loras_with_their_own_text_in_the_fast_mode():
     prompt = _with_text_encode(workflow(loras=("sub/with_te.safetensors", "alice.safetensors"), mode="LoRAtorio Fast",
                                         refresh_every=2))
@@ -501,14 +518,17 @@ def test_example_workflow_uses_the_default_settings():
     assert settings == {**defaults, "show_weight_maps": True}
 
 
-def test_the_ui_workflow_is_the_api_example_as_a_graph():
-    """docs/comfyui has the example twice: API format (POST /prompt) and the UI's graph (drag into ComfyUI);
-    the graph's widgets hold the API file's values, in the node's input order."""
-    with open(WORKFLOW) as f:
+@pytest.mark.parametrize("path", [WORKFLOW, TEXT_WORKFLOW])
+def test_the_ui_workflow_is_the_api_example_as_a_graph(path):
+    """docs/comfyui has each example twice: API format (POST /prompt) and the UI's graph (drag into ComfyUI);
+    the graph's widgets hold the API file's values, in the node's input order, and its links are the API's."""
+    with open(path) as f:
         api = json.load(f)
-    with open(WORKFLOW.replace(".json", ".workflow.json")) as f:
+    with open(path.replace(".json", ".workflow.json")) as f:
         graph = json.load(f)
     assert sorted(n["type"] for n in graph["nodes"]) == sorted(n["class_type"] for n in api.values())
+    links = {(str(src), slot, str(dst)) for _, src, slot, dst, _, _ in graph["links"]}
+    assert links == {(v[0], v[1], k) for k, n in api.items() for v in n["inputs"].values() if isinstance(v, list)}
     for node in graph["nodes"]:
         widgets = [v for v in api[str(node["id"])]["inputs"].values() if not isinstance(v, list)]
         if node["type"] == "KSampler":
