@@ -11,7 +11,7 @@ kind of table, read against the live model so that only modules it has are alias
 * per block of each block list: diffusers child -> native child (the block lists may be named differently);
 * fused layers: diffusers' parts -> the native layer and the output columns each part is, widths from the live
   model (Flux: q/k/v as thirds of ``qkv``, then ``proj_mlp`` for the rest of ``linear1``; Lumina 2's grouped-query
-  attention: q is ``n_heads`` heads wide, k and v ``n_kv_heads``).
+  attention: q as wide as the model, k and v narrower).
 
 A part's columns go to the binder as an :class:`OutputSlice`; the parts of one layer become one delta.
 """
@@ -206,14 +206,14 @@ def _flux(model: nn.Module) -> Aliases:
 
 
 def _nextdit(model: nn.Module) -> Aliases:
-    """Lumina 2 and Z-Image: q, k and v of the fused ``attention.qkv``, as wide as their heads."""
+    """Lumina 2 and Z-Image: q, k and v of the fused ``attention.qkv``: q as wide as the model (its heads are
+    dim / n_heads wide), k and v half the rest each (grouped-query attention: fewer key/value heads)."""
     table = _Table(model)
     table.one_to_one(_NEXTDIT_TOP, _NEXTDIT_BLOCKS)
 
     def widths(layer: str) -> list[int]:
-        attention = table.modules[layer.rsplit(".", 1)[0]]
-        head = attention.head_dim
-        return [attention.n_local_heads * head, attention.n_local_kv_heads * head, attention.n_local_kv_heads * head]
+        out, dim = weight_shape(table.modules[layer])[:2]
+        return [dim, (out - dim) // 2, (out - dim) // 2]  # q: every head (n_heads x dim / n_heads); k, v: the rest
 
     table.fused_blocks({}, _NEXTDIT_FUSED, widths)
     lumina2 = {blocks: {"attention.qkv": _LUMINA2_QKV} for blocks in _NEXTDIT_FUSED}
