@@ -6,11 +6,12 @@ Concepts (one per category at most): characters zorbot, kittra, glimmy; clothing
 stripescarf; styles pixelart, scanlines; backgrounds brickwall, starnight; objects sunorb,
 pinetree. Two characters (e.g. --concepts zorbot,kittra,tophat) compose in the two-figure world
 (duo.py: its own base model and LoRAs; no objects there), where the two character LoRAs compete for
-the two figures. Writes to outputs/demo/<concepts>/: loratorio.png, weight_maps.png (one heatmap per
-LoRA: its SoftMin weight, the share of each patch it owns, averaged over the steps),
-side_by_side.png (prompt only | Merge | LoRAtorio, with the classifier's verdict). LoRAtorio
-runs with the extension's default mode and weights (LoRAtorio Fast, weights max) unless --mode /
---weights say otherwise. Runs offline on CPU in well under a minute.
+the two figures. Writes to outputs/demo/<concepts>/: side_by_side.png (prompt only | Merge | the
+extension's default mode, Stack | with --hints, Stack with region hints | LoRAtorio, each with the
+classifier's verdict), loratorio.png (the LoRAtorio image) and weight_maps.png (one heatmap per LoRA:
+its SoftMin weight, the share of each patch it owns, averaged over the steps). The routing panel runs
+the paper's method (mode LoRAtorio, weights sum) unless --mode / --weights say otherwise. Runs offline
+on CPU in well under a minute.
 """
 
 from __future__ import annotations
@@ -77,9 +78,13 @@ def main(argv=None) -> Path:
                     help="LoRAtorio patch size (2 = the sweep's choice; the extension's default is 4)")
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recenter", type=float, default=0.5)
-    ap.add_argument("--mode", default=LoratorioParams().mode, choices=("LoRAtorio Fast", "LoRAtorio"))
-    ap.add_argument("--weights", default=LoratorioParams().weight_norm, choices=("max", "sum"),
-                    help="max: a patch's owning LoRA at full strength; sum: the paper's blend")
+    ap.add_argument("--mode", default="LoRAtorio", choices=("LoRAtorio", "LoRAtorio Fast"),
+                    help="the routing mode of the last panel, whose weight maps are drawn (the default mode, "
+                         "Stack, routes nothing)")
+    ap.add_argument("--weights", default="sum", choices=("max", "sum"),
+                    help="the routing panel's weights: sum, the paper's blend; max, a patch's owner at full strength")
+    ap.add_argument("--hints", action="store_true",
+                    help="two characters: also Stack with region hints, the first character left, the second right")
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--scale", type=int, default=8, help="upscaling of the 32x32 images")
     ap.add_argument("--out", default="outputs/demo")
@@ -104,9 +109,15 @@ def main(argv=None) -> Path:
 
     bench = Bench(spec)
     n = len(concepts)
+    default = LoratorioParams().mode
     lora_method = Method(args.mode, "composer", mode=args.mode, patch_size=args.patch,
                          temperature=args.temperature, recenter=args.recenter, weight_norm=args.weights)
-    methods = [Method("prompt only", "base"), Method("Merge", "merge"), lora_method]
+    methods = [Method("prompt only", "base"), Method("Merge", "merge"), Method(default, "composer", mode=default)]
+    if args.hints:
+        if spec is not DUO:
+            raise SystemExit("--hints is for two characters (the two-figure world)")
+        methods.append(Method(f"{default} + hints", "composer", mode=default, hint_strength=8.0))
+    methods.append(lora_method)
     kw = dict(steps=args.steps, cfg=args.cfg, strength=args.strength)
     results = {}
     with tqdm(total=args.steps * len(methods), desc="denoising", unit="step") as bar:

@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import world
+from . import protocol, world
 
 SLOT_DX: tuple[int, int] = (-8, 8)  # left and right figure, relative to world.py's centre figure
 SLOTS: tuple[str, ...] = ("left", "right")
@@ -94,11 +94,9 @@ class DuoScene:
                 shape, hc, bc = f.generic
                 parts.append(f"a {bc} figure with a {shape} {hc} head {side}".strip())
         if self.background is None:
-            kind, a, b = self.bg
-            parts.append(f"on a {a} {kind} background" if kind != "gradient" else f"on a {a} {b} gradient background")
+            parts.append(world.background_caption(self.bg))
         if self.thing is not None:
-            kind, col, corner = self.thing
-            parts.append(f"a {col} {kind} in the {corner} corner")
+            parts.append(world.thing_caption(self.thing))
         return parts
 
     def caption(self, with_generic: bool = True) -> str:
@@ -276,17 +274,11 @@ def _dev_set() -> set[tuple[str, ...]]:
 
 def split(part: str) -> list[tuple[str, ...]]:
     """The compositions of ``part`` ("dev", "test" or "all"), in compositions() order."""
-    if part not in ("dev", "test", "all"):
-        raise ValueError(f"part must be dev, test or all, not {part!r}")
-    comps = compositions()
-    if part == "all":
-        return comps
-    dev = _dev_set()
-    return [c for c in comps if (c in dev) == (part == "dev")]
+    return protocol.part_of(part, compositions(), _dev_set)
 
 
 def fingerprint(part: str = "dev") -> str:
-    return hashlib.sha256("\n".join(",".join(c) for c in split(part)).encode()).hexdigest()
+    return protocol.digest(split(part))
 
 
 # --- ground-truth regions (the oracle masks) --------------------------------------------------------------

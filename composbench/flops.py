@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=20, help="steps of the fast mode's run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    params = LoratorioParams(enabled=True)
+    params = LoratorioParams(enabled=True, mode="LoRAtorio Fast")
 
     unet = build_unet(args.width, "cpu")
     with tempfile.TemporaryDirectory() as tmp:  # the files need the real weights' shapes and scale

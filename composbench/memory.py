@@ -69,7 +69,7 @@ def _one_step(unet, loras: list, latent: int, device: str) -> Callable[[], Tenso
     x = torch.randn(2, unet.config.in_channels, latent, latent, generator=g).to(device, unet.dtype)
     ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g).to(device, unet.dtype)
     t = torch.full((2,), 500.0, device=device)
-    params = LoratorioParams(enabled=True)
+    params = LoratorioParams(enabled=True, mode="LoRAtorio Fast")
 
     def step() -> Tensor:
         with BranchRunner(loras, [0.8] * len(loras)) as runner:

@@ -67,16 +67,26 @@ def _dev_set() -> set[tuple[str, ...]]:
     return dev
 
 
-def split(part: str) -> list[tuple[str, ...]]:
-    """The compositions of ``part`` ("dev", "test" or "all"), in world.compositions() order."""
+def part_of(part: str, comps: list[tuple[str, ...]], dev_set) -> list[tuple[str, ...]]:
+    """The compositions of ``part`` ("dev", "test" or "all") among ``comps``, in their order; ``dev_set()``
+    gives the dev compositions (called only for dev and test)."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, not {part!r}")
-    comps = world.compositions()
     if part == "all":
         return comps
-    dev = _dev_set()
+    dev = dev_set()
     return [c for c in comps if (c in dev) == (part == "dev")]
 
 
+def digest(comps: list[tuple[str, ...]]) -> str:
+    """sha256 of compositions, one "a,b,c" line each: what pins a split."""
+    return hashlib.sha256("\n".join(",".join(c) for c in comps).encode()).hexdigest()
+
+
+def split(part: str) -> list[tuple[str, ...]]:
+    """The compositions of ``part`` ("dev", "test" or "all"), in world.compositions() order."""
+    return part_of(part, world.compositions(), _dev_set)
+
+
 def fingerprint(part: str = "dev") -> str:
-    return hashlib.sha256("\n".join(",".join(c) for c in split(part)).encode()).hexdigest()
+    return digest(split(part))

@@ -592,7 +592,7 @@ def _write_report(out: Path, name: str, data: dict, text: str) -> dict:
     return data
 
 
-_RELEVANT = {"Switch": ("switch_every",), "Composite": (),
+_RELEVANT = {"Switch": ("switch_every",), "Composite": (), "Stack": ("hint_strength",),
              "LoRAtorio": ("patch_size", "temperature", "recenter", "pool", "weight_norm"),
              "LoRAtorio Fast": ("patch_size", "temperature", "pool", "weight_norm", "refresh_first", "refresh_every",
                                 "attention_per_lora")}

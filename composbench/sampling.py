@@ -25,7 +25,7 @@ from lib_loratorio.params import LoratorioParams
 from . import world
 from .attention_per_lora import AttentionPerLoraRunner
 from .model import ALPHAS_CUMPROD, T, load_base, lora_path
-from .routing import RoutedComposer, hint_prior
+from .routing import RoutedComposer, world_hints
 from .worlds import SOLO, WorldSpec
 
 STEPS = 20
@@ -58,7 +58,7 @@ class Method:
                                temperature=self.temperature, recenter=self.recenter,
                                top_k=n if self.pool else 0, switch_every=self.switch_every,
                                refresh_first=self.refresh_first, refresh_every=self.refresh_every,
-                               weight_norm=self.weight_norm)
+                               weight_norm=self.weight_norm, hint_strength=self.hint_strength)
 
 
 def standard_methods(patch_size: int = 2, temperature: float = 0.05, recenter: float = 0.5) -> list[Method]:
@@ -93,6 +93,9 @@ def control_methods(patch_size: int = 2, temperature: float = 0.05,
     merges = [Method(f"Merge{uncond} s={s:g}", "merge", strength=s, base_uncond=bool(uncond))
               for uncond in ("", " + base uncond") for s in merge_strengths]
     return [
+        # mode Stack: Merge with the base model's unconditional prediction, through the extension's own code path
+        Method("Stack", "composer", mode="Stack"),
+        Method("Stack + hints 8", "composer", mode="Stack", hint_strength=8.0),
         Method("ctrl: default with uniform maps", "composer", mode="LoRAtorio Fast", patch_size=patch_size,
                temperature=100.0, weight_norm="max"),
         Method("ctrl: LoRAtorio max with uniform maps", "composer", patch_size=patch_size, temperature=100.0,
@@ -115,6 +118,8 @@ def variant_methods(patch_size: int = 2) -> list[Method]:
                    patch_size=patch_size, weight_norm="max")]
     out += [Method(f"variant: hints {beta:g}", "composer", temperature=0.05, hint_strength=beta, **fast)
             for beta in (2.0, 4.0, 8.0)]
+    # what the hints do without the routing: every LoRA's similarity alike, the hints alone shape the maps
+    out += [Method("ctrl: hints 8 with uniform maps", "composer", temperature=100.0, hint_strength=8.0, **fast)]
     # the paper's weights (summing to 1 per patch) in the fast mode, with its uniform control
     fast_sum = {**fast, "weight_norm": "sum"}
     out += [Method("ctrl: LoRAtorio Fast (sum) with uniform maps", "composer", temperature=100.0, **fast_sum),
@@ -212,14 +217,11 @@ class Bench:
                     return self._unet(self.unet, state["x"][rows], state["t"], ctx[rows])
 
             labels = [f"LoRA '{c}'" for c in names]
-            if method.rule != "softmin" or method.hint_strength:
-                prior = (hint_prior(names, self.spec.region_masks(tuple(names)), method.hint_strength)
-                         if method.hint_strength else None)
-                composer = RoutedComposer(method.params(len(concepts)), labels, rule=method.rule, prior=prior,
-                                          prediction="eps", keep_weight_maps=keep_weight_maps)
-            else:
-                composer = BranchComposer(method.params(len(concepts)), labels, prediction="eps",
-                                          keep_weight_maps=keep_weight_maps)
+            hints = world_hints(names, self.spec.region_masks(tuple(names))) if method.hint_strength else ()
+            composer_class = RoutedComposer if method.rule != "softmin" else BranchComposer
+            composer = composer_class(method.params(len(concepts)), labels, prediction="eps",
+                                      keep_weight_maps=keep_weight_maps, hints=hints,
+                                      **({"rule": method.rule} if method.rule != "softmin" else {}))
             is_uncond = [False] * b + [True] * b
             image_of_row = list(range(b)) * 2
 

@@ -107,17 +107,21 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
                            torch.stack([p[1:] for p in preds[1:]]), patch_size=DEFAULTS.patch_size,
                            temperature=DEFAULTS.temperature, recenter=DEFAULTS.recenter)
 
-        def fast_mode_run():
-            """A whole run of FAST_RUN_STEPS steps in LoRAtorio Fast at its default schedule."""
-            composer = BranchComposer(LoratorioParams(enabled=True),
-                                      [f"LoRA {i + 1}" for i in range(n)], prediction="eps")
-            for step in range(FAST_RUN_STEPS):
-                out = composer(x, row_kinds, images, step=step, evaluate=evaluate)
-            return out
+        def run_of(mode):
+            """A whole run of FAST_RUN_STEPS steps in ``mode`` (LoRAtorio Fast at its default schedule; Stack)."""
+            def run():
+                composer = BranchComposer(LoratorioParams(enabled=True, mode=mode),
+                                          [f"LoRA {i + 1}" for i in range(n)], prediction="eps")
+                for step in range(FAST_RUN_STEPS):
+                    out = composer(x, row_kinds, images, step=step, evaluate=evaluate)
+                return out
+            return run
 
+        fast_mode_run = run_of("LoRAtorio Fast")
         results = timed({"plain": plain, "loratorio": loratorio(0.5), "loratorio_recenter1": loratorio(1.0),
-                         "loop": loop, "fast_mode_run": fast_mode_run}, repeats, device)
+                         "loop": loop, "fast_mode_run": fast_mode_run, "stack_run": run_of("Stack")}, repeats, device)
         results["fast_mode"] = results.pop("fast_mode_run") / FAST_RUN_STEPS
+        results["stack"] = results.pop("stack_run") / FAST_RUN_STEPS
         for label, fn in (("plain", plain), ("loratorio", loratorio(0.5)), ("loop", loop),
                           ("fast_mode", fast_mode_run)):
             before = memory.now()
@@ -174,7 +178,7 @@ def bench_n(unet, loras, n: int, latent: int, repeats: int, device: str) -> dict
     medians = {k: statistics.median(v) for k, v in samples.items()}
     for label in ("merge_once", "merged_step", "merge_per_branch"):
         results[f"{label}_ratio"] = medians[label] / medians["plain"]
-    for label in ("loratorio", "loratorio_recenter1", "loop", "fast_mode"):
+    for label in ("loratorio", "loratorio_recenter1", "loop", "fast_mode", "stack"):
         results[f"{label}_ratio"] = results[label] / results["plain"]
     return results
 
@@ -241,14 +245,16 @@ def format_table(report: dict) -> str:
     lines = [f"device {report['device']} ({report['threads']} threads), {report['dtype']}, "
              f"UNet width {report['width']}, latent {report['latent']}x{report['latent']}, LoRA rank {report['rank']}",
              "times are ratios to one plain step (cond+uncond, one forward) of the same run",
-             f"LoRAtorio Fast: mean step of a {FAST_RUN_STEPS}-step run at the default schedule, refreshes included",
-             "| N | floor N+1 | LoRAtorio | re-centring 1 | LoRAtorio Fast | loop of forwards "
+             f"LoRAtorio Fast and Stack: mean step of a {FAST_RUN_STEPS}-step run (Fast: its default schedule, "
+             "refreshes included)",
+             "| N | floor N+1 | LoRAtorio | re-centring 1 | LoRAtorio Fast | Stack | loop of forwards "
              "| merge/unmerge per branch | merged step | merge once | peak MiB plain / LoRAtorio / Fast / loop |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(
             f"| {r['n']} | {r['n'] + 1} | {r['loratorio_ratio']:.2f} | {r['loratorio_recenter1_ratio']:.2f} | "
-            f"{r['fast_mode_ratio']:.2f} | {r['loop_ratio']:.2f} | {r['merge_per_branch_ratio']:.2f} | "
+            f"{r['fast_mode_ratio']:.2f} | {r['stack_ratio']:.2f} | {r['loop_ratio']:.2f} | "
+            f"{r['merge_per_branch_ratio']:.2f} | "
             f"{r['merged_step_ratio']:.2f} | {r['merge_once_ratio']:.2f} | {r['plain_peak_mib']:.0f} / "
             f"{r['loratorio_peak_mib']:.0f} / {r['fast_mode_peak_mib']:.0f} / {r['loop_peak_mib']:.0f} |")
     side = report["compose_latent"]

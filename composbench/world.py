@@ -80,16 +80,26 @@ class Scene:
             shape, hc, bc = self.figure
             parts.append(f"a {bc} figure with a {shape} {hc} head")
         if "background" not in self.concepts:
-            kind, a, b = self.bg
-            parts.append(f"on a {a} {kind} background" if kind != "gradient" else f"on a {a} {b} gradient background")
+            parts.append(background_caption(self.bg))
         if self.thing is not None:
-            kind, col, corner = self.thing
-            parts.append(f"a {col} {kind} in the {corner} corner")
+            parts.append(thing_caption(self.thing))
         return parts
 
     def caption(self, with_generic: bool = True) -> str:
         parts = self.triggers() + (self.generic_caption() if with_generic else [])
         return ", ".join(parts)
+
+
+def background_caption(bg: tuple) -> str:
+    """A generic background (kind, colour a, colour b) in words."""
+    kind, a, b = bg
+    return f"on a {a} {kind} background" if kind != "gradient" else f"on a {a} {b} gradient background"
+
+
+def thing_caption(thing: tuple) -> str:
+    """A generic thing (ball or box, colour, corner) in words."""
+    kind, col, corner = thing
+    return f"a {col} {kind} in the {corner} corner"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,13 +128,15 @@ class BranchRunner:
 
     @contextmanager
     def whole_batch(self, branch: int) -> Iterator[None]:
-        """Within the block, every row of every hooked call belongs to ``branch``.
+        """Within the block, every row of every hooked call belongs to ``branch`` (MIXED: every LoRA, each at
+        its strength; no weight map acts here).
 
         For passes whose batch the caller does not lay out itself, such as a host's text encoder
         encoding a LoRA branch's prompts.
         """
         self._n_rows = None
-        self._selectors = [slice(None) if i == lora_of(branch) else None for i in range(self.n_loras)]
+        self._selectors = [slice(None) if branch == MIXED or i == lora_of(branch) else None
+                           for i in range(self.n_loras)]
         try:
             yield
         finally:

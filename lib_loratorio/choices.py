@@ -29,6 +29,9 @@ class Mode(Choice):
     """Baseline: the plain average of the LoRA branches."""
     SWITCH = "Switch"
     """Baseline: one LoRA at a time, rotating every few steps."""
+    STACK = "Stack"
+    """Every LoRA at its strength on the prompt's prediction (inside its region hint if it has one), the base
+    model alone on the negative prompt's: a plain <lora> stack's cost, with CFG re-centred on the base."""
 
 
 #: Modes that route LoRAs by LoRAtorio's weight maps (and use its patch, temperature and top-k settings).

@@ -21,7 +21,7 @@ the maps of its MIXED rows as a third argument.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -40,6 +40,7 @@ from .composition import (
 )
 from .errors import LoratorioError
 from .params import LoratorioParams
+from .region_hints import Hint, hint_prior
 
 # evaluate(host_rows, branches[, maps]) -> predictions [len(host_rows), C, H, W]; branches: see branches.py (MIXED rows'
 # weight maps [MIXED rows, N, H, W] then come as a third argument).
@@ -57,6 +58,8 @@ class BranchComposer:
     ``labels[i]`` names LoRA i+1 in error messages (e.g. "LoRA 'alice' (alice.safetensors)").
     ``prediction="x0"`` for hosts whose model returns denoised x0 (k-diffusion): similarities are
     then computed on ``x - denoised``, which is proportional to eps for a given row.
+    ``hints[i]``: LoRA i+1's region hint (region_hints.py) or None; they bias the weight maps' SoftMin
+    by the *Region hint strength*.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class BranchComposer:
         *,
         prediction: Prediction = "x0",
         keep_weight_maps: bool = False,
+        hints: Sequence[Optional[Hint]] = (),
     ) -> None:
         if not labels:
             raise LoratorioError("LoRAtorio needs at least one LoRA: add a <loratorio:NAME:STRENGTH> tag.")
@@ -84,6 +88,10 @@ class BranchComposer:
         self.last_weight_maps: dict[int, torch.Tensor] = {}
         self._refresh_maps: dict[int, torch.Tensor] = {}  # fast mode: image -> maps of the last refresh
         self.refresh_steps: set[int] = set()  # fast mode: the steps that evaluated every branch
+        self.hints = list(hints) or [None] * self.n_loras
+        if len(self.hints) != self.n_loras:
+            raise LoratorioError(f"{len(self.hints)} region hints for {self.n_loras} LoRAs.")
+        self._priors: dict[tuple, Optional[torch.Tensor]] = {}  # latent size -> hint prior (Stack: its maps)
 
     # --- planning ---------------------------------------------------------------------------
     def _branches_for(self, is_uncond: bool, step: int, recenter: float) -> list[int]:
@@ -159,6 +167,8 @@ class BranchComposer:
             self._step, self._step_weights = step, {}
         recenter = self.params.recenter if recenter is None else recenter
         limit = min((n for n in (batch_limit, self.params.max_batch) if n), default=None)
+        if self.params.mode is Mode.STACK:
+            return self._stack(x, is_uncond, image_of_row, evaluate, limit)
         if self.params.mode is Mode.FAST:
             recenter = 1.0  # the uncond rows are the base model's on every step of the fast mode
             if not self.params.is_refresh_step(step):
@@ -209,33 +219,52 @@ class BranchComposer:
                 out[rows] = blend(self._applied(weights), loras, base if relative else None).to(out.dtype)
         return out
 
-    # --- fast mode ------------------------------------------------------------------------------
+    # --- one row per host row: the fast mode between refreshes, and Stack -----------------------------------
     def _between_refreshes(self, x: torch.Tensor, is_uncond: Sequence[bool], image_of_row: Sequence[int],
                            evaluate: BranchEvaluator, limit: int | None) -> torch.Tensor | None:
-        """One evaluation per row: prompt rows MIXED by their image's last maps, negative rows the base
-        model. None when an image has no maps yet (the host's first call of it came after the refresh)."""
-        maps_of_row = []
-        for r in range(x.shape[0]):
-            maps = self._refresh_maps.get(int(image_of_row[r]))
-            if maps is None and not is_uncond[r]:
-                return None
-            maps_of_row.append(maps)
+        """Prompt rows MIXED by their image's last maps (the weights they act with, see _applied), negative rows
+        the base model. None when an image has no maps yet (the host's first call of it came after the refresh)."""
+        if any(not is_uncond[r] and int(image_of_row[r]) not in self._refresh_maps for r in range(x.shape[0])):
+            return None
+        return self._one_row_each(x, is_uncond, image_of_row, evaluate, limit,
+                                  lambda image: self._applied(self._refresh_maps[image]), self._refresh_maps.get)
+
+    def _stack(self, x: torch.Tensor, is_uncond: Sequence[bool], image_of_row: Sequence[int],
+               evaluate: BranchEvaluator, limit: int | None) -> torch.Tensor:
+        """Mode Stack: prompt rows with every LoRA at its strength (inside its region where it has a hint: the
+        hint's bias as a factor, e^-strength outside), negative rows the base model."""
+        size = tuple(x.shape[-2:])
+        key = ("stack", *size)
+        if key not in self._priors:
+            prior = hint_prior(self.hints, self.params.hint_strength, *size)
+            self._priors[key] = torch.ones(self.n_loras, *size) if prior is None else prior.exp()
+        maps = self._priors[key].to(x.device)
+        return self._one_row_each(x, is_uncond, image_of_row, evaluate, limit, lambda image: maps,
+                                  lambda image: maps)
+
+    def _one_row_each(self, x: torch.Tensor, is_uncond: Sequence[bool], image_of_row: Sequence[int],
+                      evaluate: BranchEvaluator, limit: int | None, applied: Callable[[int], torch.Tensor],
+                      shown: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """One evaluation per row: prompt rows MIXED, each LoRA acting by ``applied(image)`` [N, H, W], negative
+        rows the base model; ``shown(image)``: the maps the weight-map pictures get for this step."""
         plan = [(r, BASE if is_uncond[r] else MIXED) for r in range(x.shape[0])]
-        template = next((m for m in maps_of_row if m is not None), None)
+        cond = [r for r in range(x.shape[0]) if not is_uncond[r]]
         maps = None
-        if template is not None:
-            maps = torch.stack([m if m is not None else torch.zeros_like(template) for m in maps_of_row])
+        if cond:
+            template = applied(int(image_of_row[cond[0]]))
+            maps = torch.stack([torch.zeros_like(template) if is_uncond[r] else applied(int(image_of_row[r]))
+                                for r in range(x.shape[0])])
         order = sorted(range(len(plan)), key=lambda i: plan[i][1])  # base rows, then mixed rows: two slices
         plan = [plan[i] for i in order]
-        flat = self._run(plan, evaluate, limit, None if maps is None else self._applied(maps[order], dim=1))
+        flat = self._run(plan, evaluate, limit, None if maps is None else maps[order])
         out = torch.empty_like(flat)
         out[order] = flat
         for r in range(x.shape[0]):
             who = BASE_MODEL if is_uncond[r] else f"The LoRAs applied together ({', '.join(self.labels)})"
             check_finite(out[r], who, _kind(bool(is_uncond[r])))
-        if self.keep_weight_maps:  # the maps in use on this step are the last refresh's
-            for image in {int(image_of_row[r]) for r in range(x.shape[0]) if not is_uncond[r]}:
-                self._accumulate(image, self._refresh_maps[image])
+        if self.keep_weight_maps:
+            for image in {int(image_of_row[r]) for r in cond}:
+                self._accumulate(image, shown(image))
         return out
 
     # --- helpers ------------------------------------------------------------------------------
@@ -250,8 +279,13 @@ class BranchComposer:
         if self.prediction == "x0":
             base, loras = x - base, x.unsqueeze(0) - loras
         p = self.params
+        size = tuple(base.shape[-2:])
+        if size not in self._priors:
+            self._priors[size] = hint_prior(self.hints, p.hint_strength, *size)
+        prior = self._priors[size]
         return patch_weights(loras, base, patch_size=p.patch_size, temperature=p.temperature,
-                             top_k=p.top_k or None, selection=p.selection)
+                             top_k=p.top_k or None, selection=p.selection,
+                             prior=None if prior is None else prior.to(base.device))
 
     def _remember(self, rows: list[int], image_of_row: Sequence[int], weights: torch.Tensor) -> None:
         """Per image, the mean weight map of its cond rows (several with AND prompts)."""

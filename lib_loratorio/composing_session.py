@@ -24,6 +24,7 @@ from .errors import LoratorioError
 from .frames import StackedFrames
 from .lora_library import LoraLibrary
 from .network_names import BoundLora, bind_lora
+from .region_hints import Hint
 
 #: Text-encoder components of a LoRA file, left out when the text encoders are not composed.
 TEXT_ENCODERS = ("te1", "te2", "te3")
@@ -42,6 +43,7 @@ class LoraRequest:
     strength: float
     label: str     # the LoRA in error messages, e.g. "LoRA 'alice' (alice.safetensors, <loratorio:alice:1>)"
     asked_in: str  # added to a binding error: "in <loratorio:alice:1>", "LoRA 'alice' in the LoRAtorio LoRA nodes"
+    hint: Optional[Hint] = None  # where the user wants it to act (region_hints.py)
 
 
 class ComposingSession:
@@ -53,6 +55,7 @@ class ComposingSession:
         self.names: list[str] = []
         self.labels: list[str] = []
         self.strengths: list[float] = []
+        self.hints: list[Optional[Hint]] = []
         #: the denoiser the LoRAs are bound to (a UNet or a diffusion transformer)
         self.diffusion_model: Optional[nn.Module] = None
         #: how a video's frames were stacked into the composer's images (frames.py): its weight maps are stacked alike
@@ -88,6 +91,7 @@ class ComposingSession:
         self.loras, self.diffusion_model = loras, components["unet"]
         self.names, self.labels = [r.name for r in kept], [r.label for r in kept]
         self.strengths = [r.strength for r in kept]
+        self.hints = [r.hint for r in kept]
 
     # --- one sampling run ----------------------------------------------------------------------------
     @contextmanager
@@ -114,7 +118,8 @@ class ComposingSession:
         composer = self.composers.get(key)
         if composer is None:
             composer = self.composers[key] = BranchComposer(self.params, self.labels, prediction=prediction,
-                                                            keep_weight_maps=self.params.show_weight_maps)
+                                                            keep_weight_maps=self.params.show_weight_maps,
+                                                            hints=self.hints)
         return composer
 
     def outside_range(self, rows: int, run: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -93,17 +93,21 @@ def softmin_weights(
     temperature: float,
     top_k: Optional[int] = None,
     selection: Selection = Selection.PATCH,
+    prior: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """SoftMin over the LoRA axis (dim 0) of per-patch similarities [N,B,h,w] -> weights.
 
     ``top_k`` keeps only the k most divergent (lowest similarity) LoRAs before the SoftMin: per
     patch, or (``selection="global"``) ranked by the mean similarity over the whole image.
+    ``prior`` [N, h, w] is added to the logits (a log-space bias: region hints, see region_hints.py).
     """
     if not temperature > 0:
         raise InvalidParameterError(f"temperature={temperature} is invalid: it must be > 0.")
     if selection not in Selection.values():
         raise InvalidParameterError(f"selection={selection!r} is invalid: use one of {Selection.values()}.")
     logits = -similarity.float() / temperature
+    if prior is not None:
+        logits = logits + prior.to(logits).unsqueeze(1)
     n = similarity.shape[0]
     if top_k is not None and 0 < top_k < n:
         if selection == Selection.PATCH:
@@ -114,6 +118,17 @@ def softmin_weights(
         keep = torch.zeros_like(similarity, dtype=torch.bool).scatter_(0, keep_idx, True)
         logits = logits.masked_fill(~keep, -math.inf)
     return logits.softmax(dim=0)
+
+
+def patch_means(values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[..., H, W] -> [..., h, w]: each patch's mean over the pixels it has (partial border patches too)."""
+    d = patch_size
+    height, width = values.shape[-2:]
+    pad = (0, (-width) % d, 0, (-height) % d)
+    pattern = "... (h p) (w q) -> ... h w"
+    total = reduce(F.pad(values.float(), pad), pattern, "sum", p=d, q=d)
+    count = reduce(F.pad(torch.ones_like(values[..., :, :], dtype=torch.float32), pad), pattern, "sum", p=d, q=d)
+    return total / count
 
 
 def upsample_weights(weights: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
@@ -131,12 +146,18 @@ def patch_weights(
     temperature: float,
     top_k: Optional[int] = None,
     selection: Selection = Selection.PATCH,
+    prior: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Full-resolution LoRAtorio weights [N,B,H,W] (float32, summing to 1 over N per pixel)."""
+    """Full-resolution LoRAtorio weights [N,B,H,W] (float32, summing to 1 over N per pixel).
+
+    ``prior`` [N, H, W]: a log-space bias on the latent grid (region hints), averaged over each patch.
+    """
     if patch_size < 1:
         raise InvalidParameterError(f"patch_size={patch_size} is invalid: it must be >= 1.")
     sim = patch_similarity(branches, base, patch_size)
-    weights = softmin_weights(sim, temperature, top_k, selection)
+    if prior is not None:
+        prior = patch_means(prior, patch_size)
+    weights = softmin_weights(sim, temperature, top_k, selection, prior)
     return upsample_weights(weights, patch_size, *base.shape[-2:])
 
 

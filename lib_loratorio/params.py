@@ -33,11 +33,12 @@ def _setting(default: Any, label: str, hint: str, *, minimum: Optional[float] = 
 class LoratorioParams:
     enabled: bool = _setting(False, "Enable", "Compose the <loratorio:...> LoRAs at sampling time.")
     mode: Mode = _setting(
-        Mode.FAST, "Mode",
-        "LoRAtorio: patch-wise SoftMin routing, every branch every step. LoRAtorio Fast: the same maps, "
-        "refreshed on a schedule; in between one forward with every LoRA applied where its map says "
-        "(close to a plain step's cost). Composite: plain average of LoRA branches. Switch: one LoRA at a "
-        "time, rotating.")
+        Mode.STACK, "Mode",
+        "Stack: every LoRA at its strength on the prompt (inside its region hint, if any), the base model on "
+        "the negative prompt (a plain <lora> stack's cost). LoRAtorio: patch-wise SoftMin routing, every "
+        "branch every step. LoRAtorio Fast: the same maps, refreshed on a schedule; in between one forward "
+        "with every LoRA applied where its map says (close to a plain step's cost). Composite: plain average "
+        "of LoRA branches. Switch: one LoRA at a time, rotating.")
     patch_size: int = _setting(
         4, "Patch size", "Side of a comparison patch in latent pixels (4 latent px = 32 image px).",
         minimum=1, maximum=64)
@@ -91,6 +92,11 @@ class LoratorioParams:
         "sum: the paper's weights, summing to 1 in each patch (a blend of the branches). max: "
         "divided by the patch's largest weight, so the LoRA that owns a patch acts at full strength there "
         "and the others by their share of it; where none stands out, every LoRA acts fully.")
+    hint_strength: float = _setting(
+        8.0, "Region hint strength",
+        "How strongly a LoRA's region hint (<loratorio:NAME:STRENGTH:left>, a box x0,y0,x1,y1, or a mask in "
+        "ComfyUI) keeps it in its region: the SoftMin's bias against it outside (0 = hints off).",
+        minimum=0.0, maximum=50.0)
 
     def __post_init__(self) -> None:
         self.validate()

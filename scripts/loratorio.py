@@ -32,17 +32,18 @@ ADAPTER.register_callbacks()
 _SLIDERS = {
     "patch_size": (1, 32, 1), "recenter": (0.0, 1.0, 0.05), "top_k": (0, 16, 1), "switch_every": (1, 20, 1),
     "default_strength": (-2.0, 2.0, 0.05), "step_start": (0.0, 1.0, 0.05), "step_end": (0.0, 1.0, 0.05),
-    "refresh_first": (1, 10, 1), "refresh_every": (1, 20, 1),
+    "refresh_first": (1, 10, 1), "refresh_every": (1, 20, 1), "hint_strength": (0.0, 20.0, 0.5),
 }
 # The accordion's layout, row by row: the everyday settings, then the rest under "Advanced" (closed).
 _EVERYDAY_ROWS = (("mode", "show_weight_maps"), ("patch_size", "temperature"), ("recenter", "top_k"),
                   ("refresh_first", "refresh_every"))
-_ADVANCED_ROWS = (("weight_norm", "selection", "switch_every"), ("evaluation", "max_batch"),
+_ADVANCED_ROWS = (("weight_norm", "selection", "switch_every"), ("hint_strength", "evaluation", "max_batch"),
                   ("default_strength", "use_lora_tags"), ("pool", "text_encoder"),
                   ("step_start", "step_end", "outside_steps"), ("weight_map_steps",))
 # Settings that matter only for some values of another setting, and are shown only then.
 _SHOWN_ONLY_WHEN = {
     **{name: ("mode", ROUTING_MODES) for name in ("patch_size", "temperature", "top_k", "selection", "weight_norm")},
+    "hint_strength": ("mode", (*ROUTING_MODES, Mode.STACK)),  # the region hints act in these modes
     "recenter": ("mode", (Mode.LORATORIO,)),  # LoRAtorio Fast always uses the base model's negative prediction
     **{name: ("mode", (Mode.FAST,)) for name in ("refresh_first", "refresh_every")},
     "switch_every": ("mode", (Mode.SWITCH,)),

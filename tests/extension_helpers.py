@@ -23,7 +23,7 @@ UNET_TARGETS = [
 
 def on(**kw):
     """Positional script args as the UI sends them: the accordion's bool, then every setting."""
-    # the tests were written for the paper's method; the defaults (LoRAtorio Fast, weights max) have tests of their own
+    # the tests were written for the paper's method; the defaults (mode Stack) have tests of their own
     values = dataclasses.replace(LoratorioParams(enabled=True, patch_size=4, mode="LoRAtorio", weight_norm="sum"), **kw)
     return [getattr(values, name) for name in SETTINGS]
 
@@ -56,7 +56,7 @@ def pixels(result, index=None):
 EVERYDAY = ("mode", "patch_size", "temperature", "recenter", "top_k", "show_weight_maps", "refresh_first",
             "refresh_every")
 ONLY_IN_LORATORIO_MODES = {"patch_size", "temperature", "recenter", "top_k", "selection", "refresh_first",
-                           "refresh_every", "weight_norm"}
+                           "refresh_every", "weight_norm", "hint_strength"}  # hint_strength: also in Stack
 FAST_ONLY = {"refresh_first", "refresh_every"}
 
 
@@ -81,7 +81,8 @@ def check_accordion_layout(runner):
     def hidden():
         return {n for n, c in by_name.items() if n != "enabled" and not c.visible}
 
-    assert hidden() == {"switch_every", "weight_map_steps", "recenter"}   # the default mode: LoRAtorio Fast
+    # the default mode, Stack: every LoRA everywhere (or in its hinted region), nothing of the routing to set
+    assert hidden() == (ONLY_IN_LORATORIO_MODES - {"hint_strength"}) | {"switch_every", "weight_map_steps"}
     by_name["mode"].fire("change", "Switch")
     assert hidden() == ONLY_IN_LORATORIO_MODES | {"weight_map_steps"}
     by_name["mode"].fire("change", "Composite")
@@ -95,9 +96,9 @@ def check_accordion_layout(runner):
     assert hidden() == {"switch_every", "weight_map_steps"} | FAST_ONLY
 
 
-def merged_model(webui, loras, base=None):
+def merged_model(webui, loras, base=None, text_encoder=False):
     """A copy of ``base`` (SD1.5 by default) with the LoRAs ``{name: strength}`` merged into its UNet weights (what
-    a plain <lora:> does): the oracle of a LoRA branch."""
+    a plain <lora:> does), and into its text encoder with ``text_encoder``: the oracle of a LoRA branch."""
     from lib_loratorio.lora_files import read_lora_file
     from lib_loratorio.network_names import bind_lora
 
@@ -106,18 +107,21 @@ def merged_model(webui, loras, base=None):
         objects = model.forge_objects_original
         model.forge_objects = objects.shallow_copy()
         model.forge_objects_after_applying_lora = objects.shallow_copy()
-    unet = webui.unet(model)
+    components = {"unet": webui.unet(model), **({"te1": webui.text_encoder(model)} if text_encoder else {})}
     with torch.no_grad():
         for name, strength in loras.items():
-            bound = bind_lora(read_lora_file(os.path.join(webui.lora_dir, f"{name}.safetensors")), {"unet": unet})
+            bound = bind_lora(read_lora_file(os.path.join(webui.lora_dir, f"{name}.safetensors")), components)
             for _, module, delta in bound.targets:
                 module.weight += strength * delta.weight_delta(module)
     return model
 
 
-def merged_run(webui, runner, loras, base=None, **kw):
+def merged_run(webui, runner, loras, base=None, text_encoder=False, **kw):
     """The image of ``base`` with ``loras`` merged, LoRAtorio off (the prompt without tags)."""
-    return webui.run(runner, model=merged_model(webui, loras, base), **{"prompt": "a cat", **kw})
+    if text_encoder:  # the WebUI's cond cache would hold the unmerged text encoder's conds of the same prompt
+        webui.processing.StableDiffusionProcessing.cached_c[:] = [None, None]
+        webui.processing.StableDiffusionProcessing.cached_uc[:] = [None, None]
+    return webui.run(runner, model=merged_model(webui, loras, base, text_encoder), **{"prompt": "a cat", **kw})
 
 
 def close(a, b):

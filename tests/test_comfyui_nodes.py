@@ -227,6 +227,41 @@ def test_the_example_workflow_composes_and_shows_weight_maps():
     assert torch.equal(image(run(prompt)), image(composed))  # deterministic; nothing left over from the last run
 
 
+class HalfMask:
+    """A test node: a MASK [1, H, W] white on one half (ComfyUI's own mask nodes are not in the stand-in)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"side": (["left", "right"],), "width": ("INT", {}), "height": ("INT", {})}}
+
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "make"
+
+    def make(self, side, width, height):
+        mask = torch.zeros(1, height, width)
+        mask[..., : width // 2] = 1.0
+        return (mask if side == "left" else 1.0 - mask,)
+
+
+def test_a_region_mask_keeps_its_lora_in_its_region():
+    C.nodes.NODE_CLASS_MAPPINGS["HalfMask"] = HalfMask
+    try:
+        prompt = workflow()
+        for lora_node, side in (("2", "left"), ("3", "right")):
+            prompt[f"m{lora_node}"] = {"class_type": "HalfMask", "inputs": {"side": side, "width": 64, "height": 64}}
+            prompt[lora_node]["inputs"]["region"] = [f"m{lora_node}", 0]
+        hinted = run(prompt)
+        assert hinted["status"]["status_str"] == "success", hinted["status"]
+        maps = image(hinted, "12")  # [2 LoRAs, 64, 64, 3]: the heatmaps over the image
+        diff = (maps[0] - maps[1]).mean(dim=-1)  # the first LoRA's heat minus the second's: the picture cancels
+        assert diff[16:, :32].mean() > 0.2 and diff[16:, 32:].mean() < -0.2
+        plain = image(run(workflow()), "12")  # without masks the LoRAs do not split the image in halves
+        diff = (plain[0] - plain[1]).mean(dim=-1)
+        assert abs(diff[16:, :32].mean() - diff[16:, 32:].mean()) < 0.1
+    finally:
+        del C.nodes.NODE_CLASS_MAPPINGS["HalfMask"]
+
+
 def test_no_lora_in_the_stack_returns_the_model_itself():
     model = C.models.load_checkpoint("standin-sd15")[0]
     apply = C.nodes.NODE_CLASS_MAPPINGS["LoratorioApply"]()
@@ -491,7 +526,7 @@ def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():
 @pytest.mark.parametrize("change, message", [
     (dict(step_start=0.8, step_end=0.5), "'Start at' must be smaller than 'End at'"),
     (dict(patch_size=0), "patch_size=0 is invalid"),
-    (dict(mode="Merge"), "allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch"),
+    (dict(mode="Merge"), "allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch, Stack"),
     (dict(show_weight_maps=False), "turn on 'show_weight_maps'"),
     (dict(loras=("alice.safetensors", "xl_a.safetensors")), "LoRA 'xl_a.safetensors'"),
     (dict(ckpt="standin-flux.safetensors", loras=("flux_a.safetensors", "flux_b.safetensors"), patch_size=3),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from composbench.routing import RoutedComposer, hint_prior
+from composbench.routing import RoutedComposer, world_hints
 from lib_loratorio.params import LoratorioParams
 
 
@@ -53,18 +53,21 @@ def test_relative_rule_is_as_decisive_for_small_as_for_large_divergences():
     assert w_small[0, 0, 0, 1] > 0.99 and w_small[1, 0, 0, 0] > 0.99
 
 
-def test_a_hint_biases_the_softmin_without_replacing_it():
-    base, loras = _two_loras()
+def test_world_hints_are_the_things_regions_and_none_for_backgrounds_and_styles():
+    regions = torch.zeros(3, 2, 2)
+    regions[0, :, 0] = 1
+    hints = world_hints(("zorbot", "brickwall", "pixelart"), regions)
+    assert hints[1] is None and hints[2] is None
+    assert hints[0].mask(2, 2).tolist() == [[1.0, 0.0], [1.0, 0.0]]
+
+
+def test_the_relative_rule_honours_region_hints():
+    base = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)]).unsqueeze(0)
+    loras = torch.stack([base, base])  # no divergence anywhere: only the hints decide
+    loras[0, 0, 1, 0, 0] = 0.01  # (a tiny one, so the relative rule has a mean to divide by)
     regions = torch.zeros(2, 2, 2)
-    regions[0, :, 1] = 1  # a: right column; b: left column
-    regions[1, :, 0] = 1
-    prior = hint_prior(("zorbot", "kittra"), regions, strength=3.0)
-    assert prior[0].tolist() == [[-3.0, 0.0], [-3.0, 0.0]]
-    c = RoutedComposer(LoratorioParams(patch_size=1, temperature=0.5), ["a", "b"], prior=prior, prediction="eps")
+    regions[0, :, 0], regions[1, :, 1] = 1, 1
+    c = RoutedComposer(LoratorioParams(patch_size=1, temperature=0.5, hint_strength=6.0), ["a", "b"],
+                       rule="relative", prediction="eps", hints=world_hints(("zorbot", "kittra"), regions))
     w = _weights(c, base, loras)
-    # bottom right: equal cosines, the hint decides: a ahead by e^3
-    assert w[0, 0, 1, 1].item() == pytest.approx(1 / (1 + math.exp(-3)))
-    # top right: a diverges (cos 0 vs 1: logit 2 ahead) and is hinted (3 ahead): both add
-    assert w[0, 0, 0, 1].item() == pytest.approx(1 / (1 + math.exp(-5)))
-    # backgrounds and styles get no hint, whatever their region
-    assert hint_prior(("zorbot", "brickwall"), regions, 3.0)[1].abs().max() == 0
+    assert w[0, 0, 1, 0] > 0.99 and w[1, 0, 1, 1] > 0.99

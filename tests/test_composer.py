@@ -343,3 +343,28 @@ def test_fast_mode_mixes_by_the_owner_weights_with_weight_norm_max():
     _, branches, maps = model.calls[1]
     assert branches[0] == MIXED
     torch.testing.assert_close(maps[0], owner_weights(comp._refresh_maps[0]))
+
+
+def test_stack_runs_every_lora_on_the_prompt_rows_and_the_base_on_the_negative_rows():
+    from lib_loratorio.region_hints import parse_region
+    x = torch.randn(4, C, H, W)  # two images: prompt rows 0 and 2, negative rows 1 and 3
+    model = MixingModel(x)
+    comp = composer(params(mode="Stack"), keep_weight_maps=True)
+    outs = [comp(x, [False, True, False, True], [0, 0, 1, 1], step=s, evaluate=model) for s in range(3)]
+    assert not comp.refresh_steps  # no branch runs alone: two rows a step, as a plain step
+    for (rows, branches, maps), out in zip(model.calls, outs, strict=True):
+        assert sorted(zip(rows, branches, strict=True)) == [(0, MIXED), (1, 0), (2, MIXED), (3, 0)]
+        assert torch.equal(maps, torch.ones(2, N, H, W))  # every LoRA fully, everywhere
+        for r in (0, 2):   # base + every LoRA's change
+            torch.testing.assert_close(out[r], model.predict(r, 0) + model.bumps[1:].sum(0))
+        for r in (1, 3):
+            torch.testing.assert_close(out[r], model.predict(r, 0))
+    assert torch.equal(comp.mean_weight_maps()[1], torch.ones(N, H, W))
+    # with region hints each hinted LoRA acts inside its region (e^-strength outside); the others everywhere
+    model = MixingModel(x[:2])
+    hinted = composer(params(mode="Stack", hint_strength=4.0), hints=[parse_region("left"), None, None])
+    hinted(x[:2], [False, True], [0, 0], step=0, evaluate=model)
+    maps = model.calls[0][2][0]
+    assert torch.equal(maps[0, :, : W // 2], torch.ones(H, W // 2))
+    torch.testing.assert_close(maps[0, :, W // 2:], torch.full((H, W // 2), torch.tensor(-4.0).exp().item()))
+    assert torch.equal(maps[1:], torch.ones(N - 1, H, W))

@@ -11,7 +11,7 @@ from lib_loratorio.params import LoratorioParams
 
 def test_defaults_are_valid_and_off():
     p = LoratorioParams()
-    assert not p.enabled and p.mode == "LoRAtorio Fast" and p.weight_norm == "max" and p.patch_size == 4
+    assert not p.enabled and p.mode == "Stack" and p.weight_norm == "max" and p.patch_size == 4
     assert [s for s in range(20) if p.is_refresh_step(s)] == [0, 10]        # refresh first 1, every 10
     assert [s for s in range(8) if LoratorioParams(refresh_first=2, refresh_every=3).is_refresh_step(s)] == [0, 1, 3, 6]
     assert p.temperature == 0.05 and p.recenter == 0.5 and p.top_k == 0 and p.max_batch == 0
@@ -24,7 +24,8 @@ def test_defaults_are_valid_and_off():
     ("temperature", -1, "temperature=-1.0 is invalid"),
     ("temperature", "warm", "temperature='warm' is invalid: expected float"),
     ("recenter", 1.5, "recenter=1.5 is invalid: it must be between 0.0 and 1.0"),
-    ("mode", "Blend", "mode='Blend' is invalid: allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch"),
+    ("mode", "Blend", "mode='Blend' is invalid: allowed values are LoRAtorio, LoRAtorio Fast, Composite, Switch, "
+                      "Stack"),
     ("selection", "pixel", "allowed values are patch, global"),
     ("enabled", "maybe", "enabled='maybe' is invalid: expected bool"),
     ("top_k", -1, "top_k=-1 is invalid"),
@@ -86,4 +87,4 @@ def test_choice_settings_are_enum_members_whose_strings_are_the_ui_and_infotext_
     assert (fields["LoRAtorio mode"], fields["LoRAtorio text encoder"]) == ("Switch", "UNet only")
     assert LoratorioParams.from_infotext(fields) == p
     assert LoratorioParams.__dataclass_fields__["mode"].metadata["choices"] == (
-        "LoRAtorio", "LoRAtorio Fast", "Composite", "Switch")
+        "LoRAtorio", "LoRAtorio Fast", "Composite", "Switch", "Stack")

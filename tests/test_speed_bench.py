@@ -12,7 +12,7 @@ def test_speed_bench_reports_every_ratio(capsys, one_thread):
                          "--compose-latent", "16", "--json"])
     assert json.loads(capsys.readouterr().out)["rows"][1]["n"] == 2
     for row in report["rows"]:
-        for key in ("loratorio_ratio", "loratorio_recenter1_ratio", "fast_mode_ratio", "loop_ratio",
+        for key in ("loratorio_ratio", "loratorio_recenter1_ratio", "fast_mode_ratio", "stack_ratio", "loop_ratio",
                     "merge_per_branch_ratio", "merged_step_ratio", "merge_once_ratio"):
             assert row[key] > 0
         assert row["batched_vs_loop_max_diff"] < 1e-4      # one batched forward == separate forwards

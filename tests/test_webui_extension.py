@@ -89,6 +89,50 @@ def test_two_tags_compose_and_write_infotext(webui, runner):
     assert close(pixels(twice), pixels(webui.run(runner, on(), prompt="a cat <loratorio:alice:0.8>")))
 
 
+def _heat(image) -> np.ndarray:
+    """A weight-map picture's luminance below its caption band."""
+    a = np.asarray(image.convert("L"), dtype=np.float32)
+    return a[a.shape[0] // 4:]
+
+
+def test_region_hints_keep_each_lora_in_its_region(webui, runner):
+    # two LoRAs hinted to the two halves: each one's heatmap minus the other's (the picture under both cancels)
+    # is bright on its own half and dark on the other; the hint strength is in the infotext
+    hinted = webui.run(runner, on(show_weight_maps=True),
+                       prompt="a cat <loratorio:alice:0.8:left> <loratorio:hat:1:0.5,0,1,1>")
+    alice, hat = (_heat(im) for im in hinted.images[hinted.index_of_first_image + 1:])
+    diff = alice - hat
+    half = diff.shape[1] // 2
+    assert diff[:, :half].mean() > 50 and diff[:, half:].mean() < -50
+    params = webui.infotext_utils.parse_generation_parameters(hinted.infotexts[0])
+    assert params["LoRAtorio region hint strength"] == "8.0" and "<loratorio:alice:0.8:left>" in params["Prompt"]
+    # without hints the same LoRAs share the image: no such split
+    plain = webui.run(runner, on(show_weight_maps=True))
+    alice, hat = (_heat(im) for im in plain.images[plain.index_of_first_image + 1:])
+    assert abs((alice - hat)[:, :half].mean() - (alice - hat)[:, half:].mean()) < 30
+    # hint strength 0 turns the hints off: the image of the tags without regions
+    off = webui.run(runner, on(hint_strength=0.0), prompt="a cat <loratorio:alice:0.8:left> <loratorio:hat:1:right>")
+    assert np.array_equal(pixels(off), pixels(webui.run(runner, on())))
+
+
+def test_stack_is_the_merged_loras_on_the_prompt_and_the_base_on_the_negative_prompt(webui, runner):
+    seen, handle = unet_rows(webui)
+    try:
+        stack = webui.run(runner, on(mode="Stack"), steps=3)
+    finally:
+        handle.remove()
+    assert seen == [2] * 3  # one prompt row and one negative-prompt row a step, as the plain WebUI
+    # at CFG 1 only the prompt's prediction counts: every LoRA merged at its strength
+    at_cfg_1 = webui.run(runner, on(mode="Stack"), steps=3, cfg_scale=1.0)
+    both = {"alice": 0.8, "hat": 1.0}
+    assert close(pixels(at_cfg_1), pixels(merged_run(webui, runner, both, steps=3, cfg_scale=1.0)))
+    # at CFG 7 the negative prompt's prediction is the base model's, where a merge's is the merged model's
+    merged = merged_run(webui, runner, both, steps=3)
+    assert not close(pixels(stack), pixels(merged))
+    params = webui.infotext_utils.parse_generation_parameters(stack.infotexts[0])
+    assert params["LoRAtorio mode"] == "Stack"
+
+
 def test_one_lora_without_recentring_equals_the_merged_model(webui, runner):
     composed = webui.run(runner, on(recenter=0.0), prompt="a cat <loratorio:alice:0.8>")
     assert close(pixels(composed), pixels(merged_run(webui, runner, {"alice": 0.8})))
@@ -128,6 +172,18 @@ def test_text_encoder_parts_condition_their_own_branch(webui, runner, capsys):
     webui.processing.StableDiffusionProcessing.cached_c[:] = [None, None]
     webui.processing.StableDiffusionProcessing.cached_uc[:] = [None, None]
     assert np.array_equal(pixels(plain), pixels(webui.run(runner, prompt="a cat")))
+
+
+def test_stack_applies_every_loras_text_encoder_parts_to_the_prompt(webui, runner, capsys):
+    # at CFG 1 Stack is the model with the LoRAs merged, text encoder included; without its parts it is not
+    both = "a cat <loratorio:te_only:1> <loratorio:alice:0.8>"
+    stack = webui.run(runner, on(mode="Stack"), prompt=both, steps=3, cfg_scale=1.0)
+    merged = merged_run(webui, runner, {"te_only": 1.0, "alice": 0.8}, text_encoder=True, steps=3, cfg_scale=1.0)
+    assert close(pixels(stack), pixels(merged))
+    unet_only = webui.run(runner, on(mode="Stack", text_encoder="UNet only"), prompt=both, steps=3, cfg_scale=1.0)
+    assert close(pixels(unet_only), pixels(merged_run(webui, runner, {"alice": 0.8}, steps=3, cfg_scale=1.0)))
+    assert not close(pixels(stack), pixels(unet_only))
+    assert "base text conditioning" not in capsys.readouterr().out
 
 
 def test_prompt_lora_tags_as_branches_and_subfolder_names(webui, runner):
@@ -199,17 +255,18 @@ def test_fast_mode_with_hires_batch_and_weight_maps(webui, runner):
     assert len(result.images) == result.index_of_first_image + 4 + 4 * 2
 
 
-def test_the_defaults_are_loratorio_fast_with_owner_weights_and_old_infotexts_keep_their_weights(webui, runner):
+def test_the_defaults_are_stack_and_old_infotexts_keep_their_mode_and_weights(webui, runner):
     seen, handle = unet_rows(webui)
     try:
         default = webui.run(runner, [True] + [getattr(LoratorioParams(), n) for n in SETTINGS[1:]], steps=6)
     finally:
         handle.remove()
-    assert seen == [4, 2, 2, 2, 2, 2]                       # refresh first 1, every 10: step 1 of 6
+    assert seen == [2] * 6                                  # mode Stack: two rows a step, no refresh step
     params = webui.infotext_utils.parse_generation_parameters(default.infotexts[0])
-    assert (params["LoRAtorio mode"], params["LoRAtorio weights"]) == ("LoRAtorio Fast", "max")
+    assert params["LoRAtorio mode"] == "Stack"
     script = runner.alwayson_scripts[0]
-    old = default.infotexts[0].replace(", LoRAtorio weights: max", "")   # an image from before the setting
+    fast = webui.run(runner, on(mode="LoRAtorio Fast", weight_norm="max"), steps=2).infotexts[0]
+    old = fast.replace(", LoRAtorio weights: max", "")   # an image from before the Weights setting
     pasted = webui.infotext_utils.paste_values(script.infotext_fields, old)
     by_name = dict(zip(SETTINGS, pasted, strict=True))
     assert by_name["weight_norm"]["value"] == "sum" and by_name["mode"]["value"] == "LoRAtorio Fast"

@@ -62,7 +62,8 @@ def apply_loratorio(patcher: Any, stack: Optional[LoraStack], params: LoratorioP
     session = ComfySession(params)
     # bindings belong to this Apply's session: ComfyUI says nothing when it unloads a model
     session.bind((LoraRequest(e.name, e.path, e.strength, label=f"LoRA '{e.name}'",
-                              asked_in=f"LoRA '{e.name}' in the LoRAtorio LoRA nodes") for e in entries),
+                              asked_in=f"LoRA '{e.name}' in the LoRAtorio LoRA nodes", hint=e.region)
+                  for e in entries),
                  {"unet": unet}, keep_bindings=False)
     for bound in session.loras:
         if bound.not_applied():

@@ -17,6 +17,7 @@ import folder_paths
 
 from ..errors import LoratorioError
 from ..params import LoratorioParams
+from ..region_hints import MaskHint
 from .branch_text import encode_with_branches
 from .composing import apply_loratorio, session_of
 from .settings import params_from_inputs, setting_inputs
@@ -40,7 +41,12 @@ class LoratorioLora:
                                        "max": _STRENGTH.metadata["max"], "step": 0.01,
                                        "tooltip": "Its strength on its own branch (0 leaves it out)."}),
             },
-            "optional": {"stack": (STACK_TYPE, {"tooltip": "LoRAs of LoRAtorio LoRA nodes before this one."})},
+            "optional": {
+                "stack": (STACK_TYPE, {"tooltip": "LoRAs of LoRAtorio LoRA nodes before this one."}),
+                "region": ("MASK", {"tooltip": "Optional region hint: where this LoRA should act (white). It biases "
+                                               "the weight maps by LoRAtorio Apply's hint_strength instead of "
+                                               "replacing them; a LoRA without one competes everywhere."}),
+            },
         }
 
     RETURN_TYPES = (STACK_TYPE,)
@@ -48,12 +54,16 @@ class LoratorioLora:
     FUNCTION = "add"
     CATEGORY = CATEGORY
 
-    def add(self, lora_name: str, strength: float, stack: Optional[LoraStack] = None) -> tuple[LoraStack]:
+    def add(self, lora_name: str, strength: float, stack: Optional[LoraStack] = None,
+            region: Optional[Any] = None) -> tuple[LoraStack]:
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
             raise LoratorioError(f"LoRA '{lora_name}' is not in ComfyUI's models/loras folders (any more): pick "
                                  "another in LoRAtorio LoRA, or press R to refresh the lists.")
-        return (pushed(stack, StackEntry(lora_name, path, float(strength))),)
+        hint = None
+        if region is not None:  # ComfyUI's MASK: [H, W] or [B, H, W]; the first mask of a batch
+            hint = MaskHint(region[0] if region.dim() == 3 else region)
+        return (pushed(stack, StackEntry(lora_name, path, float(strength), hint)),)
 
 
 class LoratorioApply:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..region_hints import MaskHint
+
 STACK_TYPE = "LORATORIO_STACK"
 
 
@@ -13,6 +15,7 @@ class StackEntry:
     name: str  # as ComfyUI lists it under models/loras (a subfolder path included)
     path: str
     strength: float
+    region: Optional[MaskHint] = None  # a MASK as the LoRA's region hint
 
 
 #: Immutable, so that ComfyUI's cache of node outputs can keep it.

@@ -19,8 +19,8 @@ from torch import nn
 from modules import prompt_parser, shared
 
 from ..branch_runner import BranchRunner
-from ..branches import lora_branch, lora_of
-from ..choices import TextEncoder
+from ..branches import MIXED, lora_of
+from ..choices import Mode, TextEncoder
 from ..composing_session import LIBRARY, ComposingSession, LoraRequest, WeightMaps
 from ..image_tokens import check_patch_size
 from ..params import LoratorioParams
@@ -141,7 +141,8 @@ class Session(ComposingSession):
                 entry = resolve_lora(lora.name, lora.source)
                 entries.append(entry)
                 yield LoraRequest(lora.name, entry.filename, lora.strength, asked_in=f"in {lora.source}",
-                                  label=f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})")
+                                  label=f"LoRA '{lora.name}' ({os.path.basename(entry.filename)}, {lora.source})",
+                                  hint=lora.region)
 
         self.bind(resolved(), components, keep_bindings=True)  # the model-loaded callback forgets them
         self.bound_model, self.bound_checkpoint = sd_model, checkpoint_of(sd_model)
@@ -185,14 +186,18 @@ class Session(ComposingSession):
         def get_conds_with_caching(function, required_prompts, steps, caches, extra_network_data, hires_steps=None):
             result = original(function, required_prompts, steps, caches, extra_network_data, hires_steps)
             if self.error is None and any(self.has_text_encoder) and self.composes_on(shared.sd_model):
+                # per LoRA with text-encoder parts its own conds; in Stack, last, every LoRA's parts at once
+                stack = self.params.mode is Mode.STACK
+                groups = [[i] if has_te and not stack else [] for i, has_te in enumerate(self.has_text_encoder)]
+                groups += [[i for i, has_te in enumerate(self.has_text_encoder) if has_te]] if stack else []
                 per_branch = []
-                for i, has_te in enumerate(self.has_text_encoder):
-                    if not has_te:
+                for group in groups:
+                    if not group:
                         per_branch.append(None)
                         continue
-                    with BranchRunner([self.loras[i]], [self.strengths[i]], build_cache_bytes(),
-                                      labels=[self.labels[i]]) as runner, \
-                            runner.whole_batch(lora_branch(0)):
+                    with BranchRunner([self.loras[i] for i in group], [self.strengths[i] for i in group],
+                                      build_cache_bytes(), labels=[self.labels[i] for i in group]) as runner, \
+                            runner.whole_batch(MIXED):
                         per_branch.append(original(function, required_prompts, steps, [[None, None]],
                                                    extra_network_data, hires_steps))
                 self.branch_conds[id(result)] = per_branch
@@ -209,7 +214,8 @@ class Session(ComposingSession):
         """
         key = (id(sampler_args.get("cond")), id(sampler_args.get("uncond")), step, branch)
         if key not in self._branch_text:
-            self._branch_text[key] = self._reconstruct_branch_text(sampler_args, step, lora_of(branch))
+            index = len(self.loras) if branch == MIXED else lora_of(branch)  # Stack's every-LoRA conds: last
+            self._branch_text[key] = self._reconstruct_branch_text(sampler_args, step, index)
         return self._branch_text[key]
 
     def _reconstruct_branch_text(self, sampler_args: dict, step: int, lora: int) -> tuple[Any, Any] | None:
@@ -223,7 +229,10 @@ class Session(ComposingSession):
         return prompt_parser.reconstruct_multicond_batch(conds[lora], step)[1], uncond
 
     def has_own_text(self, branch: int) -> bool:
-        """Whether branch ``branch`` runs a LoRA with text-encoder parts (the base and MIXED rows use the base text)."""
+        """Whether branch ``branch`` has text conditioning of its own: a LoRA with text-encoder parts, and in Stack
+        the MIXED rows (every LoRA's parts at once; in the fast mode MIXED rows use the base text)."""
+        if branch == MIXED:
+            return self.params.mode is Mode.STACK and any(self.has_text_encoder)
         lora = lora_of(branch)
         return lora is not None and self.has_text_encoder[lora]
 

@@ -1,4 +1,4 @@
-"""The ``<loratorio:NAME:STRENGTH>`` tags of a prompt, read into the LoRAs a generation asks for.
+"""The ``<loratorio:NAME:STRENGTH[:REGION]>`` tags of a prompt, read into the LoRAs a generation asks for.
 
 The WebUI's extra-network parser splits a tag at ``:`` into ``ExtraNetworkParams`` (``items``,
 ``positional``, ``named``); ``extra_network.py`` receives them.
@@ -10,12 +10,15 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import LoratorioError
+from ..region_hints import FORMS, Box, parse_region
 
 EXTRA_NETWORK_NAME = "loratorio"
 _RIGHT_FORM = (f"write <{EXTRA_NETWORK_NAME}:NAME:STRENGTH>, e.g. <{EXTRA_NETWORK_NAME}:alice:0.8> "
-               "(without a strength the Default strength setting applies)")
+               "(without a strength the Default strength setting applies), or with a region hint "
+               f"<{EXTRA_NETWORK_NAME}:alice:0.8:left>")
 # What the WebUI's extra-network parser leaves in a prompt: it needs a name and a closing '>'.
 _STRAY_TAG = re.compile(rf"<{EXTRA_NETWORK_NAME}:[^<>]*>?")
 
@@ -28,6 +31,7 @@ class RequestedLora:
     name: str
     strength: float
     source: str
+    region: Optional[Box] = None  # the tag's region hint
 
 
 def tag_text(tag) -> str:
@@ -51,7 +55,15 @@ def read_tags(tags: Iterable, default_strength: float) -> list[RequestedLora]:
             strength = math.nan
         if not math.isfinite(strength):
             raise LoratorioError(f'In the tag "{text}" the strength must be a number: {_RIGHT_FORM}.')
-        out.append(RequestedLora(name, strength, text))
+        region = None
+        raw_region = ":".join(map(str, tag.positional[2:])) or tag.named.get("region")
+        if raw_region:
+            try:
+                region = parse_region(str(raw_region))
+            except LoratorioError as err:
+                raise LoratorioError(f'In the tag "{text}" the region hint is not readable: {err} '
+                                     f'(its third part: {FORMS}).') from None
+        out.append(RequestedLora(name, strength, text, region))
     return out
 
 
