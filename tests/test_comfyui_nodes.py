@@ -379,6 +379,38 @@ def test_text_encode_gives_each_branch_its_lora_text_encoder_part(ckpt, lora):
     assert not torch.allclose(per_branch, unet_only, atol=1e-3)
 
 
+def _lora_loaders(prompt, loras):
+    """``without_loratorio(prompt)`` with one ComfyUI LoraLoader (model and CLIP) per (LoRA, strength), chained."""
+    merged = without_loratorio(prompt)
+    model, clip = ["1", 0], ["1", 1]
+    for i, (lora, strength) in enumerate(loras):
+        node = str(13 + i)
+        merged[node] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
+                                                              "strength_model": strength, "strength_clip": strength}}
+        model, clip = [node, 0], [node, 1]
+    for node in ("5", "6"):
+        merged[node] = {"class_type": "CLIPTextEncode", "inputs": {"text": merged[node]["inputs"]["text"], "clip": clip}}
+    merged["8"]["inputs"]["model"] = model
+    return merged
+
+
+@pytest.mark.parametrize("ckpt, te_lora, other", [
+    ("standin-sd15.safetensors", "sub/with_te.safetensors", "sub/comfy_style.safetensors"),
+    ("standin-z-image.safetensors", "z-image/with_te.safetensors", "z-image/a.safetensors")])
+def test_stack_with_text_encode_gives_the_prompt_rows_every_loras_text_encoder_parts(ckpt, te_lora, other):
+    """Stack at CFG 1 (ComfyUI then computes the prompt rows only) with LoRAtorio Text Encode is the LoRAs merged
+    into the model and the text encoder: LoraLoaders chained, whether one LoRA of two or both have text parts."""
+    for loras in ((te_lora, other), (te_lora, te_lora)):
+        prompt = _with_text_encode(workflow(ckpt, loras, mode="Stack"))
+        prompt["8"]["inputs"]["cfg"] = 1.0
+        stacked = image(run(prompt))
+        merged = _lora_loaders(prompt, list(zip(loras, (0.8, 1.0), strict=True)))
+        assert torch.allclose(stacked, image(run(merged)), atol=1e-4)
+    unet_only = workflow(ckpt, loras, mode="Stack")
+    unet_only["8"]["inputs"]["cfg"] = 1.0
+    assert not torch.allclose(stacked, image(run(unet_only)), atol=1e-3)
+
+
 def test_text_encode_without_loratorio_apply_gives_the_prompts_image():
     prompt = _with_text_encode(workflow(loras=("sub/with_te.safetensors", "alice.safetensors")))
     plain = without_loratorio(workflow())

@@ -9,6 +9,9 @@ strength 0, so that ComfyUI turns them into model conditioning exactly as it doe
 Flux.2's padding, SDXL's size embedding, Lumina's token count...), and a sampler without LoRAtorio gives the
 base image (those entries weigh nothing; they still cost a model evaluation each).
 
+For the Stack mode, whose prompt rows run every LoRA at once, the text is also encoded with every LoRA's
+text-encoder parts together (as a stack of ``<lora>`` tags does), when two or more LoRAs of the stack have them.
+
 While sampling, LoRAtorio's ``CALC_COND_BATCH`` wrapper takes the branch entries out of the conds before ComfyUI
 batches them (:func:`split_branch_conds`); the model wrapper then gives a LoRA branch's rows its entry's tensors
 (:func:`substitute_row`) where the row's chunk came from the base entry (``transformer_options["uuids"]``).
@@ -23,7 +26,7 @@ from typing import Any, Optional
 import torch
 
 from ..branch_runner import BranchRunner
-from ..branches import lora_branch
+from ..branches import MIXED, lora_branch
 from ..composing_session import LIBRARY
 from ..errors import LoratorioError
 from ..network_names import bind_lora
@@ -32,28 +35,45 @@ from .stack import LoraStack, StackEntry
 
 BASE_KEY = "loratorio_text"       # on the prompt's own entries: an id their branch entries name
 BRANCH_KEY = "loratorio_branch"   # on a branch's entries: (the base entries' id, LoRA name, strength)
-#: uuid of a base conditioning entry -> {LoRA index: that LoRA's model conditioning (name -> ComfyUI COND)}
+STACK_KEY = "loratorio_stack"     # on the every-LoRA entries: (the base entries' id, ((LoRA name, strength), ...))
+#: uuid of a base conditioning entry -> {LoRA index, or MIXED for every LoRA at once: that model conditioning
+#: (name -> ComfyUI COND)}
 BranchConds = dict[Any, dict[int, dict[str, Any]]]
 
 
 def encode_with_branches(clip: Any, text: str, stack: Optional[LoraStack]) -> list:
     """CONDITIONING of ``text``: CLIPTextEncode's entries, then per LoRA of ``stack`` with text-encoder parts its
-    own encoding as entries of strength 0 marked for LoRAtorio."""
+    own encoding, and with two or more such LoRAs the encoding with all of their parts (the Stack mode's), as
+    entries of strength 0 marked for LoRAtorio."""
     tokens = clip.tokenize(text)
     base = clip.encode_from_tokens_scheduled(tokens)
     text_id = uuid.uuid4().hex
     out = [[cond, {**extras, BASE_KEY: text_id}] for cond, extras in base]
     components = text_encoder_components(dict(clip.cond_stage_model.named_children()))
+    with_parts = []
     for entry in (e for e in stack or () if e.strength != 0):
         bound = _bound_text_parts(entry, components)
         if bound is None:
             continue
-        with BranchRunner([bound], [entry.strength], labels=[f"LoRA '{entry.name}'"]) as runner, \
-                runner.whole_batch(lora_branch(0)):
-            encoded = clip.encode_from_tokens_scheduled(tokens)
-        out += [[cond, {**extras, BRANCH_KEY: (text_id, entry.name, entry.strength), "strength": 0.0}]
-                for cond, extras in encoded]
+        with_parts.append((entry, bound))
+        out += _marked(_encoded(clip, tokens, [(entry, bound)], lora_branch(0)),
+                       {BRANCH_KEY: (text_id, entry.name, entry.strength)})
+    if len(with_parts) > 1:
+        pairs = tuple((entry.name, entry.strength) for entry, _ in with_parts)
+        out += _marked(_encoded(clip, tokens, with_parts, MIXED), {STACK_KEY: (text_id, pairs)})
     return out
+
+
+def _encoded(clip: Any, tokens: Any, loras: list[tuple[StackEntry, Any]], branch: int) -> list:
+    """``tokens`` encoded with the text-encoder parts of ``loras`` ((entry, bound LoRA)) applied, as ``branch``."""
+    with BranchRunner([bound for _, bound in loras], [entry.strength for entry, _ in loras],
+                      labels=[f"LoRA '{entry.name}'" for entry, _ in loras]) as runner, runner.whole_batch(branch):
+        return clip.encode_from_tokens_scheduled(tokens)
+
+
+def _marked(encoded: list, mark: dict) -> list:
+    """Conditioning entries of strength 0 carrying LoRAtorio's ``mark``."""
+    return [[cond, {**extras, **mark, "strength": 0.0}] for cond, extras in encoded]
 
 
 def _bound_text_parts(entry: StackEntry, components: dict) -> Any:
@@ -68,22 +88,32 @@ def _bound_text_parts(entry: StackEntry, components: dict) -> Any:
 
 
 def split_branch_conds(conds: Sequence[Optional[list]], loras: Sequence[tuple[str, float]]) -> tuple[list, BranchConds]:
-    """``conds`` (ComfyUI's cond lists of a model call: prompt, negative prompt...) without the branch entries, and
+    """``conds`` (ComfyUI's cond lists of a model call: prompt, negative prompt...) without LoRAtorio's entries, and
     those entries' model conditioning by the uuid of their base entry and the index of their LoRA in ``loras``
-    ((name, strength) of the LoRAs being composed; a branch of another LoRA is dropped)."""
+    ((name, strength) of the LoRAs being composed; a branch of another LoRA is dropped). Under MIXED: the text with
+    every composed LoRA's text-encoder parts (the one LoRA's own where only one has them), for the Stack mode."""
+    loras = list(loras)
     kept, branches = [], {}
     for cond_list in conds:
         if cond_list is None:
             kept.append(None)
             continue
         base_of = {c[BASE_KEY]: c["uuid"] for c in cond_list if BASE_KEY in c}
-        kept.append([c for c in cond_list if BRANCH_KEY not in c])
+        kept.append([c for c in cond_list if BRANCH_KEY not in c and STACK_KEY not in c])
+        stacked = {}
         for c in cond_list:
-            if BRANCH_KEY not in c:
-                continue
-            text_id, name, strength = c[BRANCH_KEY]
-            if (name, strength) in loras and text_id in base_of:
-                branches.setdefault(base_of[text_id], {})[list(loras).index((name, strength))] = c["model_conds"]
+            if BRANCH_KEY in c:
+                text_id, name, strength = c[BRANCH_KEY]
+                if (name, strength) in loras and text_id in base_of:
+                    branches.setdefault(base_of[text_id], {})[loras.index((name, strength))] = c["model_conds"]
+            elif STACK_KEY in c and c[STACK_KEY][0] in base_of:
+                text_id, pairs = c[STACK_KEY]
+                stacked[base_of[text_id]] = (pairs, c["model_conds"])
+        for base, own in branches.items():
+            if len(own) == 1:
+                own[MIXED] = next(iter(own.values()))
+            elif base in stacked and {loras[i] for i in own} == set(stacked[base][0]):
+                own[MIXED] = stacked[base][1]
     return kept, branches
 
 

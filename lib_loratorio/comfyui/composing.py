@@ -22,7 +22,8 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
   hold whole tokens (``image_tokens.check_patch_size``: even for 2x2-packed latents).
 - Text encoders per branch: ComfyUI encodes the prompt before sampling, in a node. With LoRAtorio Text Encode the
   CONDITIONING carries each LoRA branch's own encoding (branch_text.py); the ``CALC_COND_BATCH`` wrapper takes those
-  entries out and the model wrapper gives each LoRA branch's rows its own text. With CLIPTextEncode every branch has
+  entries out and the model wrapper gives each LoRA branch's rows its own text (in Stack, the prompt rows the text with
+  every LoRA's text-encoder parts). With CLIPTextEncode every branch has
   the base text (a LoRA's text-encoder part is then ignored: "UNet only").
 """
 
@@ -35,7 +36,8 @@ from typing import Any, Optional
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..branches import lora_of
+from ..branches import MIXED, lora_of
+from ..choices import Mode
 from ..composing_session import LoraRequest
 from ..errors import LoratorioError
 from ..image_tokens import check_patch_size
@@ -141,15 +143,16 @@ class ComfySession(WrapperSession):
         return comfy.model_management.get_free_memory(device)
 
     def branch_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
-        """The rows ``idx`` of the call, a LoRA branch's rows with that LoRA's own text where LoRAtorio Text Encode
-        made one for the prompt its chunk came from."""
+        """The rows ``idx`` of the call, a LoRA branch's rows (in Stack the every-LoRA rows) with their own text where
+        LoRAtorio Text Encode made one for the prompt their chunk came from."""
         sub = call.rows(idx, layout)
         uuids = call.args["c"].get("transformer_options", {}).get("uuids")
         if not self.branch_text or uuids is None:
             return sub
+        stack = self.params.mode is Mode.STACK
         for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
-            lora = lora_of(branch)
-            model_conds = None if lora is None else self.branch_text.get(uuids[row // layout.per_chunk], {}).get(lora)
+            own = MIXED if branch == MIXED and stack else lora_of(branch)  # Stack's rows: every LoRA's text parts
+            model_conds = None if own is None else self.branch_text.get(uuids[row // layout.per_chunk], {}).get(own)
             if model_conds is not None and not substitute_row(sub["c"], j, model_conds):
                 LOG.warning("[LoRAtorio] a LoRA branch's own text conditioning does not fit its rows; it uses the "
                             "prompt's (prompts of other lengths in one batch?)")
