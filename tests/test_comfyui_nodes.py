@@ -389,7 +389,8 @@ def _lora_loaders(prompt, loras):
                                                               "strength_model": strength, "strength_clip": strength}}
         model, clip = [node, 0], [node, 1]
     for node in ("5", "6"):
-        merged[node] = {"class_type": "CLIPTextEncode", "inputs": {"text": merged[node]["inputs"]["text"], "clip": clip}}
+        merged[node] = {"class_type": "CLIPTextEncode",
+                        "inputs": {"text": merged[node]["inputs"]["text"], "clip": clip}}
     merged["8"]["inputs"]["model"] = model
     return merged
 

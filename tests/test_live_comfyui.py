@@ -191,6 +191,30 @@ def test_text_encode_with_one_lora_equals_lora_loader_with_its_clip_part(info, w
     assert abs(ours - theirs).max() <= 1
 
 
+def test_stack_with_text_encode_at_cfg_1_equals_lora_loaders_of_both(workflow):
+    """Stack with LoRAtorio Text Encode at CFG 1 (ComfyUI then computes the prompt's rows only) against both LoRAs
+    merged into the model and the CLIP by two chained LoraLoaders, within one level."""
+    prompt = copy.deepcopy(workflow)
+    prompt["4"]["inputs"]["mode"] = "Stack"
+    prompt["8"]["inputs"].update(cfg=1.0, seed=5)
+    for node in ("5", "6"):
+        prompt[node] = {"class_type": "LoratorioTextEncode", "inputs": {**prompt[node]["inputs"], "stack": ["3", 0]}}
+    merged = _plain(prompt)
+    model, clip = ["1", 0], merged["5"]["inputs"]["clip"]
+    for node, loader in (("2", "13"), ("3", "14")):
+        lora, strength = prompt[node]["inputs"]["lora_name"], prompt[node]["inputs"]["strength"]
+        merged[loader] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
+                                                                 "strength_model": strength, "strength_clip": strength}}
+        model, clip = [loader, 0], [loader, 1]
+    merged["8"]["inputs"]["model"] = model
+    for node in ("5", "6"):
+        merged[node]["inputs"]["clip"] = clip
+    ours, theirs = _pixels(_done(prompt)), _pixels(_done(merged))
+    print(f"Stack + LoRAtorio Text Encode vs two LoraLoaders (model and clip), CFG 1: max {abs(ours - theirs).max()}, "
+          f"mean {abs(ours - theirs).mean():.3f}")
+    assert abs(ours - theirs).max() <= 1
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"step_start": 0.8, "step_end": 0.5}, "'Start at' must be smaller than 'End at'"),
     ({"show_weight_maps": False}, "turn on 'show_weight_maps'"),
