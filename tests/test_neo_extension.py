@@ -87,6 +87,16 @@ def test_a_qwen3_text_encoder_part_conditions_its_own_branch(neo, runner, family
     assert close(pixels(per_branch), pixels(oracle))
 
 
+@pytest.mark.parametrize("family", ["zimage", "flux2"])
+def test_stack_gives_the_prompt_its_loras_qwen3_text_encoder_part(neo, runner, family):
+    """At CFG 1 (the prompt's rows only) Stack is its LoRAs merged, here a Qwen3 part merged into the text encoder."""
+    kw = dict(prompt="a robot <loratorio:qwen3_te:1>", negative_prompt="blurry", cfg_scale=1.0)
+    stack = family_run(neo, runner, family, on(mode="Stack"), **kw)
+    oracle = neo.run(runner, model=_te_merged(neo, neo.neo[family], "qwen3_te"), prompt="a robot",
+                     negative_prompt="blurry", width=64, height=64, steps=2, scheduler="Simple", cfg_scale=1.0)
+    assert close(pixels(stack), pixels(oracle))
+
+
 def test_the_patch_size_must_hold_whole_tokens(neo, runner):
     assert np.isfinite(pixels(family_run(neo, runner, "flux2", on(patch_size=3)))).all()   # a token per pixel
     for family in ("chroma", "zimage"):
