@@ -185,9 +185,12 @@ def test_text_encode_with_one_lora_equals_lora_loader_with_its_clip_part(info, w
     merged["8"]["inputs"]["model"] = ["13", 0]
     for node in ("5", "6"):
         merged[node]["inputs"]["clip"] = ["13", 1]
-    ours, theirs = _pixels(_done(prompt)), _pixels(_done(merged))
+    model_only = copy.deepcopy(merged)
+    model_only["13"]["inputs"]["strength_clip"] = 0.0
+    ours, theirs, unet_only = _pixels(_done(prompt)), _pixels(_done(merged)), _pixels(_done(model_only))
     print(f"LoRAtorio Text Encode + Apply vs LoraLoader (model and clip): max {abs(ours - theirs).max()}, "
-          f"mean {abs(ours - theirs).mean():.3f}")
+          f"mean {abs(ours - theirs).mean():.3f}; the LoRA's text-encoder part (LoraLoader with and without it): "
+          f"max {abs(theirs - unet_only).max()}")
     assert abs(ours - theirs).max() <= 1
 
 
