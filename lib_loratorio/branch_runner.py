@@ -20,6 +20,7 @@ from torch import nn
 from .branches import BASE, MIXED, lora_of, loras_of
 from .delta_cache import DeltaCache
 from .errors import LoratorioError
+from .image_tokens import TokenLayout
 from .layer_maps import LayerMaps, is_text_side
 from .lora_layers import FusedAttentionDelta, ModuleDelta
 from .low_rank_stack import LowRankStack, stackable
@@ -100,14 +101,13 @@ class BranchRunner:
     # --- row assignment -------------------------------------------------------------------------
     @contextmanager
     def rows(self, branches: torch.Tensor, active: Optional[torch.Tensor] = None, maps: Optional[torch.Tensor] = None,
-             prefix_tokens: int = 0) -> Iterator[None]:
+             tokens: Optional[TokenLayout] = None) -> Iterator[None]:
         """Within the block, row r of every hooked module's batch belongs to ``branches[r]``.
 
         ``active`` [rows, N] (bool) overrides the one-LoRA-per-branch rule, e.g. all True for
         rows that should see every LoRA merged. Rows of branch ``MIXED`` see every LoRA, each
         scaled by its weight map: ``maps`` [mixed rows, N, H, W] on the latent grid, in row order
-        (see layer_maps.LayerMaps; ``prefix_tokens``: text tokens before the image tokens of a
-        joint sequence, Flux's single blocks).
+        (see layer_maps.LayerMaps; ``tokens``: a transformer's token layout in this call, see image_tokens).
         """
         branches = branches.to("cpu", torch.long)
         mixed = branches == MIXED
@@ -120,7 +120,7 @@ class BranchRunner:
         self._n_rows = active.shape[0]
         self._selectors = [_selector(active[:, i]) for i in range(self.n_loras)]
         if maps is not None:
-            self._mixed, self._layer_maps = _selector(mixed), LayerMaps(maps, prefix_tokens)
+            self._mixed, self._layer_maps = _selector(mixed), LayerMaps(maps, tokens)
         try:
             yield
         finally:

@@ -22,7 +22,7 @@ from .choices import OutsideSteps, TextEncoder
 from .composer import BranchComposer, Prediction
 from .composition import BASE_MODEL
 from .errors import LoratorioError, NonFiniteError
-from .flux import is_flux
+from .frames import StackedFrames
 from .lora_library import LoraLibrary
 from .network_names import BoundLora, bind_lora
 from .region_hints import Hint
@@ -57,7 +57,10 @@ class ComposingSession:
         self.labels: list[str] = []
         self.strengths: list[float] = []
         self.hints: list[Optional[Hint]] = []
-        self.flux = False
+        #: the denoiser the LoRAs are bound to (a UNet or a diffusion transformer)
+        self.diffusion_model: Optional[nn.Module] = None
+        #: how a video's frames were stacked into the composer's images (frames.py): its weight maps are stacked alike
+        self.stacked: Optional[StackedFrames] = None
         # the sampling run in progress
         self.runner: Optional[BranchRunner] = None
         self.composers: dict[Hashable, BranchComposer] = {}  # one per pass (first pass, hires...)
@@ -88,7 +91,7 @@ class ComposingSession:
                 raise type(err)(f"{err} ({request.asked_in})") from err
             kept.append(request)
         LIBRARY.trim()  # also when every file came from the cache and the limit was lowered
-        self.loras, self.flux = loras, is_flux(components["unet"])
+        self.loras, self.diffusion_model = loras, components["unet"]
         self.names, self.labels = [r.name for r in kept], [r.label for r in kept]
         self.strengths = [r.strength for r in kept]
         self.hints = [r.hint for r in kept]

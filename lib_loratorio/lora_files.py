@@ -1,12 +1,13 @@
 """Reading LoRA ``.safetensors`` files into per-module deltas keyed by a normalized name.
 
-The normalized key is ``"<component>:<flat_name>"``: ``component`` is ``unet`` (any denoiser: SD
-UNet, Flux transformer), ``te1`` (SD1.5's text encoder, SDXL's and Flux's CLIP), ``te2`` (SDXL's
-second; Flux's T5 as OneTrainer and diffusers name it) or ``te3`` (T5 as kohya's sd-scripts names
-it), and ``flat_name`` is the module path with '.' replaced by '_' as kohya writes it. Which live
-network a component means is the caller's business (network_names.bind_lora). Flattening loses the
-information of where the dots were, so the key is matched later against the *live* network's
-flattened names (network_names.py) instead of being turned back into a dotted path here.
+The normalized key is ``"<component>:<flat_name>"``: ``component`` is ``unet`` (any denoiser: SD UNet,
+Flux transformer), ``te1`` (SD1.5's text encoder, SDXL's and Flux's CLIP, a language model used as the
+only text encoder), ``te2`` (SDXL's second; Flux's T5 as OneTrainer and diffusers name it) or ``te3``
+(T5 as kohya's sd-scripts and ComfyUI's ``text_encoders.t5xxl.`` name it), and ``flat_name`` is the
+module path with '.' replaced by '_' as kohya writes it. Which live network a component means is the
+caller's business (network_names.bind_lora). Flattening loses the information of where the dots were, so
+the key is matched later against the *live* network's flattened names (network_names.py) instead of
+being turned back into a dotted path here.
 
 Only safetensors is read: pickled checkpoints can run arbitrary code when loaded.
 """
@@ -49,8 +50,10 @@ _SUFFIXES: dict[str, str] = {
     # diffusers / PEFT
     ".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_B.bias": "up_bias",
     ".lora_magnitude_vector.weight": "magnitude", ".lora_magnitude_vector": "magnitude",
-    # diffusers LoRACompatibleLinear / attention processors
+    # diffusers LoRACompatibleLinear / attention processors; text encoders as diffusers' own savers write them
+    # (convert_state_dict_to_diffusers: "text_encoder.<module>.lora_linear_layer.down.weight")
     ".lora.down.weight": "down", ".lora.up.weight": "up",
+    ".lora_linear_layer.down.weight": "down", ".lora_linear_layer.up.weight": "up",
     "_lora.down.weight": "down", "_lora.up.weight": "up",
     # LyCORIS
     ".hada_w1_a": "hada_w1_a", ".hada_w1_b": "hada_w1_b", ".hada_w2_a": "hada_w2_a",
@@ -61,7 +64,7 @@ _SUFFIXES: dict[str, str] = {
 }
 _SUFFIX_ORDER = sorted(_SUFFIXES, key=len, reverse=True)
 # Suffixes only kohya/LyCORIS write; their keys always carry a "lora_unet_"-style prefix.
-_KOHYA_SUFFIXES = {s for s in _SUFFIXES if not re.search(r"lora_[AB]\.|lora_magnitude|lora\.", s)}
+_KOHYA_SUFFIXES = {s for s in _SUFFIXES if not re.search(r"lora_[AB]\.|lora_magnitude|lora\.|lora_linear_layer", s)}
 
 # Key prefix -> component, kohya style (underscore) and diffusers style (dotted). LyCORIS names
 # diffusers Flux modules "lora_transformer_" / "lycoris_"; BFL/ComfyUI Flux files use
@@ -70,6 +73,10 @@ _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_transformer_": "unet", "lycoris_"
                    "lora_te1_": "te1", "lora_te2_": "te2", "lora_te3_": "te3", "lora_te_": "te1"}
 _DOTTED_PREFIXES = {"unet.": "unet", "transformer.": "unet", "diffusion_model.": "unet",
                     "text_encoder.": "te1", "text_encoder_2.": "te2", "text_encoder_3.": "te3"}
+# ComfyUI's (and Forge Neo's) generic text-encoder keys: "text_encoders.<encoder>.[transformer.]<module>"; the
+# encoder's name says which component it is (a language model used as text encoder is the only one, te1).
+_TEXT_ENCODERS = "text_encoders."
+_ENCODER_COMPONENTS = {"clip_l": "te1", "clip_h": "te1", "clip_g": "te2", "t5xxl": "te3", "umt5xxl": "te3"}
 # diffusers' per-model prefixes of the adapter config in "lora_adapter_metadata".
 _METADATA_PREFIXES = {"unet": ("unet.", "transformer."), "te1": ("text_encoder.",),
                       "te2": ("text_encoder_2.",), "te3": ("text_encoder_3.",)}
@@ -96,6 +103,10 @@ def split_key(key: str) -> Optional[tuple[str, str, str]]:
     for prefix, comp in _DOTTED_PREFIXES.items():
         if module.startswith(prefix):
             return comp, module[len(prefix):].replace(".", "_"), param
+    if module.startswith(_TEXT_ENCODERS) and "." in module[len(_TEXT_ENCODERS):]:
+        encoder, rest = module[len(_TEXT_ENCODERS):].split(".", 1)
+        rest = rest.removeprefix("transformer.")
+        return _ENCODER_COMPONENTS.get(encoder, "te1"), rest.replace(".", "_"), param
     if suffix in _KOHYA_SUFFIXES:
         return None  # a kohya/LyCORIS key without a known prefix (e.g. "bundle_emb...")
     # Bare PEFT names: a text encoder's modules live under "text_model." (or, with

@@ -13,13 +13,16 @@ runner's hooks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from .composing_session import ComposingSession
+from .flux import is_guidance_distilled
+from .frames import StackedFrames
+from .image_tokens import token_layout
 from .rows import take_rows
 
 #: A model function wrapper: (apply_model, args) -> x0 rows.
@@ -108,12 +111,6 @@ def chunk_options(options: dict, flags: list[int], chunks: list[int], timestep: 
     return out
 
 
-def text_tokens(args: dict) -> int:
-    """Text tokens ahead of the image tokens in Flux's joint (single-block) sequences."""
-    text = args["c"].get("c_crossattn")
-    return int(text.shape[1]) if text is not None and text.dim() == 3 else 0
-
-
 def rows_that_fit(model: Any, x: torch.Tensor, free_memory: Callable[[torch.device], float],
                   margin: float = 1.0) -> Optional[int]:
     """How many rows one model call may take on a GPU, by the host's own estimate (``model.memory_required``
@@ -146,7 +143,7 @@ class WrapperSession(ComposingSession):
     :meth:`call` is the wrapper's work, the same on both hosts; a host fills the seams: :meth:`step_of_call`
     (which sampling step a call belongs to), :meth:`no_layout` (a call whose rows do not split into its chunks),
     :meth:`free_memory` and ``memory_margin`` (how many rows fit on the GPU), and optionally :meth:`check_call`,
-    :meth:`pass_key` and :meth:`branch_args`.
+    :meth:`reference_latents`, :meth:`pass_key` and :meth:`branch_args`.
     """
 
     #: factor on the host's memory estimate of one row (the host's own batching may need more than it says)
@@ -167,22 +164,26 @@ class WrapperSession(ComposingSession):
         if not self.params.composes_at(step, steps):
             return self.outside_range(x.shape[0], call.run)
         runner = self.runner
-
+        tokens = token_layout(self.diffusion_model, x, args["c"], self.reference_latents())
+        frames = self.stacked = StackedFrames(x, self.params.patch_size) if x.dim() == 5 else None  # a video
         def evaluate(idx: torch.Tensor, branches: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
             sub = self.branch_args(call, layout, idx, branches)
-            with runner.rows(branches, maps=maps, prefix_tokens=text_tokens(sub) if self.flux else 0):
-                return call.run(sub)
+            if frames is not None and maps is not None:
+                maps = frames.maps(maps)
+            with runner.rows(branches, maps=maps, tokens=tokens):
+                out = call.run(sub)
+            return out if frames is None else frames.stack(out)
 
         key = self.pass_key()
         composer = self.composer(key)
-        # Flux composes its prompt rows only: its negative-prompt rows (CFG above 1) are the base model's
-        out = composer(x, layout.is_uncond, layout.image_of_row, step=step, evaluate=evaluate,
-                       batch_limit=rows_that_fit(getattr(apply_model, "__self__", None), x, self.free_memory,
-                                                 self.memory_margin),
-                       recenter=1.0 if self.flux else None)
+        # guidance-distilled Flux composes its prompt rows only: its negative-prompt rows (CFG above 1) are the base's
+        out = composer(x if frames is None else frames.stack(x), layout.is_uncond, layout.image_of_row, step=step,
+                       evaluate=evaluate, batch_limit=rows_that_fit(getattr(apply_model, "__self__", None), x,
+                                                                    self.free_memory, self.memory_margin),
+                       recenter=1.0 if is_guidance_distilled(self.diffusion_model) else None)
         if self.params.show_weight_maps and not all(layout.is_uncond):
             self.keep_step_maps(key, step, steps)
-        return out
+        return out if frames is None else frames.unstack(out)
 
     # --- seams ---------------------------------------------------------------------------------------
     def check_call(self, args: dict) -> None:
@@ -203,6 +204,11 @@ class WrapperSession(ComposingSession):
     def free_memory(self, device: torch.device) -> float:
         """Bytes free on ``device`` by the host's own measure."""
         raise NotImplementedError
+
+    def reference_latents(self) -> Sequence[torch.Tensor]:
+        """Reference images a host hands its transformer outside the call's conditioning (their tokens follow the
+        image's; see image_tokens)."""
+        return ()
 
     def pass_key(self) -> Hashable:
         """Which pass of the run a call belongs to (one composer, and one set of weight maps, per pass)."""

@@ -8,16 +8,18 @@ convention, derived by walking the network's blocks (layers per level, whether a
 attention, where the down/up samplers sit). The same file then binds to a diffusers UNet and to
 the A1111 UNet, and tiny test networks and SDXL need no special cases.
 
-A Flux in BFL naming (Forge's, with fused ``qkv``/``linear1`` layers) is also indexed under its
-diffusers names. Where diffusers splits a fused layer (``to_q``/``to_k``/``to_v``, ``proj_mlp``), the
-alias carries the output columns it stands for and the binder gathers all such parts of one layer
-into a :class:`SlicedOutputDelta`; slice widths come from the live layer shapes.
+A diffusion transformer in its hosts' naming (Flux in BFL naming, with fused ``qkv``/``linear1``
+layers; Lumina 2 and Z-Image with a fused ``attention.qkv``...) is also indexed under its diffusers
+names (dit_names.py). Where diffusers splits a fused layer (``to_q``/``to_k``/``to_v``, ``proj_mlp``),
+the alias carries the output columns it stands for and the binder gathers all such parts of one layer
+into a :class:`SlicedOutputDelta`; slice widths come from the live model.
 
 Shapes are read with :func:`lora_layers.weight_shape` (bnb 4-bit weights report a packed shape).
 
 Text encoders are indexed by their HF CLIP names (``text_model.encoder.layers.N...``, with or
 without ``text_model.``), also when nested in a wrapper, and open_clip's (A1111 SDXL ``te2``)
-layers under the HF names LoRAs use. T5 (Flux ``te2``/``te3``) binds under its own names.
+layers under the HF names LoRAs use. T5 (Flux ``te2``/``te3``) binds under its own names, a language
+model used as text encoder (Qwen3, Gemma2...) under its HF names with or without ``model.``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from typing import Collection, Mapping, Optional
 
 from torch import nn
 
+from .dit_names import dit_name_aliases, has_weight
 from .errors import LoraMismatchError
 from .flux import is_flux
 from .lora_files import LoraFile
 from .lora_layers import DoRA, FusedAttentionDelta, ModuleDelta, OutputSlice, SlicedOutputDelta, weight_shape
 
-__all__ = ["BoundLora", "bind_lora", "flux_name_aliases", "unet_name_aliases"]
+__all__ = ["BoundLora", "bind_lora", "unet_name_aliases"]
 
 # diffusers ResnetBlock2D child -> ldm ResBlock child.
 _RESNET_TO_LDM = {
@@ -56,33 +59,6 @@ _OPEN_CLIP_TO_HF = {
     "ln_1": "layer_norm1", "ln_2": "layer_norm2",
 }
 _OPEN_CLIP_BLOCK = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.(.+)$")
-
-# diffusers Flux -> BFL Flux, one module for one module (as Forge's flux_to_diffusers).
-_FLUX_TOP = {
-    "x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
-    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
-    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
-    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
-    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
-    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
-    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
-}
-_FLUX_DOUBLE = {
-    "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
-    "norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin",
-    "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
-    "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2",
-}
-_FLUX_SINGLE = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
-# diffusers projections that are the i-th hidden-size slice of a fused BFL layer's output.
-_FLUX_DOUBLE_QKV = {
-    "attn.to_q": ("img_attn.qkv", 0), "attn.to_k": ("img_attn.qkv", 1), "attn.to_v": ("img_attn.qkv", 2),
-    "attn.add_q_proj": ("txt_attn.qkv", 0), "attn.add_k_proj": ("txt_attn.qkv", 1),
-    "attn.add_v_proj": ("txt_attn.qkv", 2),
-}
-_FLUX_SINGLE_QKV = ("attn.to_q", "attn.to_k", "attn.to_v")  # then proj_mlp: the rest of linear1
-
-
 
 # Cross-attention context width -> model family, for mismatch messages.
 _CONTEXT_DIMS = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
@@ -249,55 +225,12 @@ def unet_name_aliases(unet: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def _has_weight(module: Optional[nn.Module]) -> bool:
-    return getattr(module, "weight", None) is not None
-
-
-def flux_name_aliases(flux: nn.Module) -> dict[str, tuple[str, Optional[OutputSlice]]]:
-    """diffusers name -> (BFL name, output columns or None for the whole layer) for a BFL Flux.
-
-    Empty for anything else. ``norm_out.linear`` maps to ``final_layer.adaLN_modulation.1`` with
-    swapped halves: diffusers orders that output (scale, shift), BFL (shift, scale).
-    """
-    if not is_flux(flux):
-        return {}
-    modules = dict(flux.named_modules())
-    aliases: dict[str, tuple[str, Optional[OutputSlice]]] = {}
-
-    def add(diffusers: str, bfl: str, columns: Optional[OutputSlice] = None) -> None:
-        if _has_weight(modules.get(bfl)):
-            aliases[diffusers] = (bfl, columns)
-
-    for diffusers, bfl in _FLUX_TOP.items():
-        add(diffusers, bfl)
-    norm_out = "final_layer.adaLN_modulation.1"
-    if _has_weight(modules.get(norm_out)):
-        add("norm_out.linear", norm_out, OutputSlice(0, weight_shape(modules[norm_out])[0], swap_halves=True))
-    for i, _ in _children(flux.double_blocks):
-        for diffusers, bfl in _FLUX_DOUBLE.items():
-            add(f"transformer_blocks.{i}.{diffusers}", f"double_blocks.{i}.{bfl}")
-        for diffusers, (bfl, k) in _FLUX_DOUBLE_QKV.items():
-            qkv = f"double_blocks.{i}.{bfl}"
-            if _has_weight(modules.get(qkv)):
-                h = weight_shape(modules[qkv])[0] // 3
-                add(f"transformer_blocks.{i}.{diffusers}", qkv, OutputSlice(k * h, h))
-    for i, _ in _children(flux.single_blocks):
-        for diffusers, bfl in _FLUX_SINGLE.items():
-            add(f"single_transformer_blocks.{i}.{diffusers}", f"single_blocks.{i}.{bfl}")
-        linear1 = f"single_blocks.{i}.linear1"
-        if not _has_weight(modules.get(linear1)):
-            continue
-        out, h = weight_shape(modules[linear1])[:2]  # linear1: hidden -> 3 * hidden + mlp width
-        for k, diffusers in enumerate(_FLUX_SINGLE_QKV):
-            add(f"single_transformer_blocks.{i}.{diffusers}", linear1, OutputSlice(k * h, h))
-        add(f"single_transformer_blocks.{i}.proj_mlp", linear1, OutputSlice(3 * h, out - 3 * h))
-    return aliases
-
-
 def _text_encoder_aliases(name: str) -> list[str]:
     """HF CLIP names for a text-encoder module: with and without the ``text_model.`` level
-    (transformers 5 dropped it from CLIPTextModel), nested in a wrapper, or from open_clip."""
-    out = []
+    (transformers 5 dropped it from CLIPTextModel), nested in a wrapper, or from open_clip; a language
+    model's decoder layers without the ``model.`` level (ComfyUI's and Neo's Qwen3/Gemma2/Qwen2.5 hold
+    them under ``model.layers``, HF's base models and kohya's ``lora_te_layers_N_...`` keys do not)."""
+    out = [name[len("model."):]] if name.startswith("model.layers.") else []
     i = name.find("text_model.")
     if i >= 0:
         out += [name[i:], name[i + len("text_model."):]]
@@ -336,8 +269,8 @@ def _index(component: str, root: nn.Module) -> _Index:
         for n in names:
             index.setdefault(n.replace(".", "_"), (name, module, None))
     if component == "unet":
-        for diffusers, (bfl, columns) in flux_name_aliases(root).items():
-            index.setdefault(diffusers.replace(".", "_"), (bfl, root.get_submodule(bfl), columns))
+        for diffusers, (native, columns) in dit_name_aliases(root).items():
+            index.setdefault(diffusers.replace(".", "_"), (native, root.get_submodule(native), columns))
     return index
 
 
@@ -361,7 +294,7 @@ def _context_dim_of_model(unet: Optional[nn.Module]) -> Optional[int]:
     if unet is None:
         return None
     for name, module in unet.named_modules():
-        if name.endswith(("attn2.to_k", "attn2.to_v")) and _has_weight(module):
+        if name.endswith(("attn2.to_k", "attn2.to_v")) and has_weight(module):
             return weight_shape(module)[1]
     return None
 
@@ -408,7 +341,7 @@ def _flux_hidden_sizes(lora: LoraFile, unet: Optional[nn.Module]) -> Optional[tu
         qkv = unet.get_submodule("double_blocks.0.img_attn.qkv") if unet is not None else None
     except AttributeError:
         return None
-    if not _has_weight(qkv):
+    if not has_weight(qkv):
         return None
     widths = [d.shape[1] for k, d in lora.modules.items() if _FLUX_QKV_KEY.match(k) and len(d.shape) == 2]
     return (widths[0], weight_shape(qkv)[1]) if widths else None
@@ -495,7 +428,7 @@ def bind_lora(lora: LoraFile, components: Mapping[str, nn.Module], left_out: Col
             entry[2][part] = delta
             bound.applied += 1
             continue
-        shape = weight_shape(module) if _has_weight(module) else ()
+        shape = weight_shape(module) if has_weight(module) else ()
         if len(shape) not in (2, 4):
             bound.unmatched.append(key)
             bound.reasons[key] = f"LoRA on a {type(module).__name__} layer is not supported"

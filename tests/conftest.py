@@ -38,3 +38,8 @@ def a1111(one_thread, tmp_path_factory):
 @pytest.fixture(scope="module")
 def forge(one_thread, tmp_path_factory):
     yield from _host("forge", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def neo(one_thread, tmp_path_factory):
+    yield from _host("neo", tmp_path_factory)

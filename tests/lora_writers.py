@@ -165,7 +165,8 @@ def write_peft(path: str | Path, network: nn.Module, targets: list[str], compone
     """diffusers/PEFT file made by the real ``peft`` library on a copy of ``network``.
 
     layout: "diffusers" (``unet.`` / ``text_encoder.`` prefixes, diffusers' metadata),
-    "peft" (``base_model.model.`` prefix) or "bare" (no prefix). ``metadata=False`` leaves the
+    "peft" (``base_model.model.`` prefix), "comfyui" (``diffusion_model.``: ComfyUI's and diffusion-pipe's
+    transformer LoRAs) or "bare" (no prefix). ``metadata=False`` leaves the
     alpha out of the file, as plain PEFT state dicts do.
     """
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -180,7 +181,8 @@ def write_peft(path: str | Path, network: nn.Module, targets: list[str], compone
     merged = dict(peft_model.merge_and_unload().named_modules())
     expected: Expected = {n: (merged[n].weight.detach() - w, None) for n, w in before.items()}
 
-    prefix = {"diffusers": DIFFUSERS_PREFIX[component] + ".", "peft": "base_model.model.", "bare": ""}[layout]
+    prefix = {"diffusers": DIFFUSERS_PREFIX[component] + ".", "peft": "base_model.model.",
+              "comfyui": "diffusion_model.", "bare": ""}[layout]
     tensors = {prefix + k[len("base_model.model."):]: v.contiguous() for k, v in state.items()}
     meta = {"format": "pt"}
     if metadata:
@@ -209,19 +211,26 @@ def write_diffusers_flux(path: str | Path, rank: int = 4, alpha: float = 8.0, se
                          lora_bias: bool = False, targets: Optional[list[str]] = None,
                          dims: Optional[dict] = None) -> Expected:
     """diffusers-format Flux LoRA (``transformer.<diffusers name>.lora_A.weight``) on every Linear
-    of a tiny diffusers Flux (``dims`` overrides TINY_DIFFUSERS_FLUX), made and saved by
-    diffusers/PEFT themselves; expected deltas by PEFT merging its own adapter, keyed by diffusers
-    module name."""
+    of a tiny diffusers Flux (``dims`` overrides TINY_DIFFUSERS_FLUX); see write_diffusers_dit."""
     from diffusers import FluxTransformer2DModel
     from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
+
+    return write_diffusers_dit(path, FluxTransformer2DModel, {**TINY_DIFFUSERS_FLUX, **(dims or {})},
+                               FluxLoraLoaderMixin, targets or FLUX_DIFFUSERS_TARGETS, rank, alpha, seed, lora_bias)
+
+
+def write_diffusers_dit(path: str | Path, model_class: type, dims: dict, saver: type, targets: list[str],
+                        rank: int = 4, alpha: float = 8.0, seed: int = 0, lora_bias: bool = False) -> Expected:
+    """A diffusers-format transformer LoRA (``transformer.<diffusers name>.lora_A.weight``) on the ``targets`` of a
+    tiny ``model_class(**dims)``, made and saved by diffusers/PEFT themselves (``saver``: the family's LoRA loader
+    mixin); expected deltas by PEFT merging its own adapter, keyed by diffusers module name."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(seed)
-    model = FluxTransformer2DModel(**{**TINY_DIFFUSERS_FLUX, **(dims or {})})
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets or FLUX_DIFFUSERS_TARGETS,
-                        init_lora_weights=False, lora_bias=lora_bias)
+    model = model_class(**dims)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, lora_bias=lora_bias)
     model.add_adapter(config)
     with warnings.catch_warnings():  # PEFT takes 1-D lora_B biases for unsharded ZeRO-3 tensors
         warnings.simplefilter("ignore")
@@ -231,10 +240,35 @@ def write_diffusers_flux(path: str | Path, rank: int = 4, alpha: float = 8.0, se
         for name, module in model.named_modules():
             if isinstance(module, BaseTunerLayer):
                 base = module.get_base_layer()
-                w, b = base.weight.clone(), base.bias.clone()
+                w = base.weight.clone()
+                b = base.bias.clone() if base.bias is not None else None
                 module.merge()
-                expected[name] = (base.weight - w, base.bias - b if lora_bias else None)
+                expected[name] = (base.weight - w, base.bias - b if lora_bias and b is not None else None)
     path = Path(path)
-    FluxLoraLoaderMixin.save_lora_weights(path.parent, transformer_lora_layers=state, weight_name=path.name,
-                                          transformer_lora_adapter_metadata=config.to_dict())
+    saver.save_lora_weights(path.parent, transformer_lora_layers=state, weight_name=path.name,
+                            transformer_lora_adapter_metadata=config.to_dict())
+    return expected
+
+
+def write_diffusers_text_encoder(path: str | Path, text_encoder: nn.Module, targets: list[str], rank: int = 4,
+                                 seed: int = 0) -> Expected:
+    """A text-encoder LoRA as diffusers' own training scripts save one: PEFT adapters converted by
+    ``convert_state_dict_to_diffusers`` (``<module>.lora_linear_layer.down.weight``) and written by
+    ``StableDiffusionPipeline.save_lora_weights`` under ``text_encoder.``; no alpha in the file (diffusers
+    loads it at scale 1, so the adapter is made with alpha = rank). Expected deltas by PEFT's merge."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    model = copy.deepcopy(text_encoder)
+    torch.manual_seed(seed)
+    model = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                               target_modules=list(targets)), model)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    adapted = dict(model.named_modules())
+    with torch.no_grad():
+        expected: Expected = {name: (adapted[name].get_delta_weight("default"), None) for name in targets}
+    path = Path(path)
+    StableDiffusionPipeline.save_lora_weights(path.parent, text_encoder_lora_layers=state, weight_name=path.name,
+                                              safe_serialization=True)
     return expected

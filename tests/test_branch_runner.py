@@ -297,19 +297,48 @@ def test_layer_maps_lay_weights_out_like_the_layer():
     from lib_loratorio.layer_maps import LayerMaps, is_text_side
 
     maps = torch.rand(2, 3, 6, 10)                      # rows, N, H, W
-    lm = LayerMaps(maps, prefix_tokens=5)
+    lm = LayerMaps(maps)                                # a UNet: the latent grid at every scale
     assert lm.weights_for(torch.zeros(2, 7, 6, 10), False).shape == (3, 2, 1, 6, 10)
     tokens = lm.weights_for(torch.zeros(2, 15, 8), False)      # 3 x 5 tokens: the grid at scale 1
     torch.testing.assert_close(tokens[..., 0], torch.nn.functional.adaptive_avg_pool2d(maps, (3, 5))
                                .flatten(2).transpose(0, 1))
-    joint = lm.weights_for(torch.zeros(2, 5 + 15, 8), False)   # Flux single block: text, then image tokens
-    torch.testing.assert_close(joint[:, :, :5, 0], maps.mean((-2, -1)).T.unsqueeze(-1).expand(-1, -1, 5))
-    torch.testing.assert_close(joint[:, :, 5:], tokens)
     text = lm.weights_for(torch.zeros(2, 15, 8), True)          # cross-attention K/V: the mean weight
     torch.testing.assert_close(text[..., 0, 0], maps.mean((-2, -1)).T)
     assert is_text_side("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")
     assert is_text_side("double_blocks.0.txt_attn.qkv") and not is_text_side("double_blocks.0.img_attn.qkv")
     assert not is_text_side("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q")
+
+
+def test_layer_maps_find_a_transformers_image_tokens_by_its_layout():
+    from lib_loratorio.image_tokens import TokenLayout
+    from lib_loratorio.layer_maps import LayerMaps
+
+    maps = torch.rand(2, 3, 6, 10)
+    mean = maps.mean((-2, -1)).T.unsqueeze(-1)                   # [N, rows, 1]
+    grid = torch.nn.functional.adaptive_avg_pool2d(maps, (3, 5)).flatten(2).transpose(0, 1)
+    lm = LayerMaps(maps, TokenLayout((2, 2), text=5, after=4))  # 2x2 patches: 15 image tokens, then 4 more
+    image = lm.weights_for(torch.zeros(2, 15 + 4, 8), False)[..., 0]     # an image stream: image, references
+    torch.testing.assert_close(image, torch.cat([grid, mean.expand(-1, -1, 4)], -1))
+    joint = lm.weights_for(torch.zeros(2, 5 + 15 + 4, 8), False)[..., 0]  # a joint sequence: text first
+    torch.testing.assert_close(joint, torch.cat([mean.expand(-1, -1, 5), grid, mean.expand(-1, -1, 4)], -1))
+    torch.testing.assert_close(lm.weights_for(torch.zeros(2, 15, 8), False)[..., 0], grid)  # a patch embedding
+    other = lm.weights_for(torch.zeros(2, 6 * 10, 8), False)            # no layout of this model: the mean
+    torch.testing.assert_close(other[..., 0, 0], mean[..., 0])
+    packed = LayerMaps(maps, TokenLayout((1, 1)))                         # Flux.2: a token per latent pixel
+    per_pixel = packed.weights_for(torch.zeros(2, 60, 8), False)[..., 0]
+    torch.testing.assert_close(per_pixel, maps.flatten(2).transpose(0, 1))
+
+
+def test_layer_maps_of_a_video_have_a_map_per_frame():
+    from lib_loratorio.image_tokens import TokenLayout
+    from lib_loratorio.layer_maps import LayerMaps
+
+    maps = torch.rand(1, 2, 3, 4, 6)                    # rows, N, frames, H, W
+    lm = LayerMaps(maps, TokenLayout((1, 2, 2)))        # Wan: 1x2x2 patches, tokens (frame, row, column)
+    tokens = lm.weights_for(torch.zeros(1, 3 * 2 * 3, 8), False)[..., 0]
+    pooled = torch.nn.functional.adaptive_avg_pool3d(maps, (3, 2, 3))
+    torch.testing.assert_close(tokens, pooled.flatten(2).transpose(0, 1))
+    assert lm.weights_for(torch.zeros(1, 5, 3, 2, 3), False).shape == (2, 1, 1, 3, 2, 3)   # a Conv3d's output
 
 
 def test_mixed_rows_need_their_maps(setup):

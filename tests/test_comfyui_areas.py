@@ -12,7 +12,7 @@ AREA = (4, 4, 0, 4)  # (height, width, y, x) in latent pixels: the top-right qua
 
 
 def conditioning(clip, text, area=None):
-    cond, pooled = clip.encode(text)
+    cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
     extra = {"pooled_output": pooled} if area is None else {"pooled_output": pooled, "area": area, "strength": 1.0}
     return [cond, extra]
 

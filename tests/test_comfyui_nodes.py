@@ -21,26 +21,56 @@ from tests.standins import COMFYUI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(ROOT, "docs", "comfyui", "loratorio_two_loras.json")
+TEXT_WORKFLOW = os.path.join(ROOT, "docs", "comfyui", "loratorio_text_encoders.json")  # with LoRAtorio Text Encode
 FLUX_TARGETS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
                 "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2"]
 # ldm names of the tiny SD1.5 UNet, for the file in ComfyUI's own LoRA naming
 LDM_TARGETS = ["input_blocks.1.1.transformer_blocks.0.attn1.to_q", "input_blocks.1.1.transformer_blocks.0.attn2.to_v",
                "input_blocks.1.0.in_layers.2", "middle_block.1.transformer_blocks.0.ff.net.2"]
+# the transformer families: the layers of each kind a LoRA of theirs touches (ComfyUI's names)
+DIT_TARGETS = {
+    "flux2": ["double_blocks.0.img_attn.qkv", "double_blocks.0.txt_mlp.0", "single_blocks.0.linear1",
+              "single_blocks.0.linear2", "final_layer.linear", "img_in"],
+    "chroma": ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_mlp.2", "double_blocks.0.txt_attn.proj",
+               "single_blocks.0.linear1", "distilled_guidance_layer.in_proj"],
+    "z-image": ["layers.0.attention.qkv", "layers.0.feed_forward.w1", "noise_refiner.0.attention.out",
+                "context_refiner.0.feed_forward.w3", "final_layer.linear", "x_embedder"],
+    "lumina2": ["layers.0.attention.qkv", "layers.0.adaLN_modulation.1", "noise_refiner.0.feed_forward.w2",
+                "cap_embedder.1", "final_layer.linear"],
+    "qwen-image": ["img_in", "transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
+                   "transformer_blocks.0.img_mlp.net.0.proj", "transformer_blocks.0.txt_mlp.net.2", "proj_out"],
+    "sd3": ["x_embedder.proj", "joint_blocks.0.x_block.attn.qkv", "joint_blocks.0.context_block.mlp.fc1",
+            "joint_blocks.0.x_block.attn2.qkv", "joint_blocks.1.x_block.mlp.fc2", "final_layer.linear"],
+    "wan": ["blocks.0.self_attn.q", "blocks.0.cross_attn.k", "blocks.0.cross_attn.o", "blocks.0.ffn.0",
+            "head.head", "text_embedding.0"],
+}
+TE_SUFFIXES = ("layers.0.self_attn.q_proj", "layers.1.mlp.fc2")
+QWEN3_TE_TARGETS = ["qwen3_4b.transformer.model.layers.0.self_attn.q_proj",
+                    "qwen3_4b.transformer.model.layers.1.mlp.down_proj"]
 C = types.SimpleNamespace()  # the stand-in's modules, imported inside the ComfyUI environment
 
 
-def write_comfy_lora(path, network, targets, seed, rank=4, alpha=2.0):
-    """A LoRA in ComfyUI's naming (``diffusion_model.<ldm name>.lora_down.weight``), as its trainers save them."""
+def write_comfy_lora(path, network, targets, seed, rank=4, alpha=2.0, text_encoder=None, te_targets=(),
+                     te_prefix=""):
+    """A LoRA in ComfyUI's naming (``diffusion_model.<ldm name>.lora_down.weight``), as its trainers save them; with
+    ``text_encoder``, also a part on its ``te_targets`` under ``te_prefix`` (kohya's ``lora_te_`` + the flat name, or
+    ComfyUI's ``text_encoders.<encoder>.transformer.`` + the dotted name)."""
     g = torch.Generator().manual_seed(seed)
-    modules = dict(network.named_modules())
     tensors = {}
-    for name in targets:
-        w = modules[name].weight
-        kernel = list(w.shape[2:])
-        key = f"diffusion_model.{name}"
-        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, w.shape[1], *kernel, generator=g) * 0.3
-        tensors[f"{key}.lora_up.weight"] = torch.randn(w.shape[0], rank, *([1, 1] if kernel else []), generator=g) * 0.3
-        tensors[f"{key}.alpha"] = torch.tensor(alpha)
+    parts = [(network, targets, lambda n: f"diffusion_model.{n}", 0.3)]
+    if text_encoder is not None:
+        flat = te_prefix.startswith("lora_")
+        parts.append((text_encoder, te_targets, lambda n: te_prefix + (n.replace(".", "_") if flat else n), 0.5))
+    for net, names, key_of, scale in parts:
+        modules = dict(net.named_modules())
+        for name in names:
+            w = modules[name].weight
+            kernel = list(w.shape[2:])
+            key = key_of(name)
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, w.shape[1], *kernel, generator=g) * scale
+            tensors[f"{key}.lora_up.weight"] = torch.randn(w.shape[0], rank, *([1, 1] if kernel else []),
+                                                           generator=g) * scale
+            tensors[f"{key}.alpha"] = torch.tensor(alpha)
     save_file(tensors, str(path))
 
 
@@ -57,7 +87,7 @@ def env(one_thread, tmp_path_factory):
         C.__dict__.update(mm=comfy.model_management, samplers=comfy.samplers, models=comfyui_models,
                           execution=execution, folder_paths=folder_paths, nodes=nodes)
         checkpoints, loras = tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.mktemp("loras")
-        for name in ("standin-sd15", "standin-sdxl", "standin-flux"):
+        for name in ("standin-sd15", "standin-sdxl", "standin-flux", *(f"standin-{f}" for f in DIT_TARGETS)):
             (checkpoints / f"{name}.safetensors").write_bytes(b"")
         folder_paths.set_folder("checkpoints", checkpoints)
         folder_paths.set_folder("loras", loras)
@@ -75,12 +105,27 @@ def env(one_thread, tmp_path_factory):
         dit = comfyui_models.load_checkpoint("standin-flux")[0].model.diffusion_model
         for i, name in enumerate(("flux_a", "flux_b")):
             write_kohya(loras / f"{name}.safetensors", dit, FLUX_TARGETS, seed=20 + i, alpha=8.0)
+        for family, targets in DIT_TARGETS.items():  # in ComfyUI's own naming, which its LoRA loader reads
+            dit = comfyui_models.load_checkpoint(f"standin-{family}")[0].model.diffusion_model
+            (loras / family).mkdir()
+            for i, suffix in enumerate("ab"):
+                write_comfy_lora(loras / family / f"{suffix}.safetensors", dit, targets, seed=40 + i)
+        # LoRAs with a text-encoder part: SD1.5's CLIP (kohya keys), Z-Image's Qwen3 (ComfyUI's generic keys)
+        sd15_clip = comfyui_models.load_checkpoint("standin-sd15")[1].cond_stage_model.clip_l.transformer
+        write_comfy_lora(loras / "sub" / "with_te.safetensors", sd15, LDM_TARGETS, seed=5, text_encoder=sd15_clip,
+                         te_targets=[n for n, _ in sd15_clip.named_modules() if n.endswith(TE_SUFFIXES)],
+                         te_prefix="lora_te_")
+        z_image, z_clip = (comfyui_models.load_checkpoint("standin-z-image")[i] for i in (0, 1))
+        write_comfy_lora(loras / "z-image" / "with_te.safetensors", z_image.model.diffusion_model,
+                         DIT_TARGETS["z-image"], seed=6, text_encoder=z_clip.cond_stage_model,
+                         te_targets=QWEN3_TE_TARGETS, te_prefix="text_encoders.")
         C.pack = nodes.load_custom_node(ROOT)  # as ComfyUI loads custom_nodes/LoRAtorio
         yield C
 
 
 def networks():
-    return [C.models.load_checkpoint(n)[0].model for n in ("standin-sd15", "standin-sdxl", "standin-flux")]
+    return [C.models.load_checkpoint(n)[0].model for n in ("standin-sd15", "standin-sdxl", "standin-flux",
+                                                           *(f"standin-{f}" for f in DIT_TARGETS))]
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +180,8 @@ def error_of(history):
 # --- the node pack ----------------------------------------------------------------------------------------------
 def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
     assert C.pack.NODE_DISPLAY_NAME_MAPPINGS == {"LoratorioLora": "LoRAtorio LoRA", "LoratorioApply": "LoRAtorio Apply",
-                                                 "LoratorioWeightMaps": "LoRAtorio Weight Maps"}
+                                                 "LoratorioWeightMaps": "LoRAtorio Weight Maps",
+                                                 "LoratorioTextEncode": "LoRAtorio Text Encode"}
     apply = C.nodes.NODE_CLASS_MAPPINGS["LoratorioApply"]
     inputs = apply.INPUT_TYPES()
     assert apply.RETURN_TYPES == ("MODEL",) and inputs["optional"]["stack"][0] == "LORATORIO_STACK"
@@ -152,8 +198,9 @@ def test_the_folder_loads_as_a_node_pack_with_settings_from_loratorio_params():
         elif kind in ("INT", "FLOAT"):
             assert (options["min"], options["max"]) == (meta["min"], meta["max"])
     lora = C.nodes.NODE_CLASS_MAPPINGS["LoratorioLora"].INPUT_TYPES()["required"]["lora_name"][0]
-    assert lora == ["alice.safetensors", "flux_a.safetensors", "flux_b.safetensors", "hat.safetensors",
-                    "sub/comfy_style.safetensors", "xl_a.safetensors", "xl_b.safetensors"]
+    assert [n for n in lora if "/" not in n or n.startswith("sub/")] == [
+        "alice.safetensors", "flux_a.safetensors", "flux_b.safetensors", "hat.safetensors",
+        "sub/comfy_style.safetensors", "sub/with_te.safetensors", "xl_a.safetensors", "xl_b.safetensors"]
     # the example workflow sets every setting of LoRAtorio Apply
     with open(WORKFLOW) as f:
         assert set(json.load(f)["4"]["inputs"]) == {"model", "stack", *settings}
@@ -263,6 +310,143 @@ def test_sdxl_and_flux_compose(ckpt, loras, cfg):
     assert composed["status"]["status_str"] == "success", composed["status"]
     assert not torch.allclose(image(composed), image(run(without_loratorio(prompt))), atol=1e-4)
     assert image(composed, "12").shape == (2, 64, 64, 3)
+
+
+def _dit_workflow(family, **settings):
+    prompt = workflow(f"standin-{family}.safetensors", (f"{family}/a.safetensors", f"{family}/b.safetensors"),
+                      **settings)
+    prompt["8"]["inputs"]["cfg"] = 1.0 if family == "flux2" else 4.0  # Flux.2 Klein: distilled, CFG 1
+    if family == "wan":  # a video of 9 frames: 3 latent frames
+        prompt["7"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 9,
+                                                                          "batch_size": 1}}
+    return prompt
+
+
+@pytest.mark.parametrize("family", sorted(DIT_TARGETS))
+@pytest.mark.parametrize("mode", ["LoRAtorio Fast", "LoRAtorio"])
+def test_transformer_families_compose_two_loras_with_weight_maps(family, mode):
+    prompt = _dit_workflow(family, mode=mode, refresh_first=1, refresh_every=2)
+    composed = run(prompt)
+    assert composed["status"]["status_str"] == "success", composed["status"]
+    assert not torch.allclose(image(composed), image(run(without_loratorio(prompt))), atol=1e-4)
+    frames = 3 if family == "wan" else 1                          # Wan: a map per latent frame, over that frame
+    assert image(composed, "12").shape == (2 * frames, 64, 64, 3)
+
+
+@pytest.mark.parametrize("family", sorted(DIT_TARGETS))
+def test_transformer_families_one_lora_at_recentring_0_equals_lora_loader_model_only(family):
+    prompt = _dit_workflow(family, recenter=0.0, mode="LoRAtorio")
+    prompt["3"]["inputs"]["strength"] = 0.0
+    composed = image(run(prompt))
+    merged = without_loratorio(prompt)
+    merged["13"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["1", 0], "lora_name": f"{family}/a.safetensors", "strength_model": 0.8}}
+    merged["8"]["inputs"]["model"] = ["13", 0]
+    assert torch.allclose(composed, image(run(merged)), atol=1e-4)
+    assert not torch.allclose(composed, image(run(without_loratorio(prompt))), atol=1e-3)
+
+
+def _with_text_encode(prompt):
+    """The prompt with LoRAtorio Text Encode for the positive and negative prompts (the stack of LoRAtorio Apply)."""
+    for node in ("5", "6"):
+        prompt[node] = {"class_type": "LoratorioTextEncode", "inputs": {**prompt[node]["inputs"], "stack": ["3", 0]}}
+    return prompt
+
+
+def _lora_loader(prompt, lora, clip=True):
+    """``without_loratorio(prompt)`` with ComfyUI's LoraLoader (model and CLIP) or LoraLoaderModelOnly on ``lora``."""
+    merged = without_loratorio(prompt)
+    for node in ("5", "6"):
+        merged[node] = {"class_type": "CLIPTextEncode", "inputs": {"text": merged[node]["inputs"]["text"],
+                                                                   "clip": ["13", 1] if clip else ["1", 1]}}
+    merged["13"] = {"class_type": "LoraLoader" if clip else "LoraLoaderModelOnly",
+                    "inputs": {"model": ["1", 0], "lora_name": lora, "strength_model": 0.8,
+                               **({"clip": ["1", 1], "strength_clip": 0.8} if clip else {})}}
+    merged["8"]["inputs"]["model"] = ["13", 0]
+    return merged
+
+
+@pytest.mark.parametrize("ckpt, lora", [("standin-sd15.safetensors", "sub/with_te.safetensors"),
+                                        ("standin-z-image.safetensors", "z-image/with_te.safetensors")])
+def test_text_encode_gives_each_branch_its_lora_text_encoder_part(ckpt, lora):
+    """One LoRA at re-centring 0 with LoRAtorio Text Encode equals ComfyUI's LoraLoader (model and CLIP); with
+    CLIPTextEncode ("UNet only") it equals LoraLoaderModelOnly."""
+    prompt = workflow(ckpt, (lora, lora), recenter=0.0, mode="LoRAtorio")
+    prompt["3"]["inputs"]["strength"] = 0.0
+    per_branch = image(run(_with_text_encode(copy.deepcopy(prompt))))
+    unet_only = image(run(prompt))
+    assert torch.allclose(per_branch, image(run(_lora_loader(prompt, lora))), atol=1e-4)
+    assert torch.allclose(unet_only, image(run(_lora_loader(prompt, lora, clip=False))), atol=1e-4)
+    assert not torch.allclose(per_branch, unet_only, atol=1e-3)
+
+
+def _lora_loaders(prompt, loras):
+    """``without_loratorio(prompt)`` with one ComfyUI LoraLoader (model and CLIP) per (LoRA, strength), chained."""
+    merged = without_loratorio(prompt)
+    model, clip = ["1", 0], ["1", 1]
+    for i, (lora, strength) in enumerate(loras):
+        node = str(13 + i)
+        merged[node] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
+                                                              "strength_model": strength, "strength_clip": strength}}
+        model, clip = [node, 0], [node, 1]
+    for node in ("5", "6"):
+        merged[node] = {"class_type": "CLIPTextEncode",
+                        "inputs": {"text": merged[node]["inputs"]["text"], "clip": clip}}
+    merged["8"]["inputs"]["model"] = model
+    return merged
+
+
+@pytest.mark.parametrize("ckpt, te_lora, other", [
+    ("standin-sd15.safetensors", "sub/with_te.safetensors", "sub/comfy_style.safetensors"),
+    ("standin-z-image.safetensors", "z-image/with_te.safetensors", "z-image/a.safetensors")])
+def test_stack_with_text_encode_gives_the_prompt_rows_every_loras_text_encoder_parts(ckpt, te_lora, other):
+    """Stack at CFG 1 (ComfyUI then computes the prompt rows only) with LoRAtorio Text Encode is the LoRAs merged
+    into the model and the text encoder: LoraLoaders chained, whether one LoRA of two or both have text parts."""
+    for loras in ((te_lora, other), (te_lora, te_lora)):
+        prompt = _with_text_encode(workflow(ckpt, loras, mode="Stack"))
+        prompt["8"]["inputs"]["cfg"] = 1.0
+        stacked = image(run(prompt))
+        merged = _lora_loaders(prompt, list(zip(loras, (0.8, 1.0), strict=True)))
+        assert torch.allclose(stacked, image(run(merged)), atol=1e-4)
+    unet_only = workflow(ckpt, loras, mode="Stack")
+    unet_only["8"]["inputs"]["cfg"] = 1.0
+    assert not torch.allclose(stacked, image(run(unet_only)), atol=1e-3)
+
+
+def test_text_encode_without_loratorio_apply_gives_the_prompts_image():
+    prompt = _with_text_encode(workflow(loras=("sub/with_te.safetensors", "alice.safetensors")))
+    plain = without_loratorio(workflow())
+    prompt_without = without_loratorio(prompt)
+    for node in ("5", "6"):
+        prompt_without[node]["inputs"]["stack"] = ["3", 0]
+    prompt_without.update({k: v for k, v in prompt.items() if k in ("2", "3")})
+    assert torch.allclose(image(run(prompt_without)), image(run(plain)), atol=1e-5)
+
+
+def test_the_text_encoders_example_composes_with_each_loras_own_text():
+    with open(TEXT_WORKFLOW) as f:
+        prompt = json.load(f)
+    with open(WORKFLOW) as f:
+        unet_only = json.load(f)
+    for p in (prompt, unet_only):
+        p["1"]["inputs"]["ckpt_name"] = "standin-sd15.safetensors"
+        p["2"]["inputs"]["lora_name"], p["3"]["inputs"]["lora_name"] = "sub/with_te.safetensors", "alice.safetensors"
+        p["7"]["inputs"].update(width=64, height=64)
+        p["8"]["inputs"].update(steps=3)
+    composed = run(prompt)
+    assert composed["status"]["status_str"] == "success", composed["status"]
+    assert image(composed, "12").shape == (2, 64, 64, 3)
+    assert not torch.allclose(image(composed), image(run(unet_only)), atol=1e-4)
+
+
+def test_two_loras_with_their_own_text_in_the_fast_mode():
+    prompt = _with_text_encode(workflow(loras=("sub/with_te.safetensors", "alice.safetensors"), mode="LoRAtorio Fast",
+                                        refresh_every=2))
+    per_branch = run(prompt)
+    assert per_branch["status"]["status_str"] == "success", per_branch["status"]
+    unet_only = run(workflow(loras=("sub/with_te.safetensors", "alice.safetensors"), mode="LoRAtorio Fast",
+                             refresh_every=2))
+    assert not torch.allclose(image(per_branch), image(unet_only), atol=1e-4)
 
 
 def test_fast_mode_and_the_other_modes_run():
@@ -380,7 +564,7 @@ def test_a_wrapper_set_after_loratorio_apply_is_refused_with_the_fix():
     (dict(show_weight_maps=False), "turn on 'show_weight_maps'"),
     (dict(loras=("alice.safetensors", "xl_a.safetensors")), "LoRA 'xl_a.safetensors'"),
     (dict(ckpt="standin-flux.safetensors", loras=("flux_a.safetensors", "flux_b.safetensors"), patch_size=3),
-     "use an even patch size"),
+     "use a multiple of 2"),
 ])
 def test_bad_input_is_a_clear_error_in_the_history(change, message):
     ckpt = change.pop("ckpt", "standin-sd15.safetensors")
@@ -394,11 +578,13 @@ def test_a_lora_file_gone_is_named():
     assert "LoRA 'gone.safetensors' is not in ComfyUI's models/loras" in error_of(run(prompt))
 
 
-EXAMPLES = [WORKFLOW, WORKFLOW.replace("two_loras", "masks_inpaint")]
+EXAMPLES = [WORKFLOW, WORKFLOW.replace("two_loras", "masks_inpaint"), TEXT_WORKFLOW]
 #: what an example sets other than the defaults: weight maps on (to feed its preview); the masks example routes
-#: (mode LoRAtorio: the default Stack's maps are uniform without region hints, so its masks would be all white)
+#: (mode LoRAtorio: the default Stack's maps are uniform without region hints, so its masks would be all white);
+#: the text-encoders example shows its maps at the fast mode's cost
 EXAMPLE_SETTINGS = {WORKFLOW: {"show_weight_maps": True},
-                    EXAMPLES[1]: {"show_weight_maps": True, "mode": "LoRAtorio"}}
+                    EXAMPLES[1]: {"show_weight_maps": True, "mode": "LoRAtorio"},
+                    TEXT_WORKFLOW: {"show_weight_maps": True, "mode": "LoRAtorio Fast"}}
 
 
 @pytest.mark.parametrize("path", EXAMPLES)
@@ -420,6 +606,8 @@ def test_the_ui_workflow_is_the_api_example_as_a_graph(path):
     with open(path.replace(".json", ".workflow.json")) as f:
         graph = json.load(f)
     assert sorted(n["type"] for n in graph["nodes"]) == sorted(n["class_type"] for n in api.values())
+    links = {(str(src), slot, str(dst)) for _, src, slot, dst, _, _ in graph["links"]}
+    assert links == {(v[0], v[1], k) for k, n in api.items() for v in n["inputs"].values() if isinstance(v, list)}
     for node in graph["nodes"]:
         assert node["type"] == api[str(node["id"])]["class_type"]
         widgets = [v for v in api[str(node["id"])]["inputs"].values() if not isinstance(v, list)]

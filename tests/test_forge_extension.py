@@ -244,7 +244,7 @@ def test_flux_with_real_cfg_keeps_the_base_uncond(forge, runner):
 
 
 def test_flux_needs_an_even_patch_size(forge, runner):
-    with pytest.raises(LoratorioError, match="patch_size=3 does not fit Flux"):
+    with pytest.raises(LoratorioError, match="patch_size=3 does not fit this model, which packs 2x2"):
         flux_run(forge, runner, on(patch_size=3))
 
 
@@ -303,7 +303,7 @@ def test_fast_mode_on_flux_routes_the_image_tokens_of_joint_sequences(forge, run
 
     def spy(self, count):
         found = original(self, count)
-        counts.append((count, self.prefix_tokens, found is not None))
+        counts.append((count, self.tokens.text, found is not None))
         return found
 
     monkeypatch.setattr(LayerMaps, "_token_weights", spy)

@@ -7,13 +7,19 @@ until it is done. It uses the first checkpoint and the first two LoRAs ComfyUI l
 LORATORIO_COMFYUI_CHECKPOINT="name.safetensors" and LORATORIO_COMFYUI_LORAS="a.safetensors,b.safetensors".
 LORATORIO_COMFYUI_SETTINGS, a JSON object, is merged into LoRAtorio Apply's inputs (e.g. '{"patch_size": 8}'),
 LORATORIO_COMFYUI_SAMPLER into the KSampler's (e.g. '{"cfg": 1.0, "scheduler": "simple"}' for Flux). Images are
-64x64 with two steps so that a CPU manages.
+64x64 with two steps so that a CPU manages. LORATORIO_COMFYUI_LOADERS, a JSON object, loads the model from separate
+files instead of the checkpoint: '{"unet": "dit.safetensors", "clip": "clip_l.safetensors", "clip_type":
+"stable_diffusion", "vae": "vae.safetensors"}' (UNETLoader, CLIPLoader, VAELoader). The comparisons with ComfyUI's
+own loaders use the first LoRA (its text-encoder part, if any, in the LoraLoader test).
 """
 
 import copy
+import io
 import json
 import os
 import time
+import urllib.parse
+import urllib.request
 import uuid
 
 import pytest
@@ -66,11 +72,66 @@ def workflow(info):
     with open(WORKFLOW) as f:
         prompt = json.load(f)
     prompt["1"]["inputs"]["ckpt_name"] = checkpoint
+    loaders = json.loads(os.environ.get("LORATORIO_COMFYUI_LOADERS", "") or "{}")
+    if loaders:
+        _separate_loaders(prompt, loaders)
     prompt["2"]["inputs"]["lora_name"], prompt["3"]["inputs"]["lora_name"] = loras[:2]
     prompt["4"]["inputs"].update(json.loads(os.environ.get("LORATORIO_COMFYUI_SETTINGS", "") or "{}"))
     prompt["7"]["inputs"].update(width=64, height=64)
     prompt["8"]["inputs"].update(steps=2, **json.loads(os.environ.get("LORATORIO_COMFYUI_SAMPLER", "") or "{}"))
     return prompt
+
+
+def _separate_loaders(prompt, loaders):
+    """Node "1" (the checkpoint) replaced by a UNETLoader ("1"), a CLIPLoader ("1c") and a VAELoader ("1v")."""
+    prompt["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": loaders["unet"], "weight_dtype": "default"}}
+    prompt["1c"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": loaders["clip"],
+                                                           "type": loaders.get("clip_type", "stable_diffusion")}}
+    prompt["1v"] = {"class_type": "VAELoader", "inputs": {"vae_name": loaders["vae"]}}
+    for node in prompt.values():
+        for key, value in node["inputs"].items():
+            if value == ["1", 1]:
+                node["inputs"][key] = ["1c", 0]
+            elif value == ["1", 2]:
+                node["inputs"][key] = ["1v", 0]
+
+
+def _plain(prompt):
+    """The prompt without LoRAtorio (its nodes removed, the sampler on the loaded model)."""
+    plain = copy.deepcopy(prompt)
+    for node_id in ("2", "3", "4", "11", "12"):
+        plain.pop(node_id, None)
+    plain["8"]["inputs"]["model"] = ["1", 0]
+    for node in ("5", "6"):
+        plain[node]["inputs"].pop("stack", None)
+        plain[node]["class_type"] = "CLIPTextEncode"
+    return plain
+
+
+def _pixels(entry, node="10"):
+    """The first saved image of ``node`` as an int array (GET /view)."""
+    import numpy as np
+    from PIL import Image
+
+    image = entry["outputs"][node]["images"][0]
+    query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{URL}/view?{query}", timeout=60) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"), dtype=np.int16)
+
+
+def _one_lora(workflow, **settings):
+    """The workflow with its second LoRA left out (strength 0) and a new seed (ComfyUI caches node outputs)."""
+    prompt = copy.deepcopy(workflow)
+    prompt["3"]["inputs"]["strength"] = 0.0
+    prompt["4"]["inputs"].update(mode="LoRAtorio", recenter=0.0, **settings)
+    prompt["8"]["inputs"]["seed"] = 4
+    return prompt
+
+
+def _done(prompt):
+    _, entry = run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    return entry
 
 
 def test_object_info_has_the_settings_of_loratorio_params(info):
@@ -82,17 +143,79 @@ def test_object_info_has_the_settings_of_loratorio_params(info):
     assert info["LoratorioApply"]["output"] == ["MODEL"] and info["LoratorioLora"]["output"] == ["LORATORIO_STACK"]
 
 
-def test_the_example_workflow_runs_and_shows_weight_maps(workflow):
-    _, entry = run(workflow)
-    assert entry["status"]["status_str"] == "success", entry["status"]
+@pytest.mark.parametrize("mode", ["LoRAtorio Fast", "LoRAtorio"])
+def test_the_example_workflow_runs_and_shows_weight_maps(workflow, mode):
+    prompt = copy.deepcopy(workflow)
+    prompt["4"]["inputs"]["mode"] = mode
+    entry = _done(prompt)
     assert len(entry["outputs"]["10"]["images"]) == 1                 # the image
     assert len(entry["outputs"]["12"]["images"]) == 2                 # one weight map per LoRA
-    plain = copy.deepcopy(workflow)
-    for node_id in ("2", "3", "4", "11", "12"):
-        del plain[node_id]
-    plain["8"]["inputs"]["model"] = ["1", 0]
-    _, entry = run(plain)
-    assert entry["status"]["status_str"] == "success"
+    composed, plain = _pixels(entry), _pixels(_done(_plain(prompt)))
+    print(f"{mode}, two LoRAs vs no LoRA: mean {abs(composed - plain).mean():.2f}")
+    assert (composed != plain).any()
+
+
+def test_one_lora_at_recentring_0_equals_lora_loader_model_only(workflow):
+    """Within one level of the decoded pixels (1/255)."""
+    prompt = _one_lora(workflow)
+    merged = _plain(prompt)
+    merged["13"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["1", 0], "lora_name": prompt["2"]["inputs"]["lora_name"],
+        "strength_model": prompt["2"]["inputs"]["strength"]}}
+    merged["8"]["inputs"]["model"] = ["13", 0]
+    ours, theirs, plain = _pixels(_done(prompt)), _pixels(_done(merged)), _pixels(_done(_plain(prompt)))
+    print(f"LoraLoaderModelOnly vs plain: max {abs(theirs - plain).max()}, mean {abs(theirs - plain).mean():.2f}; "
+          f"LoRAtorio vs LoraLoaderModelOnly: max {abs(ours - theirs).max()}, mean {abs(ours - theirs).mean():.3f}")
+    assert (theirs != plain).any()                                   # the LoRA changes the image...
+    assert abs(ours - theirs).max() <= 1                             # ...and its LoRAtorio branch alike
+
+
+def test_text_encode_with_one_lora_equals_lora_loader_with_its_clip_part(info, workflow):
+    """LoRAtorio Text Encode (each branch's own text) + one LoRA at re-centring 0 against ComfyUI's LoraLoader on the
+    model and the CLIP, within one level."""
+    assert "LoratorioTextEncode" in info
+    prompt = _one_lora(workflow)
+    for node in ("5", "6"):
+        prompt[node] = {"class_type": "LoratorioTextEncode", "inputs": {**prompt[node]["inputs"], "stack": ["3", 0]}}
+    lora, strength = prompt["2"]["inputs"]["lora_name"], prompt["2"]["inputs"]["strength"]
+    merged = _plain(prompt)
+    clip = merged["5"]["inputs"]["clip"]
+    merged["13"] = {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": clip, "lora_name": lora,
+                                                            "strength_model": strength, "strength_clip": strength}}
+    merged["8"]["inputs"]["model"] = ["13", 0]
+    for node in ("5", "6"):
+        merged[node]["inputs"]["clip"] = ["13", 1]
+    model_only = copy.deepcopy(merged)
+    model_only["13"]["inputs"]["strength_clip"] = 0.0
+    ours, theirs, unet_only = _pixels(_done(prompt)), _pixels(_done(merged)), _pixels(_done(model_only))
+    print(f"LoRAtorio Text Encode + Apply vs LoraLoader (model and clip): max {abs(ours - theirs).max()}, "
+          f"mean {abs(ours - theirs).mean():.3f}; the LoRA's text-encoder part (LoraLoader with and without it): "
+          f"max {abs(theirs - unet_only).max()}")
+    assert abs(ours - theirs).max() <= 1
+
+
+def test_stack_with_text_encode_at_cfg_1_equals_lora_loaders_of_both(workflow):
+    """Stack with LoRAtorio Text Encode at CFG 1 (ComfyUI then computes the prompt's rows only) against both LoRAs
+    merged into the model and the CLIP by two chained LoraLoaders, within one level."""
+    prompt = copy.deepcopy(workflow)
+    prompt["4"]["inputs"]["mode"] = "Stack"
+    prompt["8"]["inputs"].update(cfg=1.0, seed=5)
+    for node in ("5", "6"):
+        prompt[node] = {"class_type": "LoratorioTextEncode", "inputs": {**prompt[node]["inputs"], "stack": ["3", 0]}}
+    merged = _plain(prompt)
+    model, clip = ["1", 0], merged["5"]["inputs"]["clip"]
+    for node, loader in (("2", "13"), ("3", "14")):
+        lora, strength = prompt[node]["inputs"]["lora_name"], prompt[node]["inputs"]["strength"]
+        merged[loader] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
+                                                                 "strength_model": strength, "strength_clip": strength}}
+        model, clip = [loader, 0], [loader, 1]
+    merged["8"]["inputs"]["model"] = model
+    for node in ("5", "6"):
+        merged[node]["inputs"]["clip"] = clip
+    ours, theirs = _pixels(_done(prompt)), _pixels(_done(merged))
+    print(f"Stack + LoRAtorio Text Encode vs two LoraLoaders (model and clip), CFG 1: max {abs(ours - theirs).max()}, "
+          f"mean {abs(ours - theirs).mean():.3f}")
+    assert abs(ours - theirs).max() <= 1
 
 
 @pytest.mark.parametrize("settings, message", [

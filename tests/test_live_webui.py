@@ -69,6 +69,27 @@ def test_two_loratorio_tags_with_and_without_weight_maps(loras):
     assert list(decode(positional["images"][0]).tobytes()) == list(decode(composed["images"][0]).tobytes())
 
 
+def test_one_loratorio_lora_in_the_exact_mode_equals_the_webuis_own_lora(loras):
+    """One LoRA (its text-encoder part included) as a LoRAtorio branch in the exact mode at re-centring 0 is that LoRA
+    merged: the WebUI's own <lora:...> tag, within one level of the decoded pixels."""
+    import numpy as np
+
+    name = loras[0]
+    status, own = call("/sdapi/v1/txt2img", request(loras, prompt=f"a cat <lora:{name}:0.8>"))
+    assert status == 200
+    args = {"LoRAtorio": {"args": [{"mode": "LoRAtorio", "recenter": 0.0}]}}
+    status, ours = call("/sdapi/v1/txt2img", request(loras, prompt=f"a cat <loratorio:{name}:0.8>",
+                                                     alwayson_scripts=args))
+    assert status == 200
+    own_pixels, our_pixels = (np.asarray(decode(r["images"][0]).convert("RGB"), dtype=np.int16) for r in (own, ours))
+    status, plain = call("/sdapi/v1/txt2img", request(loras, prompt="a cat"))
+    plain_pixels = np.asarray(decode(plain["images"][0]).convert("RGB"), dtype=np.int16)
+    print(f"<lora> vs plain: mean {np.abs(own_pixels - plain_pixels).mean():.2f}; <loratorio> vs <lora>: max "
+          f"{np.abs(own_pixels - our_pixels).max()}, mean {np.abs(own_pixels - our_pixels).mean():.3f}")
+    assert np.abs(own_pixels - plain_pixels).max() > 1          # the LoRA changes the image...
+    assert np.abs(own_pixels - our_pixels).max() <= 1           # ...and LoRAtorio's branch the same way
+
+
 @pytest.mark.parametrize("prompt, args, message", [
     ("a cat <loratorio:no-such-lora-here:1>", [{"patch_size": 4}], "Unknown LoRA 'no-such-lora-here'"),
     (None, [{"patch_size": 0}], "patch_size=0 is invalid"),

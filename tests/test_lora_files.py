@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from lib_loratorio.errors import LoraFileError
 from lib_loratorio.lora_files import read_lora_file, split_key
 from lib_loratorio.lora_layers import DoRA, FullDiff, LoHa, LoKr, LowRank
-from tests.lora_writers import FORMATS, write_kohya, write_peft
+from tests.lora_writers import FORMATS, write_diffusers_text_encoder, write_kohya, write_peft
 from tests.tiny_models import tiny_clip_text, tiny_sd15_unet
 
 # A linear, a 3x3 conv, a 1x1 conv (SD1.5 proj_in), a strided downsampler, the time embedding.
@@ -91,6 +91,18 @@ def test_peft_text_encoder(tmp_path):
     _check(lora, clip, expected, component="te1")
 
 
+def test_diffusers_saved_text_encoder(tmp_path):
+    """diffusers' own savers name text-encoder LoRA modules ``text_encoder.<module>.lora_linear_layer.down.weight``."""
+    pytest.importorskip("diffusers")
+    clip = tiny_clip_text()
+    path = tmp_path / "te.safetensors"
+    targets = [n for n, _ in clip.named_modules() if n.endswith(("layers.0.self_attn.k_proj", "layers.1.mlp.fc1"))]
+    expected = write_diffusers_text_encoder(path, clip, targets)
+    lora = read_lora_file(path)
+    assert not lora.skipped and set(lora.modules) == {f"te1:{n.replace('.', '_')}" for n in targets}
+    _check(lora, clip, expected, component="te1")
+
+
 def test_missing_alpha_means_scale_one(tmp_path):
     down, up = torch.randn(4, 8), torch.randn(6, 4)
     save_file({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": down,
@@ -114,6 +126,14 @@ def test_missing_alpha_means_scale_one(tmp_path):
     ("base_model.model.conv_in.lora_B.weight", ("unet", "conv_in", "up")),
     ("text_model.encoder.layers.1.self_attn.k_proj.lora_A.weight",
      ("te1", "text_model_encoder_layers_1_self_attn_k_proj", "down")),
+    ("text_encoders.qwen3_4b.transformer.model.layers.0.self_attn.q_proj.lora_A.weight",  # ComfyUI's generic keys
+     ("te1", "model_layers_0_self_attn_q_proj", "down")),
+    ("text_encoders.qwen3.model.layers.0.mlp.down_proj.lora_B.weight",  # Forge Neo's
+     ("te1", "model_layers_0_mlp_down_proj", "up")),
+    ("text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.lora_down.weight",
+     ("te3", "encoder_block_0_layer_0_SelfAttention_q", "down")),
+    ("text_encoders.clip_g.transformer.text_model.encoder.layers.0.mlp.fc1.lora_up.weight",
+     ("te2", "text_model_encoder_layers_0_mlp_fc1", "up")),
     ("bundle_emb.my_token.string_to_param.*", None),
     ("lora_unet_foo.something_else", None),
 ])

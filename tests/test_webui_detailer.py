@@ -30,7 +30,7 @@ def runs(monkeypatch):
     runs: list[list] = []  # the runners are kept: a freed one's id may come again
     original = BranchRunner.rows
 
-    def rows(self, branches, active=None, maps=None, prefix_tokens=0):
+    def rows(self, branches, active=None, maps=None, tokens=None):
         if not runs or runs[-1][0] is not self:
             runs.append([self, set(), 1.0])
         if maps is not None:
@@ -41,7 +41,7 @@ def runs(monkeypatch):
             if active is not None:
                 loras = [i for i in range(self.n_loras) if bool(active[j, i])]
             names.update(re.match(r"LoRA '([^']+)'", self.labels[i]).group(1) for i in loras)
-        return original(self, branches, active, maps, prefix_tokens)
+        return original(self, branches, active, maps, tokens)
 
     monkeypatch.setattr(BranchRunner, "rows", rows)
     return runs

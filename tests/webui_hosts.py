@@ -1,5 +1,6 @@
-"""A WebUI stand-in (A1111 1.10.1 or Forge dfdcbab) ready for LoRAtorio's end-to-end tests: its modules, tiny
-models, a Lora folder of test LoRAs, and a fresh script runner per test that checks nothing was left behind."""
+"""A WebUI stand-in (A1111 1.10.1, Forge dfdcbab or Forge Neo 2.26) ready for LoRAtorio's end-to-end tests: its
+modules, tiny models, a Lora folder of test LoRAs, and a fresh script runner per test that checks nothing was left
+behind."""
 
 from __future__ import annotations
 
@@ -11,12 +12,22 @@ import torch
 
 from tests.extension_helpers import UNET_TARGETS, hook_ids, make_txt2img
 from tests.lora_writers import write_diffusers_flux, write_kohya
-from tests.standins import A1111, FORGE, ROOT, imported
+from tests.standins import A1111, FORGE, NEO, ROOT, imported
 
 FLUX_TARGETS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0",
                 "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1", "single_blocks.0.linear2"]
 XL_TARGETS = ["input_blocks.4.1.transformer_blocks.0.attn1.to_k", "middle_block.1.transformer_blocks.0.attn2.to_k"]
 TE_TARGETS = ["encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc2"]
+# Neo's transformer families: modules of every kind of layer (image stream, text stream, joint, embeddings)
+NEO_TARGETS = {
+    "flux2": ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_mlp.0", "double_blocks.0.txt_attn.qkv",
+              "single_blocks.0.linear1", "single_blocks.0.linear2", "final_layer.linear", "img_in"],
+    "chroma": ["double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.txt_mlp.0",
+               "single_blocks.0.linear1", "single_blocks.0.linear2", "distilled_guidance_layer.in_proj"],
+    "zimage": ["layers.0.attention.qkv", "layers.0.feed_forward.w2", "noise_refiner.0.attention.out",
+               "context_refiner.0.feed_forward.w1", "final_layer.linear", "x_embedder"],
+}
+QWEN3_TE_TARGETS = ["layers.0.self_attn.q_proj", "layers.1.mlp.down_proj"]
 MODULES = ("standin_models", "modules.extra_networks", "modules.infotext_utils", "modules.processing",
            "modules.script_callbacks", "modules.scripts", "modules.sd_models", "modules.shared", "modules.api.api")
 
@@ -25,11 +36,13 @@ class WebUIHost:
     """One WebUI stand-in, active while the object is used: ``host.processing``, ``host.shared``... are its modules."""
 
     def __init__(self, name: str, lora_dir: str) -> None:
-        self.name, self.forge = name, name == "forge"
+        self.name, self.forge = name, name in ("forge", "neo")
         self.__dict__.update(vars(imported(MODULES)))
         self.sd15, self.sdxl = self.standin_models.make_sd15_model(), self.standin_models.make_sdxl_model()
         self.flux = self.standin_models.make_flux_model() if self.forge else None
-        self.models = [m for m in (self.sd15, self.sdxl, self.flux) if m is not None]
+        #: Neo's transformer families by short name ("flux2", "chroma", "zimage")
+        self.neo = {k: getattr(self.standin_models, f"make_{k}_model")() for k in NEO_TARGETS} if name == "neo" else {}
+        self.models = [m for m in (self.sd15, self.sdxl, self.flux, *self.neo.values()) if m is not None]
         self.lora_dir = lora_dir
         self._write_loras()
         if self.forge:
@@ -80,6 +93,14 @@ class WebUIHost:
         for i, name in enumerate(("flux_a", "flux_b")):
             write_kohya(os.path.join(folder, f"{name}.safetensors"), self.unet(self.flux), FLUX_TARGETS, seed=20 + i,
                         alpha=8.0)
+        for family, model in self.neo.items():
+            for i, suffix in enumerate("ab"):
+                write_kohya(os.path.join(folder, f"{family}_{suffix}.safetensors"), self.unet(model),
+                            NEO_TARGETS[family], seed=30 + i, alpha=8.0)
+        if self.neo:  # sd-scripts' layout of a language-model text encoder: lora_te_ + HF names without "model."
+            qwen3 = self.neo["zimage"].forge_objects.clip.cond_stage_model.qwen3.model
+            write_kohya(os.path.join(folder, "qwen3_te.safetensors"), qwen3, QWEN3_TE_TARGETS, component="te1",
+                        prefix="lora_te_", seed=9, alpha=8.0, rank=4)
         # the stand-in Flux's sizes in diffusers terms (packed 2x2 latent: 64 input channels)
         write_diffusers_flux(os.path.join(folder, "flux_diffusers.safetensors"), seed=22, targets=[
             "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "proj_mlp", "proj_out"],
@@ -144,6 +165,6 @@ class WebUIHost:
 
 @contextlib.contextmanager
 def webui_host(name: str, lora_dir: str) -> Iterator[WebUIHost]:
-    """The stand-in of ``name`` ("a1111" or "forge") active for the block, as a WebUIHost."""
-    with (FORGE if name == "forge" else A1111).active():
+    """The stand-in of ``name`` ("a1111", "forge" or "neo") active for the block, as a WebUIHost."""
+    with {"a1111": A1111, "forge": FORGE, "neo": NEO}[name].active():
         yield WebUIHost(name, lora_dir)

@@ -63,7 +63,10 @@ class AreaRegions:
 
     def per_image(self, maps: Mapping[int, torch.Tensor], size: tuple[int, int]) -> dict[int, torch.Tensor]:
         """Each image's maps [N, *size] from the run's maps by routing key: the whole-image rows' maps and its areas'
-        at their place, averaged where they overlap; where no row of the image reaches, every LoRA gets 1/N."""
+        at their place, averaged where they overlap; where no row of the image reaches, every LoRA gets 1/N. A run
+        without areas keeps its maps as they are (a video's too: their shape is the composer's, frames stacked)."""
+        if not self._keys:
+            return dict(maps)
         images = {key for key in maps if key >= 0} | {image for (image, _), key in self._keys.items() if key in maps}
         out = {}
         for image in sorted(images):

@@ -19,10 +19,14 @@ How it hooks (read against ComfyUI's source, commit 3cd7b32 of January 2026, see
   ``transformer_options["uuids"]``; its rows are routed as a region of their own (``areas.py``).
 - The step is the sampler's: the position of the call's sigma in ``transformer_options["sample_sigmas"]``
   (the run's schedule, set by ``CFGGuider.inner_sample``).
-- Flux (``flux.is_flux``) composes its prompt rows only: ComfyUI computes no
-  negative rows at CFG 1, and with CFG above 1 they are the base model's. The patch size must be even.
-- Text encoders are not composed per branch here: the prompt is encoded before sampling, by nodes of its
-  own; a LoRA's text-encoder part is ignored (the README's ComfyUI section).
+- Guidance-distilled Flux (``flux.is_guidance_distilled``) composes its prompt rows only: ComfyUI computes no
+  negative rows at CFG 1, and with CFG above 1 they are the base model's. On a transformer the patch size must
+  hold whole tokens (``image_tokens.check_patch_size``: even for 2x2-packed latents).
+- Text encoders per branch: ComfyUI encodes the prompt before sampling, in a node. With LoRAtorio Text Encode the
+  CONDITIONING carries each LoRA branch's own encoding (branch_text.py); the ``CALC_COND_BATCH`` wrapper takes those
+  entries out and the model wrapper gives each LoRA branch's rows its own text (in Stack, the prompt rows the text with
+  every LoRA's text-encoder parts). With CLIPTextEncode every branch has
+  the base text (a LoRA's text-encoder part is then ignored: "UNet only").
 """
 
 from __future__ import annotations
@@ -34,13 +38,16 @@ from typing import Any, Optional
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from ..branches import MIXED, lora_of
+from ..choices import Mode
 from ..composing_session import LoraRequest
 from ..errors import LoratorioError
-from ..flux import check_patch_size, is_flux
+from ..image_tokens import check_patch_size
 from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperFn, WrapperSession, chained_wrapper
 from ..model_patches import describe_patches
 from ..params import LoratorioParams
 from .areas import AreaRegions, areas_of
+from .branch_text import BranchConds, split_branch_conds, substitute_row
 from .stack import LoraStack
 
 KEY = "loratorio"  # our key among the patcher's wrappers and attachments
@@ -57,7 +64,7 @@ def apply_loratorio(patcher: Any, stack: Optional[LoraStack], params: LoratorioP
         raise LoratorioError("This MODEL already comes from a LoRAtorio Apply node, and one model composes once: "
                              "chain every LoRAtorio LoRA node into the stack of a single LoRAtorio Apply.")
     unet = patcher.get_model_object("diffusion_model")
-    check_patch_size(params.patch_size, is_flux(unet))
+    check_patch_size(params.patch_size, unet)
     session = ComfySession(params)
     # bindings belong to this Apply's session: ComfyUI says nothing when it unloads a model
     session.bind((LoraRequest(e.name, e.path, e.strength, label=f"LoRA '{e.name}'",
@@ -87,6 +94,7 @@ class ComfySession(WrapperSession):
         self.latent_size: Optional[tuple[int, ...]] = None
         self.regions = AreaRegions()
         self._sigmas_seen: list[float] = []
+        self.branch_text: BranchConds = {}  # this call's LoRA branches' own text conditioning (branch_text.py)
 
     def install(self, patcher: Any) -> Any:
         self.upstream_patches = describe_patches(patcher)
@@ -102,6 +110,7 @@ class ComfySession(WrapperSession):
         self.latent_size = None
         self.regions.clear()
         self._sigmas_seen = []
+        self.branch_text = {}
 
     def step_of(self, timestep: torch.Tensor, options: dict) -> tuple[int, int]:
         """(step, steps) of a model call: where its sigma lies in the run's schedule."""
@@ -150,6 +159,22 @@ class ComfySession(WrapperSession):
 
         return comfy.model_management.get_free_memory(device)
 
+    def branch_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
+        """The rows ``idx`` of the call, a LoRA branch's rows (in Stack the every-LoRA rows) with their own text where
+        LoRAtorio Text Encode made one for the prompt their chunk came from."""
+        sub = call.rows(idx, layout)
+        uuids = call.args["c"].get("transformer_options", {}).get("uuids")
+        if not self.branch_text or uuids is None:
+            return sub
+        stack = self.params.mode is Mode.STACK
+        for j, (row, branch) in enumerate(zip(idx.tolist(), branches.tolist(), strict=True)):
+            own = MIXED if branch == MIXED and stack else lora_of(branch)  # Stack's rows: every LoRA's text parts
+            model_conds = None if own is None else self.branch_text.get(uuids[row // layout.per_chunk], {}).get(own)
+            if model_conds is not None and not substitute_row(sub["c"], j, model_conds):
+                LOG.warning("[LoRAtorio] a LoRA branch's own text conditioning does not fit its rows; it uses the "
+                            "prompt's (prompts of other lengths in one batch?)")
+        return sub
+
 
 def _uuids(args: dict) -> list:
     """The conditioning entry of each chunk of a model call (ComfyUI's ``transformer_options["uuids"]``)."""
@@ -176,6 +201,8 @@ def _outer_sample(session: ComfySession) -> Callable:
 def _calc_cond_batch(session: ComfySession) -> Callable:
     def loratorio_calc_cond_batch(executor: Any, model: Any, conds: list, x_in: torch.Tensor, timestep: torch.Tensor,
                                   model_options: dict) -> Any:
+        conds, session.branch_text = split_branch_conds(conds, list(zip(session.names, session.strengths,
+                                                                          strict=True)))
         if session.runner is not None:
             session.latent_size = tuple(x_in.shape[2:])
             session.regions.areas = areas_of(conds, x_in)

@@ -4,6 +4,8 @@
 - LoRAtorio Apply: MODEL + stack + the settings -> a MODEL that composes the stack when any sampler runs it.
 - LoRAtorio Weight Maps: that MODEL and the images of its last run -> one labelled heatmap per LoRA and image, and a
   MASK per LoRA.
+- LoRAtorio Text Encode: CLIP + text + stack -> a CONDITIONING that also carries each LoRA branch's own encoding
+  (its text-encoder part applied; branch_text.py), where CLIPTextEncode gives every branch the base text.
 Errors are raised as LoratorioError (a plain Exception) whose message names the problem and the fix, which
 ComfyUI shows in its error panel.
 """
@@ -17,6 +19,7 @@ import folder_paths
 from ..errors import LoratorioError
 from ..params import LoratorioParams
 from ..region_hints import MaskHint
+from .branch_text import encode_with_branches
 from .composing import apply_loratorio, session_of
 from .settings import params_from_inputs, setting_inputs
 from .stack import STACK_TYPE, LoraStack, StackEntry, pushed
@@ -121,13 +124,39 @@ class LoratorioWeightMaps:
         return (weight_map_images(session, images), *weight_map_masks(session, images, threshold, blur))
 
 
+class LoratorioTextEncode:
+    DESCRIPTION = ("Encodes the prompt as CLIP Text Encode does, and once more for each LoRA of the stack that has a "
+                   "text-encoder part, with that part applied: LoRAtorio Apply then conditions each LoRA's branch on "
+                   "its own encoding. Use it for the positive and the negative prompt; CLIP Text Encode instead "
+                   "ignores the LoRAs' text-encoder parts (cheaper). Without LoRAtorio Apply the image is the "
+                   "prompt's alone (the extra encodings weigh nothing, but cost an evaluation each).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {"text": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                             "tooltip": "The text to be encoded."}),
+                         "clip": ("CLIP", {"tooltip": "The CLIP model used for encoding the text."})},
+            "optional": {"stack": (STACK_TYPE, {"tooltip": "The LoRAs of LoRAtorio Apply (the same stack)."})},
+        }
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+
+    def encode(self, clip: Any, text: str, stack: Optional[LoraStack] = None) -> tuple[list]:
+        return (encode_with_branches(clip, text, stack),)
+
+
 NODE_CLASS_MAPPINGS = {
     "LoratorioLora": LoratorioLora,
     "LoratorioApply": LoratorioApply,
     "LoratorioWeightMaps": LoratorioWeightMaps,
+    "LoratorioTextEncode": LoratorioTextEncode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoratorioLora": "LoRAtorio LoRA",
     "LoratorioApply": "LoRAtorio Apply",
     "LoratorioWeightMaps": "LoRAtorio Weight Maps",
+    "LoratorioTextEncode": "LoRAtorio Text Encode",
 }

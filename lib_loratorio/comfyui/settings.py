@@ -2,8 +2,9 @@
 
 Settings that belong to the WebUIs' prompt tags and accordion have no input here: the node itself is the
 switch (bypass it to turn LoRAtorio off), the LoRAs and strengths come from the LoRA nodes, the text
-encoders are not composed per branch on ComfyUI (the README's ComfyUI section says why), and the masks are
-outputs of LoRAtorio Weight Maps (a detailer pass per LoRA is a workflow of its own there: docs/comfyui).
+encoders are composed per branch by LoRAtorio Text Encode nodes, where the prompts are encoded (Apply binds the
+LoRAs' UNet parts only: "UNet only" here), and the masks are outputs of LoRAtorio Weight Maps (a detailer pass
+per LoRA is a workflow of its own there: docs/comfyui).
 """
 
 from __future__ import annotations

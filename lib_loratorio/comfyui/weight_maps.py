@@ -17,8 +17,9 @@ from .composing import ComfySession
 MASK_OUTPUTS = 6
 
 
-def _run_maps(session: ComfySession, images: torch.Tensor) -> WeightMaps:
-    """The last run's maps, checked against ``images`` (the decoded images of that run)."""
+def _run_maps(session: ComfySession, images: torch.Tensor) -> tuple[WeightMaps, int]:
+    """The last run's maps, checked against ``images`` (the decoded images of that run), and how many decoded
+    frames each of the run's images has (1 but for videos: B videos of F frames decode to B * F images)."""
     maps = session.last_run_maps
     if maps is None:
         raise LoratorioError("No sampling run of this LoRAtorio model has finished yet: connect the IMAGE of the "
@@ -26,20 +27,33 @@ def _run_maps(session: ComfySession, images: torch.Tensor) -> WeightMaps:
     if not maps:
         raise LoratorioError("The last run kept no weight maps: turn on 'show_weight_maps' in LoRAtorio Apply "
                              "(the Composite and Switch modes have none).")
-    if images.shape[0] != len(maps):
+    frames = images.shape[0] // len(maps) if session.stacked is not None else 1
+    if images.shape[0] != len(maps) * frames:
         raise LoratorioError(f"LoRAtorio Weight Maps got {images.shape[0]} image(s) for a run of "
                              f"{len(maps)}: connect the decoded images of that run.")
-    return maps
+    return maps, frames
+
+
+def _frame_maps(session: ComfySession, labelled: list, frame: int, frames: int) -> list:
+    """One image's labelled maps over its decoded frame ``frame`` of ``frames`` (a video's maps per latent frame)."""
+    if session.stacked is None:
+        return labelled
+    return [(f"{label}, frame {frame + 1}" if frames > 1 else label, session.stacked.frame_maps(m, frame, frames))
+            for label, m in labelled]
 
 
 def weight_map_images(session: ComfySession, images: torch.Tensor) -> torch.Tensor:
     """Per image of the last run (in batch order) and per LoRA, its weights over ``images`` [B, H, W, 3] (ComfyUI's
-    IMAGE: float 0..1), labelled; returned as an IMAGE [B * N, H, W, 3]."""
+    IMAGE: float 0..1), labelled; returned as an IMAGE [B * N, H, W, 3]. A video's decoded frames (B videos of F
+    frames each) each get the maps of the latent frame they come from: [B * F * N, H, W, 3]."""
+    maps, frames = _run_maps(session, images)
     out = []
-    for index, labelled in sorted(_run_maps(session, images).items()):
-        picture = (images[index, ..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        out += [torch.from_numpy(np.asarray(heat).copy()).float() / 255
-                for heat in weight_map_pictures(picture, session.names, labelled, index + 1)]
+    for index, labelled in sorted(maps.items()):
+        for frame in range(frames):
+            picture = (images[index * frames + frame, ..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            out += [torch.from_numpy(np.asarray(heat).copy()).float() / 255
+                    for heat in weight_map_pictures(picture, session.names,
+                                                    _frame_maps(session, labelled, frame, frames), index + 1)]
     return torch.stack(out)
 
 
@@ -48,10 +62,11 @@ def weight_map_masks(session: ComfySession, images: torch.Tensor, threshold: flo
     """MASK_OUTPUTS masks [B, H, W] (ComfyUI's MASK: 1 = selected) at the size of ``images``: the i-th is LoRA i's
     mean weight map of the last run over each image (see weight_masks.weight_masks for ``threshold`` and ``blur``),
     then empty masks up to MASK_OUTPUTS."""
-    maps = _run_maps(session, images)
+    maps, frames = _run_maps(session, images)
     height, width = images.shape[1:3]
-    per_image = [weight_masks(labelled[0][1], height, width, threshold=threshold, blur=blur)
-                 for _, labelled in sorted(maps.items())]   # labelled[0]: the mean over the steps
+    per_image = [weight_masks(_frame_maps(session, labelled, frame, frames)[0][1], height, width, threshold=threshold,
+                              blur=blur)                     # [0]: the mean over the steps
+                 for _, labelled in sorted(maps.items()) for frame in range(frames)]
     stacked = torch.stack(per_image, dim=1).cpu()            # [N, B, H, W]
     empty = torch.zeros(len(per_image), height, width)
     return tuple(stacked[i] if i < stacked.shape[0] else empty for i in range(MASK_OUTPUTS))

@@ -1,4 +1,5 @@
-"""Forge adapter (the current ``backend/`` Forge, read at commit dfdcbab): SD1.x, SD2.x, SDXL and Flux.
+"""Forge adapter: the current ``backend/`` Forge (read at commit dfdcbab: SD1.x, SD2.x, SDXL and Flux) and Forge Neo
+(read at release 2.26: also Flux.2, Chroma, Lumina 2 and Z-Image; the families in forge_models.py).
 
 How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
 - Forge's CFG denoiser never calls A1111's inner model: ``backend.sampling.sampling_function``
@@ -16,9 +17,11 @@ How it hooks (read against Forge's source, see docs/research/forge-dfdcbab.md):
 - Branch LoRAs act through forward hooks on Forge's layers (``ForgeOperations.Linear`` is no
   ``nn.Linear``; hooks fire the same), installed around ``p.sample`` only: Forge's weights and its
   own LoRA patches are never touched.
-- Flux is guidance-distilled: at CFG 1 Forge computes no uncond rows, so the composition is
-  conditional only; uncond rows (CFG > 1) use the base model alone. Flux packs 2x2 latent pixels
-  into one token, so the patch size must be even.
+- Flux.1 and Flux.2 are guidance-distilled: at CFG 1 Forge computes no uncond rows, so the composition is
+  conditional only; uncond rows (CFG > 1) use the base model alone. A transformer's weight maps are placed
+  on its image tokens by the model's own layout (image_tokens.py); the patch size must hold whole tokens.
+- Neo keeps this contract (``sampling_function`` gained ``extra_model_options``, joined with the patcher's
+  model options, where LoRAtorio's wrapper stays); what differs is in forge_models.py.
 """
 
 from __future__ import annotations
@@ -31,36 +34,17 @@ from torch import nn
 
 from modules import prompt_parser
 
+from ..flux import is_flux
 from ..model_call import ModelCall, OneCallModel, RowLayout, WrapperSession, chained_wrapper
 from ..model_patches import describe_patches
 from ..params import LoratorioParams
 from .adapter import HostAdapter
+from .forge_models import check_family, model_components
 from .session import Session
 
 # c key of Forge's model call -> key of the text conditioning dict it was made from
 _TEXT_KEYS = (("c_crossattn", "crossattn"), ("y", "vector"))
 _UNKNOWN = object()
-
-
-def model_components(sd_model, unet_only: bool) -> dict[str, nn.Module]:
-    """The live networks: the UNet/DiT and the text encoders of Forge's current ``forge_objects``.
-
-    LoRA files name text encoders te1, te2 (SDXL's CLIP-G) and, for Flux's T5, te2 (OneTrainer)
-    or te3 (kohya sd-scripts); both point at T5 there, as in Forge's own loader.
-    """
-    objects = sd_model.forge_objects
-    components = {"unet": objects.unet.model.diffusion_model}
-    if unet_only:
-        return components
-    encoders = objects.clip.cond_stage_model
-    clips = [getattr(encoders, k) for k in ("clip_l", "clip_h", "clip_g") if hasattr(encoders, k)]
-    for key, encoder in zip(("te1", "te2"), clips, strict=False):
-        components[key] = encoder.transformer
-    if hasattr(encoders, "t5xxl"):
-        t5 = encoders.t5xxl.transformer
-        components["te3"] = t5
-        components.setdefault("te2", t5)
-    return components
 
 
 class ForgeSession(WrapperSession, Session):
@@ -77,6 +61,7 @@ class ForgeSession(WrapperSession, Session):
 
     # --- host specifics -----------------------------------------------------------------------
     def model_components(self, sd_model, unet_only: bool) -> dict[str, nn.Module]:
+        check_family(sd_model)
         return model_components(sd_model, unet_only)
 
     def run_ended(self) -> None:
@@ -145,6 +130,14 @@ class ForgeSession(WrapperSession, Session):
 
     def pass_key(self) -> Hashable:
         return "hires" if getattr(self.p, "is_hr_pass", False) else "first"
+
+    def reference_latents(self) -> list[torch.Tensor]:
+        """Neo's Flux transformers append the edit references it keeps in ``dynamic_args.ref_latents`` (a class
+        attribute there; Forge's ``dynamic_args`` is a dict without them) after the image tokens."""
+        from backend.args import dynamic_args
+
+        refs = getattr(dynamic_args, "ref_latents", None)
+        return list(refs or ()) if is_flux(self.diffusion_model) else []
 
     def branch_args(self, call: ModelCall, layout: RowLayout, idx: torch.Tensor, branches: torch.Tensor) -> dict:
         """Forge's wrapper arguments for rows ``idx``, each row a chunk of its own, with each LoRA

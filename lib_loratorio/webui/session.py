@@ -22,7 +22,7 @@ from ..branch_runner import BranchRunner
 from ..branches import MIXED, lora_of
 from ..choices import Mode, TextEncoder
 from ..composing_session import LIBRARY, ComposingSession, LoraRequest, WeightMaps
-from ..flux import check_patch_size, is_flux
+from ..image_tokens import check_patch_size
 from ..params import LoratorioParams
 from .console import log, note_once
 from .lora_lookup import pool_names, resolve_lora
@@ -131,7 +131,7 @@ class Session(ComposingSession):
             return
         components = self.model_components(sd_model, unet_only=self.params.text_encoder is TextEncoder.UNET_ONLY)
         if requested:
-            check_patch_size(self.params.patch_size, is_flux(components["unet"]))
+            check_patch_size(self.params.patch_size, components["unet"])
         else:
             # A clean no-op, not an error: the accordion stays enabled while it is open, and the cells
             # of an X/Y/Z grid or the lines of a prompts file may have tags in some prompts only.

@@ -6,11 +6,11 @@ Mirrored: the classic node API (``INPUT_TYPES`` classmethod with "required"/"opt
 schedule cut by ``denoise``, the latent's ``noise_mask``, ``comfy.samplers.sample`` with a progress callback that
 raises ``InterruptProcessingException`` once ``interrupt_current_processing()`` was called, as ComfyUI's progress
 hook does), ``VAEDecode``, ``VAEEncode``, ``SetLatentNoiseMask``, ``ImageCompositeMasked``
-(``comfy_extras/nodes_mask.py``), ``LoraLoaderModelOnly``, ``PreviewImage``; ``NODE_CLASS_MAPPINGS``;
+(``comfy_extras/nodes_mask.py``), ``LoraLoader``, ``LoraLoaderModelOnly``, ``PreviewImage``; ``NODE_CLASS_MAPPINGS``;
 ``load_custom_node(path)`` (a folder's ``__init__.py`` loaded with ``spec_from_file_location`` under the folder's
 path as module name, its ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` merged into ours).
-Stand-in only: checkpoints are ``comfyui_models.load_checkpoint``'s; ``CLIPTextEncode`` uses the toy CLIP; the
-LoRA loader reads ComfyUI-named files only (see comfy/sd.py).
+Stand-in only: checkpoints are ``comfyui_models.load_checkpoint``'s (tiny CLIPs); the LoRA loaders read the file
+formats comfy/sd.py names.
 """
 
 import importlib.util
@@ -48,8 +48,22 @@ class CLIPTextEncode:
     FUNCTION = "encode"
 
     def encode(self, clip, text):
-        cond, pooled = clip.encode(text)
-        return ([[cond, {"pooled_output": pooled}]],)
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text)),)
+
+
+class EmptyHunyuanLatentVideo:
+    """``comfy_extras/nodes_hunyuan.py`` (the empty latent of Wan's workflows): [B, 16, (length - 1) // 4 + 1, h, w]."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 848}), "height": ("INT", {"default": 480}),
+                             "length": ("INT", {"default": 25}), "batch_size": ("INT", {"default": 1})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    def generate(self, width, height, length, batch_size=1):
+        return ({"samples": torch.zeros([batch_size, 16, (length - 1) // 4 + 1, height // 8, width // 8])},)
 
 
 class EmptyLatentImage:
@@ -70,6 +84,8 @@ def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, 
     channels = comfyui_models.latent_channels(model)
     if latent_image.shape[1] != channels:  # as comfy.sample.fix_empty_latent_channels
         latent_image = torch.zeros([latent_image.shape[0], channels, *latent_image.shape[2:]])
+    if comfyui_models.latent_dimensions(model) == 3 and latent_image.dim() == 4:  # (and a video model's: 5-D)
+        latent_image = latent_image.unsqueeze(2)
     generator = torch.manual_seed(seed)
     noise = torch.randn(latent_image.size(), generator=generator)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps, denoise)
@@ -161,6 +177,22 @@ class ImageCompositeMasked:
         return (out,)
 
 
+class LoraLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "clip": ("CLIP",),
+                             "lora_name": (folder_paths.get_filename_list("loras"),),
+                             "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0}),
+                             "strength_clip": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP")
+    FUNCTION = "load_lora"
+
+    def load_lora(self, model, clip, lora_name, strength_model, strength_clip):
+        lora = safetensors.torch.load_file(folder_paths.get_full_path_or_raise("loras", lora_name))
+        return comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+
+
 class LoraLoaderModelOnly:
     @classmethod
     def INPUT_TYPES(cls):
@@ -193,8 +225,10 @@ class PreviewImage:
 
 NODE_CLASS_MAPPINGS = {
     "CheckpointLoaderSimple": CheckpointLoaderSimple, "CLIPTextEncode": CLIPTextEncode,
-    "EmptyLatentImage": EmptyLatentImage, "KSampler": KSampler, "VAEDecode": VAEDecode,
-    "LoraLoaderModelOnly": LoraLoaderModelOnly, "PreviewImage": PreviewImage, "SaveImage": PreviewImage,
+    "EmptyLatentImage": EmptyLatentImage, "EmptyHunyuanLatentVideo": EmptyHunyuanLatentVideo,
+    "KSampler": KSampler, "VAEDecode": VAEDecode,
+    "LoraLoader": LoraLoader, "LoraLoaderModelOnly": LoraLoaderModelOnly, "PreviewImage": PreviewImage,
+    "SaveImage": PreviewImage,
     "VAEEncode": VAEEncode, "SetLatentNoiseMask": SetLatentNoiseMask, "ImageCompositeMasked": ImageCompositeMasked,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

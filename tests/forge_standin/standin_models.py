@@ -117,6 +117,11 @@ class IntegratedT5(nn.Module):
         return self.transformer(input_ids=ids).last_hidden_state
 
 
+class FluxDevConfig(EstimatedConfig):
+    """huggingface_guess ``model_list.Flux``: the family is the class attribute ``unet_config["image_model"]``."""
+    unet_config = {"image_model": "flux", "guidance_embed": True}
+
+
 def _clip(model_dict, tokenizer_dict):
     clip = CLIP(model_dict=model_dict, tokenizer_dict=tokenizer_dict)
     use_forge_linear_layers(clip.cond_stage_model)
@@ -158,5 +163,5 @@ def make_flux_model(name="standin-flux1-dev", seed=0, depth=1, depth_single_bloc
     unet = UnetPatcher.from_model(dit, config=config, k_predictor=PredictionFlux())
     clip = _clip({"clip_l": IntegratedCLIP(seed=seed), "t5xxl": IntegratedT5(seed=seed + 2)},
                  {"clip_l": ToyTokenizer(), "t5xxl": ToyT5Tokenizer()})
-    estimated = EstimatedConfig(huggingface_repo="black-forest-labs/FLUX.1-dev", is_inpaint=False)
+    estimated = FluxDevConfig(huggingface_repo="black-forest-labs/FLUX.1-dev", is_inpaint=False)
     return Flux(estimated, unet, clip, VAE(latent_channels=16), name=name)

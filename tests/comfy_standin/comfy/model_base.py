@@ -8,7 +8,11 @@ xc, t, context=..., control=..., transformer_options=..., **extra)``, ``calculat
 ``memory_required(input_shape, cond_shapes={})`` (area * 0.15 * factor MiB, the non-flash formula);
 ``current_patcher``; ``process_latent_in/out``; ``get_dtype``. Model sampling: eps (``ModelSamplingDiscrete``,
 scaled-linear betas) and Flux's flow (``ModelSamplingFlux``, shift 1.15, ``timestep(sigma) = sigma``).
-Classes: ``BaseModel`` (SD1.5), ``SDXL`` (adm = pooled text + size features), ``Flux`` (guidance default 3.5).
+Classes: ``BaseModel`` (SD1.5), ``SDXL`` (adm = pooled text + size features), ``Flux`` (guidance default 3.5),
+``Flux2(Flux)`` (the text left-padded to 512 tokens), ``Chroma(Flux)`` (guidance default 0), ``Lumina2`` (Lumina 2
+and Z-Image: ``c_crossattn``, ``num_tokens`` as a CONDConstant, ``attention_mask`` when some tokens are masked),
+``SD3`` (``y`` = the pooled text), ``QwenImage`` and ``WAN21`` (5-D latents [B, C, T, H, W]: ``latent_dimensions``
+3, ComfyUI's latent formats Wan21 for both).
 """
 
 import math
@@ -156,3 +160,46 @@ class Flux(BaseModel):
         if guidance is not None:
             out["guidance"] = comfy.conds.CONDRegular(torch.FloatTensor([guidance]))
         return out
+
+
+class Flux2(Flux):
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            out["c_crossattn"] = comfy.conds.CONDRegular(
+                torch.nn.functional.pad(cross_attn, (0, 0, max(0, 512 - cross_attn.shape[1]), 0)))
+        return out
+
+
+class Chroma(Flux):
+    def extra_conds(self, **kwargs):
+        return super().extra_conds(**{"guidance": 0.0, **kwargs})
+
+
+class Lumina2(BaseModel):
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is not None:
+            if torch.numel(attention_mask) != attention_mask.sum():
+                out["attention_mask"] = comfy.conds.CONDRegular(attention_mask)
+            out["num_tokens"] = comfy.conds.CONDConstant(max(1, int(torch.sum(attention_mask).item())))
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
+            out.setdefault("num_tokens", comfy.conds.CONDConstant(cross_attn.shape[1]))
+        return out
+
+
+class SD3(BaseModel):
+    def encode_adm(self, **kwargs):
+        return kwargs["pooled_output"]
+
+
+class QwenImage(BaseModel):
+    latent_dimensions = 3
+
+
+class WAN21(BaseModel):
+    latent_dimensions = 3
