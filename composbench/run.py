@@ -250,7 +250,8 @@ def markdown(summary: dict, title: str, meta: Optional[dict] = None, agree: Opti
               "by the hand-written detector (detector.py). ± = standard error with the composition as the unit "
               f"(a composition's seeds averaged first). Δ vs {baseline} = mean over compositions of (method − "
               f"{baseline}) on the same compositions and seeds, ± its paired s.e. 'prompt only' = the base model "
-              "with the joined trigger words (the false-positive floor). spurious = not-requested concepts the classifier finds.", "",
+              "with the joined trigger words (the false-positive floor). spurious = not-requested concepts the "
+              "classifier finds.", "",
               f"| method | N=2 | N=3 | N=4 | N=5 | recall (± s.e.) | Δ vs {baseline} | recall (detector) | "
               f"Δ vs {baseline} (detector) | spurious | FD | evals/img | s/img |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
