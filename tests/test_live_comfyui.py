@@ -108,15 +108,22 @@ def _plain(prompt):
     return plain
 
 
-def _pixels(entry, node="10"):
-    """The first saved image of ``node`` as an int array (GET /view)."""
+def pictures(entry, node_id):
+    """The images an output node of a finished prompt saved, as uint8 arrays (GET /view)."""
     import numpy as np
     from PIL import Image
 
-    image = entry["outputs"][node]["images"][0]
-    query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
-    with urllib.request.urlopen(f"{URL}/view?{query}", timeout=60) as response:
-        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"), dtype=np.int16)
+    out = []
+    for image in entry["outputs"][node_id]["images"]:
+        query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
+        with urllib.request.urlopen(f"{URL}/view?{query}", timeout=60) as response:
+            out.append(np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB")))
+    return out
+
+
+def _pixels(entry, node="10"):
+    """The first saved image of ``node`` as an int array."""
+    return pictures(entry, node)[0].astype("int16")
 
 
 def _one_lora(workflow, **settings):
@@ -128,7 +135,7 @@ def _one_lora(workflow, **settings):
     return prompt
 
 
-def _done(prompt):
+def succeeded(prompt):
     _, entry = run(prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
     return entry
@@ -147,10 +154,10 @@ def test_object_info_has_the_settings_of_loratorio_params(info):
 def test_the_example_workflow_runs_and_shows_weight_maps(workflow, mode):
     prompt = copy.deepcopy(workflow)
     prompt["4"]["inputs"]["mode"] = mode
-    entry = _done(prompt)
+    entry = succeeded(prompt)
     assert len(entry["outputs"]["10"]["images"]) == 1                 # the image
     assert len(entry["outputs"]["12"]["images"]) == 2                 # one weight map per LoRA
-    composed, plain = _pixels(entry), _pixels(_done(_plain(prompt)))
+    composed, plain = _pixels(entry), _pixels(succeeded(_plain(prompt)))
     print(f"{mode}, two LoRAs vs no LoRA: mean {abs(composed - plain).mean():.2f}")
     assert (composed != plain).any()
 
@@ -163,7 +170,7 @@ def test_one_lora_at_recentring_0_equals_lora_loader_model_only(workflow):
         "model": ["1", 0], "lora_name": prompt["2"]["inputs"]["lora_name"],
         "strength_model": prompt["2"]["inputs"]["strength"]}}
     merged["8"]["inputs"]["model"] = ["13", 0]
-    ours, theirs, plain = _pixels(_done(prompt)), _pixels(_done(merged)), _pixels(_done(_plain(prompt)))
+    ours, theirs, plain = _pixels(succeeded(prompt)), _pixels(succeeded(merged)), _pixels(succeeded(_plain(prompt)))
     print(f"LoraLoaderModelOnly vs plain: max {abs(theirs - plain).max()}, mean {abs(theirs - plain).mean():.2f}; "
           f"LoRAtorio vs LoraLoaderModelOnly: max {abs(ours - theirs).max()}, mean {abs(ours - theirs).mean():.3f}")
     assert (theirs != plain).any()                                   # the LoRA changes the image...
@@ -187,7 +194,7 @@ def test_text_encode_with_one_lora_equals_lora_loader_with_its_clip_part(info, w
         merged[node]["inputs"]["clip"] = ["13", 1]
     model_only = copy.deepcopy(merged)
     model_only["13"]["inputs"]["strength_clip"] = 0.0
-    ours, theirs, unet_only = _pixels(_done(prompt)), _pixels(_done(merged)), _pixels(_done(model_only))
+    ours, theirs, unet_only = _pixels(succeeded(prompt)), _pixels(succeeded(merged)), _pixels(succeeded(model_only))
     print(f"LoRAtorio Text Encode + Apply vs LoraLoader (model and clip): max {abs(ours - theirs).max()}, "
           f"mean {abs(ours - theirs).mean():.3f}; the LoRA's text-encoder part (LoraLoader with and without it): "
           f"max {abs(theirs - unet_only).max()}")
@@ -212,7 +219,7 @@ def test_stack_with_text_encode_at_cfg_1_equals_lora_loaders_of_both(workflow):
     merged["8"]["inputs"]["model"] = model
     for node in ("5", "6"):
         merged[node]["inputs"]["clip"] = clip
-    ours, theirs = _pixels(_done(prompt)), _pixels(_done(merged))
+    ours, theirs = _pixels(succeeded(prompt)), _pixels(succeeded(merged))
     print(f"Stack + LoRAtorio Text Encode vs two LoraLoaders (model and clip), CFG 1: max {abs(ours - theirs).max()}, "
           f"mean {abs(ours - theirs).mean():.3f}")
     assert abs(ours - theirs).max() <= 1

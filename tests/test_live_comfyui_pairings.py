@@ -7,36 +7,16 @@ patch named, area conditioning, and model patches (FreeU, PAG, SAG) beside LoRAt
 """
 
 import copy
-import io
 import json
 import os
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.test_live_comfyui import ROOT, URL, info, run, workflow  # noqa: F401 - fixtures
+from tests.test_live_comfyui import ROOT, URL, info, pictures, run, succeeded, workflow  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.skipif(not URL, reason="set LORATORIO_COMFYUI_URL to test against a running ComfyUI")
 EXAMPLES = [os.path.join(ROOT, "docs", "comfyui", f"loratorio_{name}.json") for name in ("two_loras", "masks_inpaint")]
-
-
-def pictures(entry, node_id):
-    """The images an output node of a finished prompt saved, as uint8 arrays."""
-    out = []
-    for image in entry["outputs"][node_id]["images"]:
-        query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
-        with urllib.request.urlopen(f"{URL}/view?{query}", timeout=60) as response:
-            out.append(np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB")))
-    return out
-
-
-def succeeded(prompt):
-    _, entry = run(prompt)
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    return entry
 
 
 def failed(prompt):
@@ -161,6 +141,21 @@ def test_one_lora_with_an_area_equals_comfyuis_own_lora_loader(workflow):  # noq
     assert np.abs(ours.astype(int) - theirs).max() <= 2
 
 
+def image_beside(example, nodes, model_node, loratorio):
+    """The example at 128x128 without its weight maps, with ``nodes`` added and the MODEL of ``model_node`` sampled:
+    through LoRAtorio Apply, or directly (``loratorio`` False, the LoRA nodes left out)."""
+    prompt = copy.deepcopy(example)
+    prompt["7"]["inputs"].update(width=128, height=128)
+    del prompt["11"], prompt["12"]
+    prompt.update(nodes)
+    if loratorio:
+        prompt["4"]["inputs"]["model"] = [model_node, 0]
+    else:
+        del prompt["2"], prompt["3"], prompt["4"]
+        prompt["8"]["inputs"]["model"] = [model_node, 0]
+    return pictures(succeeded(prompt), "10")[0].astype(int)
+
+
 PATCHES = {"FreeU": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}, "FreeU_V2": {"b1": 1.3, "b2": 1.4, "s1": 0.9,
                                                                               "s2": 0.2},
            "SelfAttentionGuidance": {"scale": 0.5, "blur_sigma": 2.0}, "PerturbedAttentionGuidance": {"scale": 3.0}}
@@ -171,19 +166,8 @@ def test_model_patches_before_loratorio_act_with_it(workflow, patch):  # noqa: F
     """At 128x128, where each acts on the random model (at 64x64 FreeU_V2 gives NaN, SAG fails by itself and PAG's
     middle block attends over one token): the patch changes the plain image and the composed one alike."""
     def image(with_patch, loratorio):
-        prompt = copy.deepcopy(workflow)
-        prompt["7"]["inputs"].update(width=128, height=128)
-        del prompt["11"], prompt["12"]
-        source = ["1", 0]
-        if with_patch:
-            prompt["20"] = {"class_type": patch, "inputs": {"model": source, **PATCHES[patch]}}
-            source = ["20", 0]
-        if loratorio:
-            prompt["4"]["inputs"]["model"] = source
-        else:
-            del prompt["2"], prompt["3"], prompt["4"]
-            prompt["8"]["inputs"]["model"] = source
-        return pictures(succeeded(prompt), "10")[0].astype(int)
+        nodes = {"20": {"class_type": patch, "inputs": {"model": ["1", 0], **PATCHES[patch]}}} if with_patch else {}
+        return image_beside(workflow, nodes, "20" if with_patch else "1", loratorio)
 
     assert np.abs(image(True, False) - image(False, False)).mean() > 0.05   # it acts here
     assert np.abs(image(True, True) - image(False, True)).mean() > 0.02     # and with LoRAtorio
@@ -198,27 +182,16 @@ def test_ip_adapter_plus_beside_loratorio(info, workflow):  # noqa: F811
     clip_vision = info["CLIPVisionLoader"]["input"]["required"]["clip_name"][0][0]
 
     def image(with_ipadapter, loratorio):
-        prompt = copy.deepcopy(workflow)
-        prompt["7"]["inputs"].update(width=128, height=128)
-        del prompt["11"], prompt["12"]
-        source = ["1", 0]
-        if with_ipadapter:
-            prompt.update({
-                "50": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ipadapter}},
-                "51": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_vision}},
-                "52": {"class_type": "EmptyImage", "inputs": {"width": 224, "height": 224, "batch_size": 1,
-                                                             "color": 0xC04020}},
-                "53": {"class_type": "IPAdapterAdvanced", "inputs": {
-                    "model": source, "ipadapter": ["50", 0], "image": ["52", 0], "clip_vision": ["51", 0],
-                    "weight": 1.0, "weight_type": "linear", "combine_embeds": "concat", "start_at": 0.0,
-                    "end_at": 1.0, "embeds_scaling": "V only"}}})
-            source = ["53", 0]
-        if loratorio:
-            prompt["4"]["inputs"]["model"] = source
-        else:
-            del prompt["2"], prompt["3"], prompt["4"]
-            prompt["8"]["inputs"]["model"] = source
-        return pictures(succeeded(prompt), "10")[0].astype(int)
+        nodes = {
+            "50": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ipadapter}},
+            "51": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_vision}},
+            "52": {"class_type": "EmptyImage", "inputs": {"width": 224, "height": 224, "batch_size": 1,
+                                                         "color": 0xC04020}},
+            "53": {"class_type": "IPAdapterAdvanced", "inputs": {
+                "model": ["1", 0], "ipadapter": ["50", 0], "image": ["52", 0], "clip_vision": ["51", 0],
+                "weight": 1.0, "weight_type": "linear", "combine_embeds": "concat", "start_at": 0.0,
+                "end_at": 1.0, "embeds_scaling": "V only"}}} if with_ipadapter else {}
+        return image_beside(workflow, nodes, "53" if with_ipadapter else "1", loratorio)
 
     assert np.abs(image(True, False) - image(False, False)).mean() > 0.5     # it acts
     assert np.abs(image(True, True) - image(False, True)).mean() > 0.5       # and with LoRAtorio

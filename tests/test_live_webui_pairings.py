@@ -170,21 +170,14 @@ def regional_prompter(calcmode):
                                            False, False, calcmode, [], "0", "0", "0.4", None, 0, 0, False]}}
 
 
-def test_regional_prompter_in_latent_mode_beside_loratorio(loras):  # noqa: F811
+@pytest.mark.parametrize("calcmode", ["Latent", "Attention"])
+def test_regional_prompter_beside_loratorio(loras, calcmode):  # noqa: F811
+    """Its Latent mode, and its Attention mode beside the default mode, which runs the host's rows as they are (one per
+    row)."""
     if "regional prompter" not in scripts_listed():
         pytest.skip("Regional Prompter is not installed")
     a, b = loras
-    images = four_ways(loras, regional_prompter("Latent"),
-                       prompt=f"a cat BREAK a dog <loratorio:{a}:0.8> <loratorio:{b}:1>")
-    assert acts(images, "other", "plain") and acts(images, "both", "other") and acts(images, "both", "loratorio")
-
-
-def test_regional_prompter_in_attention_mode_beside_stack(loras):  # noqa: F811
-    """The default mode runs the host's rows as they are (one per row), so Regional Prompter's Attention mode works."""
-    if "regional prompter" not in scripts_listed():
-        pytest.skip("Regional Prompter is not installed")
-    a, b = loras
-    images = four_ways(loras, regional_prompter("Attention"),
+    images = four_ways(loras, regional_prompter(calcmode),
                        prompt=f"a cat BREAK a dog <loratorio:{a}:0.8> <loratorio:{b}:1>")
     assert acts(images, "other", "plain") and acts(images, "both", "other") and acts(images, "both", "loratorio")
 
